@@ -1,0 +1,44 @@
+# Warbler — the two commands a newcomer needs are `make run` and `make test`.
+SHELL := /bin/bash
+SWIFT ?= swift
+APT_PACKAGES := librocksdb-dev liblz4-dev pkg-config
+SIM_SEEDS ?= 10000
+SIM_STEPS ?= 5000
+
+.PHONY: all deps build run test sim soak bench format-check clean
+
+all: build
+
+# Installs the Debian packages Warbler links against, only when one is missing.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	$(SWIFT) build -c release
+
+# Starts what Warbler can run today: see README.md, "Status".
+run: deps
+	$(SWIFT) build -c release --product warbler-sim
+	./.build/release/warbler-sim raft --seed 1 --nodes 3 --steps 5000
+
+# The whole test suite (unit, golden-file scenarios, 300+ simulation seeds, history checker).
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build --parallel
+
+# A long simulation soak: SIM_SEEDS seeds of 3 and 5 nodes (override on the command line).
+soak:
+	$(SWIFT) build -c release --product warbler-sim
+	./.build/release/warbler-sim raft --seed 1 --nodes 3 --steps $(SIM_STEPS) --count $(SIM_SEEDS)
+	./.build/release/warbler-sim raft --seed 1 --nodes 5 --steps $(SIM_STEPS) --count $(SIM_SEEDS)
+
+bench:
+	$(SWIFT) run -c release warbler-raft-bench
+
+clean:
+	rm -rf .build
