@@ -16,6 +16,8 @@ public final class MemoryStorage: RaftStorage {
     public init(bootstrap confState: ConfState, index: UInt64 = 1, term: UInt64 = 1) {
         snap = Snapshot(metadata: SnapshotMetadata(index: index, term: term, confState: confState))
         log = [Entry(term: term, index: index)]
+        // The bootstrap state is committed, and its term is over: the first election is for a later term.
+        hardState = HardState(term: term, vote: noneNode, commit: index)
     }
 
     public func initialState() throws(RaftError) -> (HardState, ConfState) {

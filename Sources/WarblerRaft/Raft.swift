@@ -365,6 +365,7 @@ struct Raft {
         switch m.type {
         case .prop:
             // Warbler routes proposals to the leader itself; the follower only says where it is.
+            if lead == noneNode { return RaftError(.proposalDropped, "no leader at term \(term); proposal dropped") }
             return RaftError(.proposalDropped, "not the leader", leaderHint: lead)
         case .app:
             electionElapsed = 0
@@ -717,8 +718,9 @@ struct Raft {
             becomeFollower(term: term + 1, lead: noneNode)
             return false
         }
-        // A snapshot whose membership excludes us is for a configuration we are not part of.
-        guard meta.confState.voters.contains(id) || meta.confState.learners.contains(id) else { return false }
+        // The snapshot's membership may predate the change that added us (a leader sends the latest snapshot it
+        // has, which can be older than our addition). That is safe: the change follows in the log, and until
+        // it is applied we are not a voter and cannot campaign.
         if log.matchTerm(meta.index, meta.term) {
             // We already have the entry: fast-forward the commit index instead.
             log.commitTo(meta.index)

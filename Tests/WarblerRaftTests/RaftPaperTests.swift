@@ -36,7 +36,9 @@ struct RaftPaperTests {
     @Test func nodesStartAsFollowers() {
         let raft = makeRaft(id: 1, voters: [1, 2, 3])
         #expect(raft.role == .follower)
-        #expect(raft.term == 0)
+        // The bootstrap state (term 1) is committed; no election has happened yet.
+        #expect(raft.term == 1)
+        #expect(raft.vote == noneNode)
     }
 
     @Test func leaderSendsHeartbeatsEveryHeartbeatTick() {
@@ -47,7 +49,7 @@ struct RaftPaperTests {
         raft.tick()
         let heartbeats = takeMessages(&raft).filter { $0.type == .heartbeat }
         #expect(heartbeats.map(\.to).sorted() == [2, 3])
-        #expect(heartbeats.allSatisfy { $0.term == 1 })
+        #expect(heartbeats.allSatisfy { $0.term == 2 })
     }
 
     @Test(arguments: [StateRole.follower, .candidate])
@@ -133,7 +135,8 @@ struct RaftPaperTests {
         let appends = messages.filter { $0.type == .app }
         #expect(appends.map(\.to).sorted() == [2, 3])
         #expect(appends.allSatisfy { $0.entries.map(\.data) == [Array("x".utf8)] })
-        #expect(appends.allSatisfy { $0.index == 2 && $0.logTerm == 1 })
+        // After the no-op at index 2 of term 2.
+        #expect(appends.allSatisfy { $0.index == 2 && $0.logTerm == 2 })
     }
 
     @Test func leaderCommitsOnceAMajorityHasTheEntryAndTellsFollowers() {
@@ -261,14 +264,14 @@ struct RaftPaperTests {
         _ = network.drain(2)
         network.ignored = []
         let requests = [
-            Message(type: .vote, to: 3, from: 1, term: 1, logTerm: 1, index: 1),
-            Message(type: .vote, to: 4, from: 1, term: 1, logTerm: 1, index: 1),
-            Message(type: .vote, to: 4, from: 2, term: 1, logTerm: 1, index: 1),
-            Message(type: .vote, to: 5, from: 2, term: 1, logTerm: 1, index: 1),
-            Message(type: .vote, to: 3, from: 2, term: 1, logTerm: 1, index: 1),
+            Message(type: .vote, to: 3, from: 1, term: 2, logTerm: 1, index: 1),
+            Message(type: .vote, to: 4, from: 1, term: 2, logTerm: 1, index: 1),
+            Message(type: .vote, to: 4, from: 2, term: 2, logTerm: 1, index: 1),
+            Message(type: .vote, to: 5, from: 2, term: 2, logTerm: 1, index: 1),
+            Message(type: .vote, to: 3, from: 2, term: 2, logTerm: 1, index: 1),
         ]
         network.send(requests)
-        let leaders = network.nodes.values.filter { $0.raft.role == .leader && $0.raft.term == 1 }
+        let leaders = network.nodes.values.filter { $0.raft.role == .leader && $0.raft.term == 2 }
         #expect(leaders.count == 1)
     }
 

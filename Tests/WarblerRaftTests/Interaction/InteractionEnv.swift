@@ -281,6 +281,8 @@ final class InteractionEnv {
         node.applied = decodeValues(snapshot.data)
         let raw = try RawNode(config: node.config, storage: node.storage)
         node.raw = raw
+        // Connections to the node broke when it went down: what was sent to it meanwhile is gone.
+        inFlight.removeAll { $0.to == NodeID(id) }
         nodes[NodeID(id)] = node
         out.append("\(id) restarted: \(raw.hardState) applied=\(raw.appliedIndex) last=\(raw.lastIndex)")
     }
