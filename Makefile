@@ -5,7 +5,7 @@ APT_PACKAGES := librocksdb-dev liblz4-dev pkg-config
 SIM_SEEDS ?= 10000
 SIM_STEPS ?= 5000
 
-.PHONY: all deps build run test sim soak bench format-check clean
+.PHONY: all deps build run test soak bench format format-check clean
 
 all: build
 
@@ -26,8 +26,8 @@ run: deps
 	$(SWIFT) build -c release --product warbler-sim
 	./.build/release/warbler-sim raft --seed 1 --nodes 3 --steps 5000
 
-# The whole test suite (unit, golden-file scenarios, 300+ simulation seeds, history checker).
-test: deps
+# The whole test suite (formatting, unit, golden-file scenarios, 300 simulation seeds, history checker).
+test: deps format-check
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --parallel
 
@@ -36,6 +36,13 @@ soak:
 	$(SWIFT) build -c release --product warbler-sim
 	./.build/release/warbler-sim raft --seed 1 --nodes 3 --steps $(SIM_STEPS) --count $(SIM_SEEDS)
 	./.build/release/warbler-sim raft --seed 1 --nodes 5 --steps $(SIM_STEPS) --count $(SIM_SEEDS)
+
+# The swift-nio formatting rules (.swift-format), as STYLE.md asks.
+format-check:
+	$(SWIFT) format lint --strict --recursive --parallel Sources Tests bench Package.swift
+
+format:
+	$(SWIFT) format --in-place --recursive --parallel Sources Tests bench Package.swift
 
 bench:
 	$(SWIFT) run -c release warbler-raft-bench

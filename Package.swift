@@ -10,7 +10,7 @@ let package = Package(
         .executable(name: "warbler-raft-bench", targets: ["warbler-raft-bench"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
     ],
     targets: [
         .target(name: "WarblerRaft"),

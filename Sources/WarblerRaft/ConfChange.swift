@@ -32,7 +32,9 @@ public struct ConfChange: Sendable, Hashable {
     public func encoded() -> [UInt8] {
         var bytes: [UInt8] = [kind.rawValue]
         bytes.reserveCapacity(9 + context.count)
-        for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: nodeID >> UInt64(shift))) }
+        for shift in stride(from: 56, through: 0, by: -8) {
+            bytes.append(UInt8(truncatingIfNeeded: nodeID >> UInt64(shift)))
+        }
         bytes.append(contentsOf: context)
         return bytes
     }

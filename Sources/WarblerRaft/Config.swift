@@ -49,7 +49,9 @@ public struct Config: Sendable, Hashable {
     /// Checks every field; throws an error naming the first one that is wrong and why.
     public func validate() throws(RaftError) {
         if id == noneNode { throw RaftError(.invalidConfig, "id must not be 0 (0 means no node)") }
-        if heartbeatTick <= 0 { throw RaftError(.invalidConfig, "heartbeatTick must be positive, got \(heartbeatTick)") }
+        if heartbeatTick <= 0 {
+            throw RaftError(.invalidConfig, "heartbeatTick must be positive, got \(heartbeatTick)")
+        }
         if electionTick <= heartbeatTick {
             throw RaftError(
                 .invalidConfig,

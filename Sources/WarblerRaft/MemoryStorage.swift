@@ -53,7 +53,10 @@ public final class MemoryStorage: RaftStorage {
     /// Replaces the log with a snapshot (a follower installing one from its leader).
     public func applySnapshot(_ snapshot: Snapshot) throws(RaftError) {
         if snapshot.metadata.index <= snap.metadata.index {
-            throw RaftError(.snapshotOutOfDate, "snapshot at \(snapshot.metadata.index) is not newer than \(snap.metadata.index)")
+            throw RaftError(
+                .snapshotOutOfDate,
+                "snapshot at \(snapshot.metadata.index) is not newer than \(snap.metadata.index)"
+            )
         }
         snap = snapshot
         log = [Entry(term: snapshot.metadata.term, index: snapshot.metadata.index)]
@@ -66,7 +69,9 @@ public final class MemoryStorage: RaftStorage {
         if index <= snap.metadata.index {
             throw RaftError(.snapshotOutOfDate, "snapshot at \(index) is not newer than \(snap.metadata.index)")
         }
-        if index > lastIndexValue { preconditionFailure("raft: snapshot at \(index) beyond last index \(lastIndexValue)") }
+        if index > lastIndexValue {
+            preconditionFailure("raft: snapshot at \(index) beyond last index \(lastIndexValue)")
+        }
         let term = log[Int(index - log[0].index)].term
         snap = Snapshot(data: data, metadata: SnapshotMetadata(index: index, term: term, confState: confState))
         return snap
@@ -95,7 +100,9 @@ public final class MemoryStorage: RaftStorage {
         if position < log.count {
             log.removeSubrange(position...)
         } else if position > log.count {
-            preconditionFailure("raft: missing log entries: last \(lastIndexValue), appending at \(incoming.first!.index)")
+            preconditionFailure(
+                "raft: missing log entries: last \(lastIndexValue), appending at \(incoming.first!.index)"
+            )
         }
         log.append(contentsOf: incoming)
     }

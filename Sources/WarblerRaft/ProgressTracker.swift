@@ -33,7 +33,12 @@ struct ProgressTracker {
             voters.insert(id)
         }
         if progress[id] == nil {
-            var created = Progress(next: next, isLearner: learner, maxInflight: maxInflight, maxInflightBytes: maxInflightBytes)
+            var created = Progress(
+                next: next,
+                isLearner: learner,
+                maxInflight: maxInflight,
+                maxInflightBytes: maxInflightBytes
+            )
             // A new member counts as active so that check-quorum does not depose the leader that added it.
             created.recentActive = true
             progress[id] = created

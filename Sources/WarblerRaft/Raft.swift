@@ -68,7 +68,9 @@ struct Raft {
 
     private mutating func loadState(_ state: HardState) {
         if state.commit < log.committed || state.commit > log.lastIndex {
-            preconditionFailure("raft: \(id) state.commit \(state.commit) is out of range [\(log.committed), \(log.lastIndex)]")
+            preconditionFailure(
+                "raft: \(id) state.commit \(state.commit) is out of range [\(log.committed), \(log.lastIndex)]"
+            )
         }
         log.committed = state.commit
         term = state.term

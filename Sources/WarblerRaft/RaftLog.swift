@@ -135,7 +135,9 @@ struct RaftLog {
     mutating func commitTo(_ index: UInt64) {
         guard committed < index else { return }
         if lastIndex < index {
-            preconditionFailure("raft: commit \(index) is beyond last index \(lastIndex); the log is corrupt or truncated")
+            preconditionFailure(
+                "raft: commit \(index) is beyond last index \(lastIndex); the log is corrupt or truncated"
+            )
         }
         committed = index
     }

@@ -63,7 +63,10 @@ struct UnstableLog {
 
     /// Unstable entries in `[low, high)`; the caller has checked the bounds.
     func slice(_ low: UInt64, _ high: UInt64) -> ArraySlice<Entry> {
-        precondition(low >= offset && high <= offset + UInt64(entries.count) && low <= high, "raft: unstable slice [\(low), \(high)) out of [\(offset), \(offset + UInt64(entries.count)))")
+        precondition(
+            low >= offset && high <= offset + UInt64(entries.count) && low <= high,
+            "raft: unstable slice [\(low), \(high)) out of [\(offset), \(offset + UInt64(entries.count)))"
+        )
         return entries[Int(low - offset)..<Int(high - offset)]
     }
 }

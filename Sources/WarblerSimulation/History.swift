@@ -147,7 +147,9 @@ public enum HistoryChecker {
                 }
             case .ok, .fail, .info:
                 guard let invoke = pendingInvoke.removeValue(forKey: event.process), invoke.f == event.f else {
-                    violations.append(HistoryViolation("process \(event.process): \(event.type.rawValue) without invoke"))
+                    violations.append(
+                        HistoryViolation("process \(event.process): \(event.type.rawValue) without invoke")
+                    )
                     continue
                 }
                 switch (event.f, event.type, event.value) {
@@ -203,7 +205,9 @@ public enum HistoryChecker {
             let earlier = maxCompleted.last { $0.completed < read.invoked }?.count ?? 0
             if read.values.count < earlier {
                 violations.append(
-                    HistoryViolation("read at \(read.completed) saw \(read.values.count) values, fewer than \(earlier) seen earlier")
+                    HistoryViolation(
+                        "read at \(read.completed) saw \(read.values.count) values, fewer than \(earlier) seen earlier"
+                    )
                 )
             }
         }

@@ -342,7 +342,9 @@ public final class RaftSimulation {
             // State machine safety: every node applies the same entry at each index.
             if let known = committed[entry.index] {
                 if known.term != entry.term || known.data != entry.data {
-                    fail("node \(id) applied \(entry.term)/\(entry.index), but \(known.term)/\(entry.index) was applied elsewhere")
+                    fail(
+                        "node \(id) applied \(entry.term)/\(entry.index), but \(known.term)/\(entry.index) was applied elsewhere"
+                    )
                 }
             } else {
                 committed[entry.index] = (entry.term, entry.data, highestTerm())
@@ -394,7 +396,11 @@ public final class RaftSimulation {
         // Snapshot every 40 applied entries; keep a short tail so slightly lagging followers avoid snapshots.
         guard node.appliedIndex >= snapshotIndex + 40 else { return }
         do {
-            try node.storage.createSnapshot(at: node.appliedIndex, confState: raw.confState, data: encodeValues(node.values))
+            try node.storage.createSnapshot(
+                at: node.appliedIndex,
+                confState: raw.confState,
+                data: encodeValues(node.values)
+            )
             let compactTo = node.appliedIndex - 10
             if compactTo > (try node.storage.firstIndex()) { try node.storage.compact(upTo: compactTo) }
             count("compaction")
@@ -413,7 +419,9 @@ public final class RaftSimulation {
                 if chance(0.7) { startAppend(process, node) } else { startRead(process, node) }
             case .append(let value, let node, let deadline):
                 if let index = appliedIndex(of: value, on: node) {
-                    history.append(HistoryEvent(process: process, type: .ok, f: .append, value: .single(value), index: index))
+                    history.append(
+                        HistoryEvent(process: process, type: .ok, f: .append, value: .single(value), index: index)
+                    )
                     clients[process] = .idle
                 } else if nodes[node]!.raw == nil || deadline <= now {
                     history.append(HistoryEvent(process: process, type: .info, f: .append, value: .single(value)))
@@ -423,7 +431,13 @@ public final class RaftSimulation {
                 if let readIndex, nodes[node]!.raw != nil, nodes[node]!.appliedIndex >= readIndex {
                     let values = nodes[node]!.values
                     history.append(
-                        HistoryEvent(process: process, type: .ok, f: .read, value: .list(values), index: nodes[node]!.appliedIndex)
+                        HistoryEvent(
+                            process: process,
+                            type: .ok,
+                            f: .read,
+                            value: .list(values),
+                            index: nodes[node]!.appliedIndex
+                        )
                     )
                     clients[process] = .idle
                 } else if nodes[node]!.raw == nil || deadline <= now {
@@ -457,7 +471,9 @@ public final class RaftSimulation {
 
     private func startRead(_ process: Int, _ node: NodeID) {
         var context: [UInt8] = []
-        for shift in stride(from: 56, through: 0, by: -8) { context.append(UInt8(truncatingIfNeeded: nextContext >> UInt64(shift))) }
+        for shift in stride(from: 56, through: 0, by: -8) {
+            context.append(UInt8(truncatingIfNeeded: nextContext >> UInt64(shift)))
+        }
         nextContext += 1
         history.append(HistoryEvent(process: process, type: .invoke, f: .read, value: .none))
         do {
@@ -560,7 +576,9 @@ public final class RaftSimulation {
         nodes[id]!.appliedIndex = snapshot.metadata.index
         nodes[id]!.restartAt = 0
         count("restart")
-        log("restart \(id): \(nodes[id]!.raw!.hardState) conf=\(nodes[id]!.raw!.confState) last=\(nodes[id]!.raw!.lastIndex)")
+        log(
+            "restart \(id): \(nodes[id]!.raw!.hardState) conf=\(nodes[id]!.raw!.confState) last=\(nodes[id]!.raw!.lastIndex)"
+        )
     }
 
     /// Plans: add a new learner, promote it, then remove a random old member (possibly the leader).
@@ -586,9 +604,11 @@ public final class RaftSimulation {
         // Done when the leader has applied the change.
         let applied: Bool
         switch change.kind {
-        case .addLearner: applied = confState.learners.contains(change.nodeID) || confState.voters.contains(change.nodeID)
+        case .addLearner:
+            applied = confState.learners.contains(change.nodeID) || confState.voters.contains(change.nodeID)
         case .addNode: applied = confState.voters.contains(change.nodeID)
-        case .removeNode: applied = !confState.voters.contains(change.nodeID) && !confState.learners.contains(change.nodeID)
+        case .removeNode:
+            applied = !confState.voters.contains(change.nodeID) && !confState.learners.contains(change.nodeID)
         }
         if applied {
             membershipPlan.removeFirst()
@@ -672,7 +692,9 @@ public final class RaftSimulation {
                         return
                     }
                     if entryA.term == entryB.term {
-                        if entryA != entryB { fail("log matching: \(a) and \(b) hold different entries \(entryA.term)/\(index)") }
+                        if entryA != entryB {
+                            fail("log matching: \(a) and \(b) hold different entries \(entryA.term)/\(index)")
+                        }
                         matched = true
                     }
                 }
@@ -683,7 +705,9 @@ public final class RaftSimulation {
 
 func encodeValue(_ value: Int) -> [UInt8] {
     var bytes: [UInt8] = []
-    for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: UInt64(value) >> UInt64(shift))) }
+    for shift in stride(from: 56, through: 0, by: -8) {
+        bytes.append(UInt8(truncatingIfNeeded: UInt64(value) >> UInt64(shift)))
+    }
     return bytes
 }
 

@@ -79,7 +79,9 @@ struct MemoryStorageTests {
 
     @Test func applyingAnOlderSnapshotIsRefused() throws {
         let storage = filled()
-        expectRaftError(.snapshotOutOfDate) { try storage.applySnapshot(Snapshot(metadata: SnapshotMetadata(index: 2, term: 2))) }
+        expectRaftError(.snapshotOutOfDate) {
+            try storage.applySnapshot(Snapshot(metadata: SnapshotMetadata(index: 2, term: 2)))
+        }
         try storage.applySnapshot(Snapshot(metadata: SnapshotMetadata(index: 10, term: 7)))
         #expect(try storage.firstIndex() == 11)
         #expect(try storage.lastIndex() == 10)

@@ -26,7 +26,9 @@ struct RaftPaperTests {
         var raft = makeRaft(id: 1, voters: [1, 2, 3])
         raft.becomeFollower(term: 3, lead: 2)
         _ = takeMessages(&raft)
-        raft.step(Message(type: .app, to: 1, from: 2, term: 2, logTerm: 1, index: 1, entries: [Entry(term: 2, index: 2)]))
+        raft.step(
+            Message(type: .app, to: 1, from: 2, term: 2, logTerm: 1, index: 1, entries: [Entry(term: 2, index: 2)])
+        )
         #expect(raft.log.lastIndex == 1)
         #expect(raft.term == 3)
     }
@@ -161,7 +163,9 @@ struct RaftPaperTests {
 
     @Test func committingAnEntryCommitsAllPrecedingEntries() {
         // The leader has entries from an earlier term; committing its no-op commits them too.
-        let storages = Dictionary(uniqueKeysWithValues: [NodeID(1), 2, 3].map { ($0, storageWith(terms: [1, 1, 2], voters: [1, 2, 3])) })
+        let storages = Dictionary(
+            uniqueKeysWithValues: [NodeID(1), 2, 3].map { ($0, storageWith(terms: [1, 1, 2], voters: [1, 2, 3])) }
+        )
         var network = TestNetwork(voters: [1, 2, 3], storages: storages)
         network.nodes[1]!.raft.becomeFollower(term: 2, lead: noneNode)
         network.campaign(1)
@@ -173,7 +177,9 @@ struct RaftPaperTests {
         var raft = makeRaft(id: 1, voters: [1, 2, 3], storage: storageWith(terms: [1, 2], voters: [1, 2, 3]))
         raft.becomeFollower(term: 2, lead: 2)
         // The previous entry (index 2) has term 2 here, not 1.
-        raft.step(Message(type: .app, to: 1, from: 2, term: 2, logTerm: 1, index: 2, entries: [Entry(term: 2, index: 3)]))
+        raft.step(
+            Message(type: .app, to: 1, from: 2, term: 2, logTerm: 1, index: 2, entries: [Entry(term: 2, index: 3)])
+        )
         let response = takeMessages(&raft).last!
         #expect(response.type == .appResp && response.reject)
         #expect(raft.log.lastIndex == 2)
@@ -182,7 +188,9 @@ struct RaftPaperTests {
     @Test func followerDeletesAConflictingTailAndAppends() {
         var raft = makeRaft(id: 1, voters: [1, 2, 3], storage: storageWith(terms: [1, 2, 2], voters: [1, 2, 3]))
         raft.becomeFollower(term: 3, lead: 2)
-        raft.step(Message(type: .app, to: 1, from: 2, term: 3, logTerm: 1, index: 1, entries: [Entry(term: 3, index: 2)]))
+        raft.step(
+            Message(type: .app, to: 1, from: 2, term: 3, logTerm: 1, index: 1, entries: [Entry(term: 3, index: 2)])
+        )
         #expect(raft.log.lastIndex == 2)
         #expect(raft.log.termOrZero(2) == 3)
         #expect(takeMessages(&raft).last!.reject == false)
@@ -192,7 +200,16 @@ struct RaftPaperTests {
         var raft = makeRaft(id: 1, voters: [1, 2, 3])
         raft.becomeFollower(term: 1, lead: 2)
         raft.step(
-            Message(type: .app, to: 1, from: 2, term: 1, logTerm: 1, index: 1, entries: [Entry(term: 1, index: 2), Entry(term: 1, index: 3)], commit: 2)
+            Message(
+                type: .app,
+                to: 1,
+                from: 2,
+                term: 1,
+                logTerm: 1,
+                index: 1,
+                entries: [Entry(term: 1, index: 2), Entry(term: 1, index: 3)],
+                commit: 2
+            )
         )
         #expect(raft.log.committed == 2)
     }
@@ -281,7 +298,9 @@ struct RaftPaperTests {
         network.propose(1, "a")
         let before = network.log(1)
         // A forged append of the same term cannot make the leader truncate.
-        network.send([Message(type: .app, to: 1, from: 2, term: 1, logTerm: 1, index: 1, entries: [Entry(term: 1, index: 2)])])
+        network.send([
+            Message(type: .app, to: 1, from: 2, term: 1, logTerm: 1, index: 1, entries: [Entry(term: 1, index: 2)])
+        ])
         #expect(Array(network.log(1).prefix(before.count)) == before)
         #expect(network.raft(1).role == .leader)
     }

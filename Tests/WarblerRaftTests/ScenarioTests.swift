@@ -5,7 +5,9 @@ import Testing
 ///
 /// Set `WARBLER_REWRITE=1` to rewrite the golden output instead (then review the diff before committing).
 struct ScenarioTests {
-    static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("testdata")
+    static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(
+        "testdata"
+    )
 
     static var files: [String] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []

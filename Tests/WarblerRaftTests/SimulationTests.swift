@@ -34,7 +34,10 @@ struct SimulationTests {
             let report = RaftSimulation(options: SimulationOptions(seed: seed, nodes: 3, steps: 3000)).run()
             for (kind, count) in report.faults { totals[kind, default: 0] += count }
         }
-        for kind in ["drop", "duplicate", "delay", "crash", "restart", "pause", "partition", "conf_change", "compaction", "snapshot_installed"] {
+        for kind in [
+            "drop", "duplicate", "delay", "crash", "restart", "pause", "partition", "conf_change", "compaction",
+            "snapshot_installed",
+        ] {
             #expect(totals[kind, default: 0] > 0, "no \(kind) in 10 seeds: \(totals)")
         }
     }
@@ -58,7 +61,13 @@ struct HistoryCheckerTests {
     func append(_ process: Int, _ value: Int, _ outcome: HistoryEvent.Kind) -> [HistoryEvent] {
         [
             HistoryEvent(process: process, type: .invoke, f: .append, value: .single(value)),
-            HistoryEvent(process: process, type: outcome, f: .append, value: .single(value), index: outcome == .ok ? UInt64(value) : nil),
+            HistoryEvent(
+                process: process,
+                type: outcome,
+                f: .append,
+                value: .single(value),
+                index: outcome == .ok ? UInt64(value) : nil
+            ),
         ]
     }
 

@@ -11,7 +11,8 @@ struct TestNetwork {
     /// Every message that was delivered, in order.
     var delivered: [Message] = []
 
-    init(voters: [NodeID], storages given: [NodeID: MemoryStorage] = [:], configure: (inout Config) -> Void = { _ in }) {
+    init(voters: [NodeID], storages given: [NodeID: MemoryStorage] = [:], configure: (inout Config) -> Void = { _ in })
+    {
         for id in voters {
             let storage = given[id] ?? MemoryStorage(bootstrap: ConfState(voters: Set(voters)), index: 1, term: 1)
             var config = Config(id: id)
