@@ -3,9 +3,10 @@ import PackageDescription
 
 let package = Package(
     name: "Warbler",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .library(name: "WarblerRaft", targets: ["WarblerRaft"]),
+        .library(name: "WarblerStorage", targets: ["WarblerStorage"]),
         .executable(name: "warbler-sim", targets: ["warbler-sim"]),
         .executable(name: "warbler-raft-bench", targets: ["warbler-raft-bench"]),
     ],
@@ -13,7 +14,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
     ],
     targets: [
+        .systemLibrary(name: "CRocksDB", pkgConfig: "rocksdb", providers: [.apt(["librocksdb-dev"])]),
+        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .target(name: "WarblerRaft"),
+        .target(name: "WarblerStorage", dependencies: ["CRocksDB", "CLZ4", "WarblerRaft"]),
         .target(name: "WarblerSimulation", dependencies: ["WarblerRaft"]),
         .executableTarget(
             name: "warbler-sim",
@@ -23,6 +27,7 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "warbler-raft-bench", dependencies: ["WarblerRaft"], path: "bench/RaftBench"),
+        .testTarget(name: "WarblerStorageTests", dependencies: ["WarblerStorage"]),
         .testTarget(
             name: "WarblerRaftTests",
             dependencies: ["WarblerRaft", "WarblerSimulation"],

@@ -1,0 +1,64 @@
+import CRocksDB
+
+extension Database {
+    /// How SST files are compressed.
+    public enum Compression: Sendable, Hashable {
+        /// No compression (for tests that inspect raw files).
+        case none
+        /// LZ4 on every level: fast, and what Warbler ships with.
+        case lz4
+    }
+
+    /// How a database is opened. Defaults suit one Warbler node.
+    public struct Options: Sendable, Hashable {
+        /// Create the database (and missing column families) if absent.
+        public var createIfMissing = true
+        /// Column families to open besides `default`; families already on disk are always opened too.
+        public var columnFamilies: [String] = []
+        /// SST compression.
+        public var compression: Compression = .lz4
+        /// Bytes buffered in memory per column family before a flush to an SST file.
+        public var writeBufferSize = 64 << 20
+        /// Background threads for flushes and compactions.
+        public var backgroundThreads = 2
+        /// Verify checksums aggressively and refuse to open a database that looks damaged.
+        public var paranoidChecks = true
+
+        /// Creates default options.
+        public init() {}
+
+        /// Checks every field; throws naming the first that is wrong.
+        public func validate() throws(StorageError) {
+            if writeBufferSize < 1 << 16 {
+                throw StorageError(.invalidArgument, "writeBufferSize must be at least 64 KiB, got \(writeBufferSize)")
+            }
+            if backgroundThreads < 1 {
+                throw StorageError(.invalidArgument, "backgroundThreads must be positive, got \(backgroundThreads)")
+            }
+            for name in columnFamilies where name.isEmpty || name.utf8.count > 200 {
+                throw StorageError(.invalidArgument, "column family name '\(name)' must have 1 to 200 bytes")
+            }
+            if Set(columnFamilies).count != columnFamilies.count {
+                throw StorageError(.invalidArgument, "column family names must be unique")
+            }
+        }
+
+        /// A fresh C options object; the caller destroys it.
+        func makeCOptions() -> OpaquePointer {
+            let options = rocksdb_options_create()!
+            rocksdb_options_set_create_if_missing(options, createIfMissing ? 1 : 0)
+            rocksdb_options_set_create_missing_column_families(options, 1)
+            rocksdb_options_increase_parallelism(options, Int32(backgroundThreads))
+            rocksdb_options_set_write_buffer_size(options, writeBufferSize)
+            rocksdb_options_set_paranoid_checks(options, paranoidChecks ? 1 : 0)
+            let kind: Int32
+            switch compression {
+            case .none: kind = Int32(rocksdb_no_compression)
+            case .lz4: kind = Int32(rocksdb_lz4_compression)
+            }
+            rocksdb_options_set_compression(options, kind)
+            rocksdb_options_set_bottommost_compression(options, kind)
+            return options
+        }
+    }
+}
