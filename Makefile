@@ -5,7 +5,7 @@ APT_PACKAGES := librocksdb-dev liblz4-dev pkg-config
 SIM_SEEDS ?= 10000
 SIM_STEPS ?= 5000
 
-.PHONY: all deps build run test soak bench format format-check clean
+.PHONY: all deps build run test soak bench proto format format-check clean
 
 all: build
 
@@ -43,6 +43,18 @@ format-check:
 
 format:
 	$(SWIFT) format --in-place --recursive --parallel Sources Tests bench Package.swift
+
+# Regenerates the Swift of the client protocol from its .proto (the output is committed).
+PROTOC_BUILD := .build-protoc
+proto:
+	@command -v protoc >/dev/null || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq protobuf-compiler; }
+	$(SWIFT) package resolve
+	$(SWIFT) build -c release --package-path .build/checkouts/swift-protobuf --scratch-path $(PROTOC_BUILD) \
+		--product protoc-gen-swift
+	protoc --plugin=protoc-gen-swift=$(PROTOC_BUILD)/release/protoc-gen-swift --swift_opt=Visibility=Public \
+		--swift_out=Sources/WarblerWire/Generated --proto_path=Sources/WarblerWire/Proto \
+		Sources/WarblerWire/Proto/warbler_client.proto
 
 bench:
 	$(SWIFT) run -c release warbler-raft-bench

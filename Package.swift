@@ -7,16 +7,27 @@ let package = Package(
     products: [
         .library(name: "WarblerRaft", targets: ["WarblerRaft"]),
         .library(name: "WarblerStorage", targets: ["WarblerStorage"]),
+        .library(name: "WarblerWire", targets: ["WarblerWire"]),
         .executable(name: "warbler-sim", targets: ["warbler-sim"]),
         .executable(name: "warbler-raft-bench", targets: ["warbler-raft-bench"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         .systemLibrary(name: "CRocksDB", pkgConfig: "rocksdb", providers: [.apt(["librocksdb-dev"])]),
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .target(name: "WarblerRaft"),
+        .target(
+            name: "WarblerWire",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            exclude: ["Proto"]
+        ),
         .target(name: "WarblerStorage", dependencies: ["CRocksDB", "CLZ4", "WarblerRaft"]),
         .target(name: "WarblerSimulation", dependencies: ["WarblerRaft"]),
         .executableTarget(
@@ -28,6 +39,10 @@ let package = Package(
         ),
         .executableTarget(name: "warbler-raft-bench", dependencies: ["WarblerRaft"], path: "bench/RaftBench"),
         .testTarget(name: "WarblerStorageTests", dependencies: ["WarblerStorage"]),
+        .testTarget(
+            name: "WarblerWireTests",
+            dependencies: ["WarblerWire", .product(name: "NIOCore", package: "swift-nio")]
+        ),
         .testTarget(
             name: "WarblerRaftTests",
             dependencies: ["WarblerRaft", "WarblerSimulation"],

@@ -26,7 +26,8 @@ public struct StorageError: Error, Sendable, Hashable, CustomStringConvertible {
     public var cause: String?
     public var location: String
 
-    public init(_ code: Code, _ message: String, cause: String? = nil, file: StaticString = #fileID, line: UInt = #line) {
+    public init(_ code: Code, _ message: String, cause: String? = nil, file: StaticString = #fileID, line: UInt = #line)
+    {
         self.code = code
         self.message = message
         self.cause = cause
@@ -40,7 +41,12 @@ public struct StorageError: Error, Sendable, Hashable, CustomStringConvertible {
     }
 
     /// Classifies a RocksDB status string ("IO error: ...", "Corruption: ...").
-    static func rocksDB(_ status: String, while action: String, file: StaticString = #fileID, line: UInt = #line)
+    static func rocksDB(
+        _ status: String,
+        while action: String,
+        file: StaticString = #fileID,
+        line: UInt = #line
+    )
         -> StorageError
     {
         let code: Code

@@ -235,9 +235,13 @@ struct LZ4BlockTests {
         for _ in 0..<2000 {
             var damaged = valid
             switch Int.random(in: 0..<3, using: &random) {
-            case 0: damaged[Int.random(in: 0..<damaged.count, using: &random)] ^= UInt8.random(in: 1...255, using: &random)
+            case 0:
+                damaged[Int.random(in: 0..<damaged.count, using: &random)] ^= UInt8.random(in: 1...255, using: &random)
             case 1: damaged.removeLast(Int.random(in: 1..<damaged.count, using: &random))
-            default: damaged = (0..<Int.random(in: 0..<64, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) }
+            default:
+                damaged = (0..<Int.random(in: 0..<64, using: &random)).map { _ in
+                    UInt8.random(in: 0...255, using: &random)
+                }
             }
             do {
                 _ = try LZ4Block.decompress(damaged)

@@ -37,7 +37,9 @@ public enum LZ4Block {
 
     /// Decompresses what ``compress(_:)`` produced.
     public static func decompress(_ input: [UInt8]) throws(StorageError) -> [UInt8] {
-        guard input.count >= 4 else { throw StorageError(.corruption, "LZ4 chunk of \(input.count) bytes has no header") }
+        guard input.count >= 4 else {
+            throw StorageError(.corruption, "LZ4 chunk of \(input.count) bytes has no header")
+        }
         let length = Int(input[0]) << 24 | Int(input[1]) << 16 | Int(input[2]) << 8 | Int(input[3])
         guard length <= maxChunkSize else {
             throw StorageError(.corruption, "LZ4 chunk claims \(length) bytes, more than \(maxChunkSize)")

@@ -126,7 +126,11 @@ public final class Database: @unchecked Sendable {
     // MARK: - Point operations
 
     /// Reads the value stored under `key`, or nil.
-    public func get(_ key: [UInt8], in family: ColumnFamily, snapshot: ReadSnapshot? = nil) throws(StorageError)
+    public func get(
+        _ key: [UInt8],
+        in family: ColumnFamily,
+        snapshot: ReadSnapshot? = nil
+    ) throws(StorageError)
         -> [UInt8]?
     {
         check(family)
@@ -209,7 +213,8 @@ public final class Database: @unchecked Sendable {
         rocksdb_flushoptions_set_wait(options, 1)
         for target in family.map({ [$0] }) ?? Array(families.values) {
             check(target)
-            try rocksCall("flushing \(target.name)") { error in rocksdb_flush_cf(handle, options, target.handle, error) }
+            try rocksCall("flushing \(target.name)") { error in rocksdb_flush_cf(handle, options, target.handle, error)
+            }
         }
     }
 
@@ -234,7 +239,9 @@ public final class Database: @unchecked Sendable {
     /// Creates a consistent, openable copy of the database at `directory` (which must not exist), using hard
     /// links where possible.
     public func checkpoint(to directory: String) throws(StorageError) {
-        let checkpoint = try rocksCall("preparing a checkpoint") { error in rocksdb_checkpoint_object_create(handle, error) }
+        let checkpoint = try rocksCall("preparing a checkpoint") { error in
+            rocksdb_checkpoint_object_create(handle, error)
+        }
         guard let checkpoint else { throw StorageError(.failed, "RocksDB returned no checkpoint object") }
         defer { rocksdb_checkpoint_object_destroy(checkpoint) }
         try rocksCall("writing a checkpoint to \(directory)") { error in
@@ -242,4 +249,3 @@ public final class Database: @unchecked Sendable {
         }
     }
 }
-
