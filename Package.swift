@@ -23,12 +23,13 @@ let package = Package(
         .target(
             name: "WarblerWire",
             dependencies: [
+                "WarblerRaft",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             exclude: ["Proto"]
         ),
-        .target(name: "WarblerStorage", dependencies: ["CRocksDB", "CLZ4", "WarblerRaft"]),
+        .target(name: "WarblerStorage", dependencies: ["CRocksDB", "CLZ4", "WarblerRaft", "WarblerWire"]),
         .target(name: "WarblerSimulation", dependencies: ["WarblerRaft"]),
         .executableTarget(
             name: "warbler-sim",
@@ -38,7 +39,7 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "warbler-raft-bench", dependencies: ["WarblerRaft"], path: "bench/RaftBench"),
-        .testTarget(name: "WarblerStorageTests", dependencies: ["WarblerStorage"]),
+        .testTarget(name: "WarblerStorageTests", dependencies: ["WarblerStorage", "WarblerRaft", "WarblerWire"]),
         .testTarget(
             name: "WarblerWireTests",
             dependencies: ["WarblerWire", .product(name: "NIOCore", package: "swift-nio")]

@@ -1,0 +1,205 @@
+import WarblerRaft
+import WarblerWire
+
+/// The durable log of one Raft group, in the `raft` column family of the node's ``Database``. Many groups
+/// share one database; a scheduling round stages every group's writes into one ``WriteBatch`` and syncs once.
+///
+/// Reads implement ``RaftStorage``. Writes are staged into a batch and take effect in this object at once:
+/// the caller MUST then write the batch with `sync: true` before sending the Ready's messages, and MUST treat a
+/// failed write as fatal for the process (a log that may or may not be on disk cannot be reasoned about —
+/// restart and reload). Not thread-safe: the group's driver owns it.
+public final class RaftLogStore: RaftStorage {
+    /// The group this log belongs to.
+    public let group: UInt32
+    private let database: Database
+    private let family: ColumnFamily
+    private var hard: HardState
+    private var snap: Snapshot
+    /// `terms[i]` is the term of the entry at `snapshotIndex + i`; `terms[0]` is the snapshot's term.
+    private var terms: [UInt64]
+
+    /// Opens the log of `group`, loading its hard state, snapshot and entry terms.
+    ///
+    /// - Throws: ``StorageError/Code/corruption`` when records cannot be decoded or the log has holes.
+    public init(database: Database, family: ColumnFamily, group: UInt32) throws(StorageError) {
+        self.database = database
+        self.family = family
+        self.group = group
+        if let bytes = try database.get(RaftLogKeys.hardState(group: group), in: family) {
+            do { hard = try RaftRecordCodec.decodeHardState(bytes) } catch {
+                throw StorageError(.corruption, "hard state of group \(group) cannot be decoded", cause: "\(error)")
+            }
+        } else {
+            hard = HardState()
+        }
+        if let bytes = try database.get(RaftLogKeys.snapshot(group: group), in: family) {
+            do { snap = try RaftRecordCodec.decodeSnapshot(bytes) } catch {
+                throw StorageError(.corruption, "snapshot of group \(group) cannot be decoded", cause: "\(error)")
+            }
+        } else {
+            snap = Snapshot()
+        }
+        terms = [snap.metadata.term]
+        let iterator = database.makeIterator(
+            in: family,
+            upperBound: RaftLogKeys.entry(group: group, index: .max)
+        )
+        iterator.seek(to: RaftLogKeys.entry(group: group, index: snap.metadata.index + 1))
+        var expected = snap.metadata.index + 1
+        while iterator.isValid {
+            guard let index = RaftLogKeys.index(ofEntryKey: iterator.key) else { break }
+            guard index == expected else {
+                throw StorageError(.corruption, "group \(group) log has a hole: expected entry \(expected), found \(index)")
+            }
+            let entry: Entry
+            do { entry = try RaftRecordCodec.decodeEntry(iterator.value) } catch {
+                throw StorageError(.corruption, "entry \(index) of group \(group) cannot be decoded", cause: "\(error)")
+            }
+            terms.append(entry.term)
+            expected += 1
+            iterator.next()
+        }
+        try iterator.checkError()
+    }
+
+    /// Creates the first state of a new group (a one-voter cluster, or the first node of a cluster): a
+    /// snapshot at index 1, term 1, holding `confState`, committed. Refuses to overwrite an existing log.
+    public func bootstrap(_ confState: ConfState, into batch: WriteBatch) throws(StorageError) {
+        guard hard.isEmpty, snap.isEmpty, terms.count == 1 else {
+            throw StorageError(.invalidArgument, "group \(group) already has a log; it cannot be bootstrapped again")
+        }
+        let snapshot = Snapshot(metadata: SnapshotMetadata(index: 1, term: 1, confState: confState))
+        stageSnapshot(snapshot, into: batch)
+        stage(hardState: HardState(term: 1, vote: noneNode, commit: 1), into: batch)
+    }
+
+    /// True when the group has no state at all (never bootstrapped, never received a snapshot).
+    public var isEmpty: Bool { hard.isEmpty && snap.isEmpty && terms.count == 1 }
+
+    // MARK: - RaftStorage
+
+    public func initialState() throws(RaftError) -> (HardState, ConfState) { (hard, snap.metadata.confState) }
+
+    public func entries(from low: UInt64, to high: UInt64, maxSize: Int) throws(RaftError) -> [Entry] {
+        let first = snap.metadata.index + 1
+        if low < first { throw RaftError(.compacted, "entry \(low) of group \(group) was compacted (first is \(first))") }
+        if high > lastIndexValue + 1 {
+            preconditionFailure("storage: entries(\(low)..<\(high)) beyond last index \(lastIndexValue) of group \(group)")
+        }
+        if low >= high { return [] }
+        do {
+            let rows = try database.scan(
+                in: family,
+                from: RaftLogKeys.entry(group: group, index: low),
+                to: RaftLogKeys.entry(group: group, index: high)
+            )
+            guard rows.count == Int(high - low) else {
+                throw StorageError(.corruption, "group \(group) holds \(rows.count) of entries [\(low), \(high))")
+            }
+            var result: [Entry] = []
+            result.reserveCapacity(rows.count)
+            var size = 0
+            for row in rows {
+                let entry = try RaftRecordCodec.decodeEntry(row.value)
+                size += entry.payloadSize
+                if !result.isEmpty && size > maxSize { break }
+                result.append(entry)
+            }
+            return result
+        } catch let error as StorageError {
+            // Raft cannot continue on a log it cannot read.
+            preconditionFailure("storage: reading group \(group) entries [\(low), \(high)) failed: \(error)")
+        } catch {
+            preconditionFailure("storage: entry of group \(group) cannot be decoded: \(error)")
+        }
+    }
+
+    public func term(at index: UInt64) throws(RaftError) -> UInt64 {
+        let base = snap.metadata.index
+        if index < base { throw RaftError(.compacted, "term of compacted entry \(index) of group \(group)") }
+        let position = Int(index - base)
+        if position >= terms.count { throw RaftError(.unavailable, "term of missing entry \(index) of group \(group)") }
+        return terms[position]
+    }
+
+    public func firstIndex() throws(RaftError) -> UInt64 { snap.metadata.index + 1 }
+    public func lastIndex() throws(RaftError) -> UInt64 { lastIndexValue }
+    private var lastIndexValue: UInt64 { snap.metadata.index + UInt64(terms.count) - 1 }
+    public func snapshot() throws(RaftError) -> Snapshot { snap }
+
+    // MARK: - Staging writes
+
+    /// Stages everything a Ready asks to persist: its snapshot, then its entries, then its hard state.
+    public func stage(_ ready: Ready, into batch: WriteBatch) {
+        if let snapshot = ready.snapshot { stageSnapshot(snapshot, into: batch) }
+        stage(entries: ready.entries, into: batch)
+        if let hardState = ready.hardState { stage(hardState: hardState, into: batch) }
+    }
+
+    /// Stages appended entries, deleting any stored tail they replace.
+    public func stage(entries: [Entry], into batch: WriteBatch) {
+        guard let first = entries.first else { return }
+        let base = snap.metadata.index
+        // Entries at or below the snapshot are already covered by it.
+        let incoming = entries.drop { $0.index <= base }
+        guard let start = incoming.first?.index else { return }
+        let oldLast = lastIndexValue
+        precondition(start <= oldLast + 1, "storage: group \(group) appending at \(first.index) after last \(oldLast)")
+        if start <= oldLast {
+            batch.deleteRange(
+                from: RaftLogKeys.entry(group: group, index: start),
+                to: RaftLogKeys.entry(group: group, index: oldLast + 1),
+                in: family
+            )
+            terms.removeSubrange(Int(start - base)...)
+        }
+        for entry in incoming {
+            batch.put(RaftLogKeys.entry(group: group, index: entry.index), RaftRecordCodec.encode(entry), in: family)
+            terms.append(entry.term)
+        }
+    }
+
+    /// Stages the hard state.
+    public func stage(hardState: HardState, into batch: WriteBatch) {
+        batch.put(RaftLogKeys.hardState(group: group), RaftRecordCodec.encode(hardState), in: family)
+        hard = hardState
+    }
+
+    /// Stages a snapshot received from a leader: it replaces the whole log.
+    public func stageSnapshot(_ snapshot: Snapshot, into batch: WriteBatch) {
+        batch.deleteRange(
+            from: RaftLogKeys.entry(group: group, index: 0),
+            to: RaftLogKeys.entry(group: group, index: .max),
+            in: family
+        )
+        batch.put(RaftLogKeys.snapshot(group: group), RaftRecordCodec.encode(snapshot), in: family)
+        snap = snapshot
+        terms = [snapshot.metadata.term]
+    }
+
+    /// Stages a snapshot of the applied state at `index` and discards the entries it covers.
+    public func stageCompaction(
+        at index: UInt64,
+        confState: ConfState,
+        data: [UInt8],
+        into batch: WriteBatch
+    ) throws(StorageError) {
+        let base = snap.metadata.index
+        guard index > base else {
+            throw StorageError(.invalidArgument, "group \(group) is already compacted to \(base), not past \(index)")
+        }
+        guard index <= lastIndexValue, index <= hard.commit else {
+            throw StorageError(.invalidArgument, "group \(group) cannot compact to \(index): not committed")
+        }
+        let term = terms[Int(index - base)]
+        batch.deleteRange(
+            from: RaftLogKeys.entry(group: group, index: base + 1),
+            to: RaftLogKeys.entry(group: group, index: index + 1),
+            in: family
+        )
+        let snapshot = Snapshot(data: data, metadata: SnapshotMetadata(index: index, term: term, confState: confState))
+        batch.put(RaftLogKeys.snapshot(group: group), RaftRecordCodec.encode(snapshot), in: family)
+        terms.removeFirst(Int(index - base))
+        snap = snapshot
+    }
+}

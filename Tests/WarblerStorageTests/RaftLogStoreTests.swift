@@ -1,0 +1,220 @@
+import Foundation
+import Testing
+import WarblerRaft
+
+@testable import WarblerStorage
+
+struct RaftLogStoreTests {
+    func open(_ path: String) throws -> (Database, ColumnFamily) {
+        var options = Database.Options()
+        options.columnFamilies = ["raft"]
+        let database = try Database(path: path, options: options)
+        return (database, try database.columnFamily("raft"))
+    }
+
+    func entries(_ range: ClosedRange<UInt64>, term: UInt64) -> [Entry] {
+        range.map { Entry(term: term, index: $0, data: Array("e\($0)".utf8)) }
+    }
+
+    @Test func aBootstrappedLogSurvivesReopening() throws {
+        let path = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        do {
+            let (database, family) = try open(path)
+            let log = try RaftLogStore(database: database, family: family, group: 7)
+            #expect(log.isEmpty)
+            let batch = WriteBatch()
+            try log.bootstrap(ConfState(voters: [1]), into: batch)
+            log.stage(entries: entries(2...5, term: 2), into: batch)
+            log.stage(hardState: HardState(term: 2, vote: 1, commit: 4), into: batch)
+            try database.write(batch, sync: true)
+        }
+        let (database, family) = try open(path)
+        let log = try RaftLogStore(database: database, family: family, group: 7)
+        let (hard, conf) = try log.initialState()
+        #expect(hard == HardState(term: 2, vote: 1, commit: 4))
+        #expect(conf.voters == [1])
+        #expect(try log.firstIndex() == 2)
+        #expect(try log.lastIndex() == 5)
+        #expect(try log.term(at: 1) == 1)
+        #expect(try log.term(at: 5) == 2)
+        #expect(try log.entries(from: 2, to: 6, maxSize: .max).map(\.data) == (2...5).map { Array("e\($0)".utf8) })
+        #expect(try log.entries(from: 3, to: 6, maxSize: 0).count == 1)
+    }
+
+    @Test func bootstrappingTwiceIsRefused() throws {
+        let path = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let (database, family) = try open(path)
+        let log = try RaftLogStore(database: database, family: family, group: 1)
+        let batch = WriteBatch()
+        try log.bootstrap(ConfState(voters: [1]), into: batch)
+        try database.write(batch, sync: true)
+        #expect(throws: StorageError.self) { try log.bootstrap(ConfState(voters: [1]), into: WriteBatch()) }
+    }
+
+    @Test func aConflictingTailIsReplacedOnDisk() throws {
+        let path = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        do {
+            let (database, family) = try open(path)
+            let log = try RaftLogStore(database: database, family: family, group: 1)
+            let batch = WriteBatch()
+            try log.bootstrap(ConfState(voters: [1, 2, 3]), into: batch)
+            log.stage(entries: entries(2...6, term: 2), into: batch)
+            try database.write(batch, sync: true)
+            let replace = WriteBatch()
+            log.stage(entries: entries(4...4, term: 3), into: replace)
+            try database.write(replace, sync: true)
+            #expect(try log.lastIndex() == 4)
+        }
+        let (database, family) = try open(path)
+        let log = try RaftLogStore(database: database, family: family, group: 1)
+        #expect(try log.lastIndex() == 4)
+        #expect(try log.term(at: 4) == 3)
+        #expect(try log.term(at: 3) == 2)
+    }
+
+    @Test func compactionFreesEntriesAndSurvivesReopening() throws {
+        let path = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        do {
+            let (database, family) = try open(path)
+            let log = try RaftLogStore(database: database, family: family, group: 3)
+            let batch = WriteBatch()
+            try log.bootstrap(ConfState(voters: [1]), into: batch)
+            log.stage(entries: entries(2...10, term: 2), into: batch)
+            log.stage(hardState: HardState(term: 2, vote: 1, commit: 10), into: batch)
+            try database.write(batch, sync: true)
+            let compaction = WriteBatch()
+            try log.stageCompaction(at: 8, confState: ConfState(voters: [1]), data: [42], into: compaction)
+            try database.write(compaction, sync: true)
+            expectRaftCode(.compacted) { _ = try log.entries(from: 5, to: 9, maxSize: .max) }
+            #expect(throws: StorageError.self) {
+                try log.stageCompaction(at: 8, confState: ConfState(voters: [1]), data: [], into: WriteBatch())
+            }
+        }
+        let (database, family) = try open(path)
+        let log = try RaftLogStore(database: database, family: family, group: 3)
+        #expect(try log.firstIndex() == 9)
+        #expect(try log.lastIndex() == 10)
+        #expect(try log.snapshot().data == [42])
+        #expect(try log.term(at: 8) == 2)
+        let stored = try database.scan(in: family, from: [0x01], to: [0x02])
+        #expect(stored.count == 2)
+    }
+
+    @Test func aSnapshotFromTheLeaderReplacesTheLog() throws {
+        let path = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let (database, family) = try open(path)
+        let log = try RaftLogStore(database: database, family: family, group: 1)
+        let batch = WriteBatch()
+        try log.bootstrap(ConfState(voters: [1, 2]), into: batch)
+        log.stage(entries: entries(2...4, term: 2), into: batch)
+        try database.write(batch, sync: true)
+        let install = WriteBatch()
+        let snapshot = Snapshot(data: [1, 2], metadata: SnapshotMetadata(index: 20, term: 5, confState: ConfState(voters: [1, 2])))
+        log.stageSnapshot(snapshot, into: install)
+        try database.write(install, sync: true)
+        #expect(try log.firstIndex() == 21)
+        #expect(try log.lastIndex() == 20)
+        #expect(try database.scan(in: family, from: [0x01], to: [0x02]).isEmpty)
+    }
+
+    @Test func groupsSharingADatabaseAreIsolated() throws {
+        let path = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let (database, family) = try open(path)
+        let a = try RaftLogStore(database: database, family: family, group: 1)
+        let b = try RaftLogStore(database: database, family: family, group: 2)
+        let batch = WriteBatch()
+        try a.bootstrap(ConfState(voters: [1]), into: batch)
+        try b.bootstrap(ConfState(voters: [1]), into: batch)
+        a.stage(entries: entries(2...9, term: 2), into: batch)
+        b.stage(entries: entries(2...3, term: 4), into: batch)
+        try database.write(batch, sync: true)
+        let reopenedA = try RaftLogStore(database: database, family: family, group: 1)
+        let reopenedB = try RaftLogStore(database: database, family: family, group: 2)
+        #expect(try reopenedA.lastIndex() == 9)
+        #expect(try reopenedB.lastIndex() == 3)
+        #expect(try reopenedB.term(at: 3) == 4)
+    }
+
+    @Test func aHoleInTheLogIsReportedAsCorruption() throws {
+        let path = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let (database, family) = try open(path)
+        let log = try RaftLogStore(database: database, family: family, group: 1)
+        let batch = WriteBatch()
+        try log.bootstrap(ConfState(voters: [1]), into: batch)
+        log.stage(entries: entries(2...5, term: 2), into: batch)
+        try database.write(batch, sync: true)
+        try database.delete(RaftLogKeys.entry(group: 1, index: 3), in: family, sync: true)
+        do {
+            _ = try RaftLogStore(database: database, family: family, group: 1)
+            Issue.record("a log with a hole was loaded")
+        } catch {
+            #expect(error.code == .corruption)
+        }
+        try database.put(RaftLogKeys.entry(group: 1, index: 3), [0xFF, 0xFF], in: family, sync: true)
+        do {
+            _ = try RaftLogStore(database: database, family: family, group: 1)
+            Issue.record("a log with a garbage record was loaded")
+        } catch {
+            #expect(error.code == .corruption)
+        }
+    }
+
+    /// A single-voter RawNode over RocksDB: what it acknowledges is on disk and survives a restart.
+    @Test func aOneVoterGroupRestartsWithEveryCommittedEntry() throws {
+        let path = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var appliedBeforeRestart: [[UInt8]] = []
+        do {
+            let (database, family) = try open(path)
+            let log = try RaftLogStore(database: database, family: family, group: 1)
+            let bootstrap = WriteBatch()
+            try log.bootstrap(ConfState(voters: [1]), into: bootstrap)
+            try database.write(bootstrap, sync: true)
+            var node = try RawNode(config: Config(id: 1), storage: log)
+            node.campaign()
+            for round in 0..<20 {
+                if round > 0 { try node.proposeBatch((0..<5).map { Array("m\(round)-\($0)".utf8) }) }
+                while node.hasReady {
+                    let ready = node.ready()
+                    let batch = WriteBatch()
+                    log.stage(ready, into: batch)
+                    try database.write(batch, sync: ready.mustSync)
+                    appliedBeforeRestart += ready.committedEntries.filter { !$0.data.isEmpty }.map(\.data)
+                    node.advance(ready)
+                }
+            }
+            #expect(appliedBeforeRestart.count == 95)
+        }
+        let (database, family) = try open(path)
+        let log = try RaftLogStore(database: database, family: family, group: 1)
+        var node = try RawNode(config: Config(id: 1), storage: log)
+        var replayed: [[UInt8]] = []
+        while node.hasReady {
+            let ready = node.ready()
+            replayed += ready.committedEntries.filter { !$0.data.isEmpty }.map(\.data)
+            node.advance(ready)
+        }
+        #expect(replayed == appliedBeforeRestart)
+        node.campaign()
+        _ = node.ready()
+        #expect(node.softState.role == .leader)
+    }
+}
+
+func expectRaftCode(_ code: RaftError.Code, sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) {
+    do {
+        try body()
+        Issue.record("expected \(code)", sourceLocation: sourceLocation)
+    } catch let error as RaftError {
+        #expect(error.code == code, sourceLocation: sourceLocation)
+    } catch {
+        Issue.record("expected \(code), got \(error)", sourceLocation: sourceLocation)
+    }
+}
