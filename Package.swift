@@ -8,6 +8,7 @@ let package = Package(
         .library(name: "WarblerRaft", targets: ["WarblerRaft"]),
         .library(name: "WarblerStorage", targets: ["WarblerStorage"]),
         .library(name: "WarblerWire", targets: ["WarblerWire"]),
+        .library(name: "WarblerChat", targets: ["WarblerChat"]),
         .executable(name: "warbler-sim", targets: ["warbler-sim"]),
         .executable(name: "warbler-raft-bench", targets: ["warbler-raft-bench"]),
     ],
@@ -30,6 +31,13 @@ let package = Package(
             exclude: ["Proto"]
         ),
         .target(name: "WarblerStorage", dependencies: ["CRocksDB", "CLZ4", "WarblerRaft", "WarblerWire"]),
+        .target(
+            name: "WarblerChat",
+            dependencies: [
+                "WarblerStorage", "WarblerWire",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
         .target(name: "WarblerSimulation", dependencies: ["WarblerRaft"]),
         .executableTarget(
             name: "warbler-sim",
@@ -39,6 +47,7 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "warbler-raft-bench", dependencies: ["WarblerRaft"], path: "bench/RaftBench"),
+        .testTarget(name: "WarblerChatTests", dependencies: ["WarblerChat", "WarblerStorage", "WarblerWire"]),
         .testTarget(name: "WarblerStorageTests", dependencies: ["WarblerStorage", "WarblerRaft", "WarblerWire"]),
         .testTarget(
             name: "WarblerWireTests",

@@ -71,7 +71,9 @@ extension Snapshot {
 public enum RaftRecordCodec {
     public static func encode(_ entry: Entry) -> [UInt8] { try! Warbler_Raft_V1_Entry(entry).serializedBytes() }
     public static func encode(_ state: HardState) -> [UInt8] { try! Warbler_Raft_V1_HardState(state).serializedBytes() }
-    public static func encode(_ snapshot: Snapshot) -> [UInt8] { try! Warbler_Raft_V1_Snapshot(snapshot).serializedBytes() }
+    public static func encode(_ snapshot: Snapshot) -> [UInt8] {
+        try! Warbler_Raft_V1_Snapshot(snapshot).serializedBytes()
+    }
 
     public static func decodeEntry(_ bytes: [UInt8]) throws(WireError) -> Entry {
         let record: Warbler_Raft_V1_Entry

@@ -114,7 +114,10 @@ struct RaftLogStoreTests {
         log.stage(entries: entries(2...4, term: 2), into: batch)
         try database.write(batch, sync: true)
         let install = WriteBatch()
-        let snapshot = Snapshot(data: [1, 2], metadata: SnapshotMetadata(index: 20, term: 5, confState: ConfState(voters: [1, 2])))
+        let snapshot = Snapshot(
+            data: [1, 2],
+            metadata: SnapshotMetadata(index: 20, term: 5, confState: ConfState(voters: [1, 2]))
+        )
         log.stageSnapshot(snapshot, into: install)
         try database.write(install, sync: true)
         #expect(try log.firstIndex() == 21)
@@ -208,7 +211,11 @@ struct RaftLogStoreTests {
     }
 }
 
-func expectRaftCode(_ code: RaftError.Code, sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) {
+func expectRaftCode(
+    _ code: RaftError.Code,
+    sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: () throws -> Void
+) {
     do {
         try body()
         Issue.record("expected \(code)", sourceLocation: sourceLocation)

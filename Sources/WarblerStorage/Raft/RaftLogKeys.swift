@@ -37,8 +37,8 @@ enum RaftLogKeys {
     }
 }
 
-/// Appends `value` big-endian.
-func appendBigEndian<T: FixedWidthInteger>(_ value: T, to bytes: inout [UInt8]) {
+/// Appends `value` to `bytes` big-endian, as every Warbler key encodes integers.
+public func appendBigEndian<T: FixedWidthInteger>(_ value: T, to bytes: inout [UInt8]) {
     for shift in stride(from: T.bitWidth - 8, through: 0, by: -8) {
         bytes.append(UInt8(truncatingIfNeeded: value >> T(shift)))
     }

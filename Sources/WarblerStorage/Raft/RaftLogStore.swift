@@ -49,7 +49,10 @@ public final class RaftLogStore: RaftStorage {
         while iterator.isValid {
             guard let index = RaftLogKeys.index(ofEntryKey: iterator.key) else { break }
             guard index == expected else {
-                throw StorageError(.corruption, "group \(group) log has a hole: expected entry \(expected), found \(index)")
+                throw StorageError(
+                    .corruption,
+                    "group \(group) log has a hole: expected entry \(expected), found \(index)"
+                )
             }
             let entry: Entry
             do { entry = try RaftRecordCodec.decodeEntry(iterator.value) } catch {
@@ -82,9 +85,13 @@ public final class RaftLogStore: RaftStorage {
 
     public func entries(from low: UInt64, to high: UInt64, maxSize: Int) throws(RaftError) -> [Entry] {
         let first = snap.metadata.index + 1
-        if low < first { throw RaftError(.compacted, "entry \(low) of group \(group) was compacted (first is \(first))") }
+        if low < first {
+            throw RaftError(.compacted, "entry \(low) of group \(group) was compacted (first is \(first))")
+        }
         if high > lastIndexValue + 1 {
-            preconditionFailure("storage: entries(\(low)..<\(high)) beyond last index \(lastIndexValue) of group \(group)")
+            preconditionFailure(
+                "storage: entries(\(low)..<\(high)) beyond last index \(lastIndexValue) of group \(group)"
+            )
         }
         if low >= high { return [] }
         do {

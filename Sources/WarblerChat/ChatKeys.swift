@@ -1,0 +1,71 @@
+import WarblerStorage
+
+/// The key layout of the `chat` column family (documented in `docs/storage.md`). Strings are length-prefixed
+/// (one byte) so that no key is a prefix of another by accident; integers are big-endian so keys sort.
+enum ChatKeys {
+    static let appliedIndexTag: UInt8 = 0x01
+    static let accountByNameTag: UInt8 = 0x10
+    static let accountTag: UInt8 = 0x11
+    static let conversationTag: UInt8 = 0x20
+    static let membershipTag: UInt8 = 0x21
+    static let directPairTag: UInt8 = 0x22
+    static let messageTag: UInt8 = 0x30
+    static let dedupTag: UInt8 = 0x31
+
+    /// `0x01 | group u32`: the last log index applied to the state, written in the same batch as the state.
+    static func appliedIndex(group: UInt32) -> [UInt8] {
+        var key: [UInt8] = [appliedIndexTag]
+        appendBigEndian(group, to: &key)
+        return key
+    }
+
+    static func accountByName(_ name: String) -> [UInt8] { [accountByNameTag] + string(name) }
+    static func account(_ userID: String) -> [UInt8] { [accountTag] + string(userID) }
+    static func conversation(_ id: String) -> [UInt8] { [conversationTag] + string(id) }
+
+    /// `0x21 | user | conversation` → the user's read marker (u64).
+    static func membership(user: String, conversation: String) -> [UInt8] {
+        [membershipTag] + string(user) + string(conversation)
+    }
+
+    /// Every membership of `user`: `[start, end)`.
+    static func memberships(user: String) -> (start: [UInt8], end: [UInt8]) {
+        let prefix = [membershipTag] + string(user)
+        return (prefix, prefix + [0xFF])
+    }
+
+    /// `0x22 | smaller user | larger user` → the direct conversation's id.
+    static func directPair(_ a: String, _ b: String) -> [UInt8] {
+        let (low, high) = a < b ? (a, b) : (b, a)
+        return [directPairTag] + string(low) + string(high)
+    }
+
+    /// `0x30 | conversation | seq u64` → the message.
+    static func message(conversation: String, seq: UInt64) -> [UInt8] {
+        var key = [messageTag] + string(conversation)
+        appendBigEndian(seq, to: &key)
+        return key
+    }
+
+    /// `0x31 | conversation | sender | client message id` → seq (u64).
+    static func dedup(conversation: String, sender: String, clientMessageID: String) -> [UInt8] {
+        [dedupTag] + string(conversation) + string(sender) + string(clientMessageID)
+    }
+
+    static func string(_ text: String) -> [UInt8] {
+        let bytes = Array(text.utf8)
+        precondition(bytes.count <= 255, "chat: key component of \(bytes.count) bytes")
+        return [UInt8(bytes.count)] + bytes
+    }
+
+    static func encode(_ value: UInt64) -> [UInt8] {
+        var bytes: [UInt8] = []
+        appendBigEndian(value, to: &bytes)
+        return bytes
+    }
+
+    static func decodeUInt64(_ bytes: [UInt8]) -> UInt64? {
+        guard bytes.count == 8 else { return nil }
+        return bytes.reduce(0) { $0 << 8 | UInt64($1) }
+    }
+}

@@ -1,0 +1,33 @@
+import WarblerStorage
+
+/// Writes of one apply round: collected into a ``WriteBatch`` and visible to later reads of the same round
+/// (RocksDB batches are write-only), so that several commands in one batch see each other's effects.
+public struct StagedWrites {
+    let database: Database
+    let family: ColumnFamily
+    /// The batch the caller writes (synced) once the round is applied.
+    public let batch: WriteBatch
+    private var overlay: [[UInt8]: [UInt8]?] = [:]
+
+    /// Starts a round over `family`, staging into `batch`.
+    public init(database: Database, family: ColumnFamily, batch: WriteBatch) {
+        self.database = database
+        self.family = family
+        self.batch = batch
+    }
+
+    func get(_ key: [UInt8]) throws(StorageError) -> [UInt8]? {
+        if let staged = overlay[key] { return staged }
+        return try database.get(key, in: family)
+    }
+
+    mutating func put(_ key: [UInt8], _ value: [UInt8]) {
+        overlay[key] = .some(value)
+        batch.put(key, value, in: family)
+    }
+
+    mutating func delete(_ key: [UInt8]) {
+        overlay[key] = .some(nil)
+        batch.delete(key, in: family)
+    }
+}
