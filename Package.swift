@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
     ],
     targets: [
         .systemLibrary(name: "CRocksDB", pkgConfig: "rocksdb", providers: [.apt(["librocksdb-dev"])]),
@@ -32,9 +33,16 @@ let package = Package(
         ),
         .target(name: "WarblerStorage", dependencies: ["CRocksDB", "CLZ4", "WarblerRaft", "WarblerWire"]),
         .target(
+            name: "WarblerCluster",
+            dependencies: [
+                "WarblerRaft", "WarblerStorage", "WarblerWire",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
             name: "WarblerChat",
             dependencies: [
-                "WarblerStorage", "WarblerWire",
+                "WarblerStorage", "WarblerWire", "WarblerCluster",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
@@ -47,7 +55,14 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "warbler-raft-bench", dependencies: ["WarblerRaft"], path: "bench/RaftBench"),
-        .testTarget(name: "WarblerChatTests", dependencies: ["WarblerChat", "WarblerStorage", "WarblerWire"]),
+        .testTarget(
+            name: "WarblerChatTests",
+            dependencies: [
+                "WarblerChat", "WarblerCluster", "WarblerStorage", "WarblerWire", "WarblerRaft",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
         .testTarget(name: "WarblerStorageTests", dependencies: ["WarblerStorage", "WarblerRaft", "WarblerWire"]),
         .testTarget(
             name: "WarblerWireTests",
