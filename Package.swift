@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "WarblerStorage", targets: ["WarblerStorage"]),
         .library(name: "WarblerWire", targets: ["WarblerWire"]),
         .library(name: "WarblerChat", targets: ["WarblerChat"]),
+        .executable(name: "warbler", targets: ["warbler"]),
         .executable(name: "warbler-sim", targets: ["warbler-sim"]),
         .executable(name: "warbler-raft-bench", targets: ["warbler-raft-bench"]),
     ],
@@ -17,6 +18,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
     ],
     targets: [
         .systemLibrary(name: "CRocksDB", pkgConfig: "rocksdb", providers: [.apt(["librocksdb-dev"])]),
@@ -54,7 +57,31 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        .executableTarget(
+            name: "warbler",
+            dependencies: [
+                "WarblerServer", "WarblerChat", "WarblerWire",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         .executableTarget(name: "warbler-raft-bench", dependencies: ["WarblerRaft"], path: "bench/RaftBench"),
+        .target(
+            name: "WarblerServer",
+            dependencies: [
+                "WarblerChat", "WarblerCluster", "WarblerStorage", "WarblerWire", "WarblerRaft",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "CryptoExtras", package: "swift-crypto"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
         .testTarget(
             name: "WarblerChatTests",
             dependencies: [

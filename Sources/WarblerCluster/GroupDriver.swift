@@ -10,11 +10,14 @@ import WarblerStorage
 /// Every proposal that arrives while a batch is being written joins the next batch, so one fsync commits as
 /// many messages as arrived during the previous one. A single-voter group commits in the same round it
 /// appends. All Raft and storage work runs on one serial queue (blocking calls never run on an event loop or
-/// the cooperative pool); callers only wait on continuations.
+/// the cooperative pool); callers wait on continuations or completions.
 public final class GroupDriver<Machine: GroupStateMachine>: @unchecked Sendable {
+    /// Called with each proposal's result, on the driver's queue, in log order.
+    public typealias Completion = @Sendable (Result<Machine.Outcome, any Error>) -> Void
+
     private struct Pending {
         var data: [UInt8]
-        var continuation: CheckedContinuation<Machine.Outcome, any Error>
+        var completion: Completion
     }
 
     private struct Inbox {
@@ -35,7 +38,8 @@ public final class GroupDriver<Machine: GroupStateMachine>: @unchecked Sendable 
     private let appliedEntries = Atomic<Int>(0)
     // Confined to `queue`.
     private var node: RawNode
-    private var waiting: [UInt64: (term: UInt64, continuation: CheckedContinuation<Machine.Outcome, any Error>)] = [:]
+    private var waiting: [UInt64: (term: UInt64, completion: Completion)] = [:]
+    private let appliedHandler: (@Sendable ([Machine.Outcome]) -> Void)?
     private var timer: DispatchSourceTimer?
 
     /// Opens the group over its log in `database`. The log MUST exist (bootstrapped, or filled by a leader).
@@ -46,8 +50,10 @@ public final class GroupDriver<Machine: GroupStateMachine>: @unchecked Sendable 
         log: RaftLogStore,
         machine: Machine,
         config: Config? = nil,
-        logger: Logger
+        logger: Logger,
+        onApplied: (@Sendable ([Machine.Outcome]) -> Void)? = nil
     ) throws {
+        self.appliedHandler = onApplied
         self.group = group
         self.database = database
         self.log = log
@@ -85,7 +91,7 @@ public final class GroupDriver<Machine: GroupStateMachine>: @unchecked Sendable 
             return inbox.proposals
         }
         for proposal in pending {
-            proposal.continuation.resume(throwing: GroupDriverError(.stopped, "group \(group) stopped"))
+            proposal.completion(.failure(GroupDriverError(.stopped, "group \(group) stopped")))
         }
         queue.sync {
             timer?.cancel()
@@ -110,18 +116,24 @@ public final class GroupDriver<Machine: GroupStateMachine>: @unchecked Sendable 
     ///   the group.
     public func propose(_ data: [UInt8]) async throws -> Machine.Outcome {
         try await withCheckedThrowingContinuation { continuation in
-            let schedule = inbox.withLock { inbox -> Bool? in
-                if inbox.stopped { return nil }
-                inbox.proposals.append(Pending(data: data, continuation: continuation))
-                if inbox.scheduled { return false }
-                inbox.scheduled = true
-                return true
-            }
-            switch schedule {
-            case nil: continuation.resume(throwing: GroupDriverError(.stopped, "group \(group) stopped"))
-            case true?: queue.async { self.runRounds() }
-            case false?: break
-            }
+            submit(data) { continuation.resume(with: $0) }
+        }
+    }
+
+    /// Enqueues `data` now (proposals keep the order of `submit` calls) and calls `completion` with its outcome
+    /// once committed and applied, or with the error of ``propose(_:)``.
+    public func submit(_ data: [UInt8], completion: @escaping Completion) {
+        let schedule = inbox.withLock { inbox -> Bool? in
+            if inbox.stopped { return nil }
+            inbox.proposals.append(Pending(data: data, completion: completion))
+            if inbox.scheduled { return false }
+            inbox.scheduled = true
+            return true
+        }
+        switch schedule {
+        case nil: completion(.failure(GroupDriverError(.stopped, "group \(group) stopped")))
+        case true?: queue.async { self.runRounds() }
+        case false?: break
         }
     }
 
@@ -147,11 +159,11 @@ public final class GroupDriver<Machine: GroupStateMachine>: @unchecked Sendable 
             try node.proposeBatch(batch.map(\.data))
         } catch {
             let failure = GroupDriverError(.unavailable, error.message, leaderHint: error.leaderHint)
-            for proposal in batch { proposal.continuation.resume(throwing: failure) }
+            for proposal in batch { proposal.completion(.failure(failure)) }
             return
         }
         for (offset, proposal) in batch.enumerated() {
-            waiting[firstIndex + UInt64(offset)] = (term, proposal.continuation)
+            waiting[firstIndex + UInt64(offset)] = (term, proposal.completion)
         }
     }
 
@@ -190,18 +202,20 @@ public final class GroupDriver<Machine: GroupStateMachine>: @unchecked Sendable 
                 )
                 if soft.role != .leader { failWaiting(GroupDriverError(.outcomeUnknown, "leadership lost")) }
             }
+            // Every applied outcome first (delivery to online sessions), then each proposer's own.
+            if !outcomes.isEmpty { appliedHandler?(outcomes) }
             for (entry, outcome) in zip(applied, outcomes) {
                 guard let waiter = waiting.removeValue(forKey: entry.index) else { continue }
                 if waiter.term == entry.term {
-                    waiter.continuation.resume(returning: outcome)
+                    waiter.completion(.success(outcome))
                 } else {
-                    waiter.continuation.resume(throwing: GroupDriverError(.outcomeUnknown, "entry was replaced"))
+                    waiter.completion(.failure(GroupDriverError(.outcomeUnknown, "entry was replaced")))
                 }
             }
             // Waiters whose index was committed with a non-application entry (a new leader's no-op) lost theirs.
             for entry in ready.committedEntries where entry.kind != .normal || entry.data.isEmpty {
-                waiting.removeValue(forKey: entry.index)?.continuation.resume(
-                    throwing: GroupDriverError(.outcomeUnknown, "entry was replaced")
+                waiting.removeValue(forKey: entry.index)?.completion(
+                    .failure(GroupDriverError(.outcomeUnknown, "entry was replaced"))
                 )
             }
         }
@@ -210,6 +224,6 @@ public final class GroupDriver<Machine: GroupStateMachine>: @unchecked Sendable 
     private func failWaiting(_ error: any Error) {
         let waiters = waiting
         waiting = [:]
-        for waiter in waiters.values { waiter.continuation.resume(throwing: error) }
+        for waiter in waiters.values { waiter.completion(.failure(error)) }
     }
 }

@@ -6,6 +6,8 @@ public struct WireError: Error, Sendable, Hashable, CustomStringConvertible {
     public var code: ErrorCode
     public var message: String
     public var isFatal: Bool
+    /// The request the error answers, when it could be read (0 otherwise).
+    public var requestID: UInt64 = 0
     public var location: String
 
     public init(
@@ -22,6 +24,9 @@ public struct WireError: Error, Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String { "\(code): \(message)\(isFatal ? " (fatal)" : "")" }
+
+    /// The error as the frame the node sends, answering ``requestID``.
+    public var frame: Warbler_V1_ServerFrame { frame(requestID: requestID) }
 
     /// The error as the frame the node sends.
     public func frame(requestID: UInt64) -> Warbler_V1_ServerFrame {

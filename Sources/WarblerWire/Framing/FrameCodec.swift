@@ -32,7 +32,9 @@ public enum FrameCodec {
 
     private static func validated(_ frame: Warbler_V1_ClientFrame) throws(WireError) -> Warbler_V1_ClientFrame {
         guard frame.body != nil else {
-            throw WireError(.unknownRequest, "frame \(frame.requestID) carries no request this node knows")
+            var error = WireError(.unknownRequest, "frame \(frame.requestID) carries no request this node knows")
+            error.requestID = frame.requestID
+            throw error
         }
         guard frame.requestID != 0 else {
             throw WireError(.missingRequestID, "requests must carry a non-zero request_id")

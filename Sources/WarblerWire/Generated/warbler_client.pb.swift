@@ -760,7 +760,8 @@ public nonisolated struct Warbler_V1_HistoryPage: Sendable {
   /// ascending seq
   public var messages: [Warbler_V1_ChatMessage] = []
 
-  public var hasMore_p: Bool = false
+  /// more messages exist in the direction read
+  public var more: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -796,8 +797,8 @@ public nonisolated struct Warbler_V1_SyncPage: Sendable {
   /// conversations the client did not list
   public var conversations: [Warbler_V1_Conversation] = []
 
-  /// send Sync again with the new positions
-  public var hasMore_p: Bool = false
+  /// more remain: send Sync again with the new positions
+  public var more: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -2352,7 +2353,7 @@ nonisolated extension Warbler_V1_GetHistory: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Warbler_V1_HistoryPage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HistoryPage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}conversation_id\0\u{1}messages\0\u{3}has_more\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}conversation_id\0\u{1}messages\0\u{1}more\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2362,7 +2363,7 @@ nonisolated extension Warbler_V1_HistoryPage: SwiftProtobuf.Message, SwiftProtob
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.conversationID) }()
       case 2: try { try decoder.decodeRepeatedMessageField(value: &self.messages) }()
-      case 3: try { try decoder.decodeSingularBoolField(value: &self.hasMore_p) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.more) }()
       default: break
       }
     }
@@ -2375,8 +2376,8 @@ nonisolated extension Warbler_V1_HistoryPage: SwiftProtobuf.Message, SwiftProtob
     if !self.messages.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.messages, fieldNumber: 2)
     }
-    if self.hasMore_p != false {
-      try visitor.visitSingularBoolField(value: self.hasMore_p, fieldNumber: 3)
+    if self.more != false {
+      try visitor.visitSingularBoolField(value: self.more, fieldNumber: 3)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -2384,7 +2385,7 @@ nonisolated extension Warbler_V1_HistoryPage: SwiftProtobuf.Message, SwiftProtob
   public static func ==(lhs: Warbler_V1_HistoryPage, rhs: Warbler_V1_HistoryPage) -> Bool {
     if lhs.conversationID != rhs.conversationID {return false}
     if lhs.messages != rhs.messages {return false}
-    if lhs.hasMore_p != rhs.hasMore_p {return false}
+    if lhs.more != rhs.more {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2427,7 +2428,7 @@ nonisolated extension Warbler_V1_Sync: SwiftProtobuf.Message, SwiftProtobuf._Mes
 
 nonisolated extension Warbler_V1_SyncPage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SyncPage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}messages\0\u{1}conversations\0\u{3}has_more\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}messages\0\u{1}conversations\0\u{1}more\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2437,7 +2438,7 @@ nonisolated extension Warbler_V1_SyncPage: SwiftProtobuf.Message, SwiftProtobuf.
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.messages) }()
       case 2: try { try decoder.decodeRepeatedMessageField(value: &self.conversations) }()
-      case 3: try { try decoder.decodeSingularBoolField(value: &self.hasMore_p) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.more) }()
       default: break
       }
     }
@@ -2450,8 +2451,8 @@ nonisolated extension Warbler_V1_SyncPage: SwiftProtobuf.Message, SwiftProtobuf.
     if !self.conversations.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.conversations, fieldNumber: 2)
     }
-    if self.hasMore_p != false {
-      try visitor.visitSingularBoolField(value: self.hasMore_p, fieldNumber: 3)
+    if self.more != false {
+      try visitor.visitSingularBoolField(value: self.more, fieldNumber: 3)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -2459,7 +2460,7 @@ nonisolated extension Warbler_V1_SyncPage: SwiftProtobuf.Message, SwiftProtobuf.
   public static func ==(lhs: Warbler_V1_SyncPage, rhs: Warbler_V1_SyncPage) -> Bool {
     if lhs.messages != rhs.messages {return false}
     if lhs.conversations != rhs.conversations {return false}
-    if lhs.hasMore_p != rhs.hasMore_p {return false}
+    if lhs.more != rhs.more {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

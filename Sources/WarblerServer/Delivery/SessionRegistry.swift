@@ -1,0 +1,104 @@
+import NIOCore
+import Synchronization
+import WarblerChat
+import WarblerWire
+
+/// A connection that can receive pushes. Writes are thread-safe (NIO channels accept writes from any thread
+/// and keep their order).
+public final class ConnectionHandle: Sendable, Hashable {
+    let channel: any Channel
+    public let userID: String
+
+    init(channel: any Channel, userID: String) {
+        self.channel = channel
+        self.userID = userID
+    }
+
+    func send(_ frame: Warbler_V1_ServerFrame) {
+        let body = FrameCodec.encode(frame, allocator: channel.allocator)
+        var output = channel.allocator.buffer(capacity: body.readableBytes + 4)
+        writeFrame(body, into: &output)
+        channel.writeAndFlush(output, promise: nil)
+    }
+
+    public static func == (lhs: ConnectionHandle, rhs: ConnectionHandle) -> Bool { lhs === rhs }
+    public func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(self)) }
+}
+
+/// Who is online, and delivery of committed events to them.
+///
+/// ``deliver(_:)`` runs on the group's queue in log order, so each conversation's messages reach every session
+/// in `seq` order.
+final class SessionRegistry: Sendable {
+    private let online = Mutex<[String: Set<ConnectionHandle>]>([:])
+    private let queries: ChatQueries
+
+    init(queries: ChatQueries) { self.queries = queries }
+
+    /// Adds a session; returns true if it is the user's first (the user came online).
+    func add(_ handle: ConnectionHandle) -> Bool {
+        online.withLock { online in
+            let first = online[handle.userID, default: []].isEmpty
+            online[handle.userID, default: []].insert(handle)
+            return first
+        }
+    }
+
+    /// Removes a session; returns true if it was the user's last (the user went offline).
+    func remove(_ handle: ConnectionHandle) -> Bool {
+        online.withLock { online in
+            guard online[handle.userID]?.remove(handle) != nil else { return false }
+            if online[handle.userID]!.isEmpty {
+                online[handle.userID] = nil
+                return true
+            }
+            return false
+        }
+    }
+
+    func isOnline(_ user: String) -> Bool { online.withLock { $0[user] != nil } }
+
+    func sessions(of users: some Sequence<String>) -> [ConnectionHandle] {
+        online.withLock { online in users.flatMap { online[$0].map(Array.init) ?? [] } }
+    }
+
+    /// Pushes to `users` (every session of each).
+    func push(_ frame: Warbler_V1_ServerFrame, to users: some Sequence<String>, except excluded: ConnectionHandle? = nil) {
+        for handle in sessions(of: users) where handle !== excluded { handle.send(frame) }
+    }
+
+    /// Delivers the effects of applied commands to online sessions.
+    func deliver(_ outcomes: [ApplyOutcome]) {
+        for outcome in outcomes {
+            switch outcome {
+            case .posted(let message, duplicate: false):
+                guard let conversation = try? queries.conversation(id: message.conversationID) else { continue }
+                var frame = Warbler_V1_ServerFrame()
+                frame.messagePush.message = ClientRecords.message(message)
+                push(frame, to: conversation.members)
+            case .readMarked(let conversationID, let user, let seq):
+                guard let conversation = try? queries.conversation(id: conversationID) else { continue }
+                var frame = Warbler_V1_ServerFrame()
+                frame.receiptPush = .with {
+                    $0.conversationID = conversationID
+                    $0.user = user
+                    $0.readSeq = seq
+                }
+                push(frame, to: conversation.members.filter { $0 != user })
+            case .conversation(let record, created: true):
+                var frame = Warbler_V1_ServerFrame()
+                frame.conversationPush.conversation = ClientRecords.conversation(record, lastMessage: nil, readSeq: 0)
+                push(frame, to: record.members)
+            case .membersChanged(let record, _, let removed):
+                var frame = Warbler_V1_ServerFrame()
+                let lastMessage = try? queries.message(conversation: record.conversationID, seq: record.lastSeq)
+                frame.conversationPush.conversation = ClientRecords.conversation(record, lastMessage: lastMessage, readSeq: 0)
+                push(frame, to: record.members)
+                frame.conversationPush.removed = true
+                push(frame, to: removed)
+            default:
+                continue
+            }
+        }
+    }
+}

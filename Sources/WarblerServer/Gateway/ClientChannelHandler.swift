@@ -1,0 +1,195 @@
+import Foundation
+import Logging
+import NIOCore
+import WarblerChat
+import WarblerWire
+
+/// One client connection: the handshake, authentication, and dispatch of requests to the node.
+///
+/// Runs on its channel's event loop. Blocking work goes to the node's thread pool; proposals go to the group
+/// driver in arrival order (so one client's pipelined sends keep their order); replies and pushes are written
+/// through the channel, which is safe from any thread.
+final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private enum State {
+        case awaitingHello
+        case awaitingAuthentication
+        case ready(Session, ConnectionHandle)
+        case closed
+    }
+
+    private let node: ChatNode
+    private let logger: Logger
+    private var state = State.awaitingHello
+    private var channel: (any Channel)?
+
+    init(node: ChatNode, logger: Logger) {
+        self.node = node
+        self.logger = logger
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        channel = context.channel
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if case .ready(_, let handle) = state { node.sessionEnded(handle) }
+        state = .closed
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let error = error as? WireError {
+            // Framing errors (an oversize or truncated frame): the stream cannot be trusted any more.
+            send(error.frame)
+            if error.isFatal { context.close(promise: nil) }
+            return
+        }
+        logger.debug("connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let body = unwrapInboundIn(data)
+        let frame: Warbler_V1_ClientFrame
+        do {
+            frame = try FrameCodec.decodeClientFrame(body)
+        } catch {
+            // A malformed frame keeps the stream in step (its length was valid): answer and go on, unless the
+            // peer has not even said Hello.
+            if case .awaitingHello = state {
+                fail(context, WireError(.helloRequired, "the first frame must be a valid Hello", fatal: true))
+            } else {
+                send(error.frame)
+            }
+            return
+        }
+        guard let request = frame.body else { return }
+        let id = frame.requestID
+        switch state {
+        case .closed:
+            return
+        case .awaitingHello:
+            guard case .hello(let hello) = request else {
+                fail(context, WireError(.helloRequired, "the first frame must be Hello", fatal: true))
+                return
+            }
+            guard hello.protocolVersion == ProtocolLimits.currentVersion else {
+                let text = "version \(hello.protocolVersion) is not supported; this node speaks \(ProtocolLimits.currentVersion)"
+                var error = WireError(.unsupportedVersion, text, fatal: true)
+                error.requestID = id
+                fail(context, error)
+                return
+            }
+            state = .awaitingAuthentication
+            reply(id) {
+                $0.welcome = .with {
+                    $0.protocolVersion = ProtocolLimits.currentVersion
+                    $0.nodeID = "\(node.configuration.nodeID)"
+                    $0.maxFrameBytes = UInt32(node.configuration.limits.maxFrameBytes)
+                    $0.maxPayloadBytes = UInt32(node.configuration.limits.maxPayloadBytes)
+                }
+            }
+        case .awaitingAuthentication:
+            switch request {
+            case .login(let login): authenticate(context, id, node.login(login, on: context.eventLoop))
+            case .resumeSession(let resume): authenticate(context, id, node.resume(resume.sessionToken, on: context.eventLoop))
+            case .ping(let ping): pong(id, ping)
+            case .hello: send(WireError(.invalidArgument, "Hello was already received").frame(requestID: id))
+            default: send(WireError(.authRequired, "log in first").frame(requestID: id))
+            }
+        case .ready(let session, let handle):
+            switch request {
+            case .ping(let ping): pong(id, ping)
+            case .logout:
+                node.sessions.revoke(session.token)
+                node.sessionEnded(handle)
+                state = .awaitingAuthentication
+                reply(id) { $0.done = .init() }
+            case .hello, .login, .resumeSession:
+                send(WireError(.invalidArgument, "already logged in as \(session.userID)").frame(requestID: id))
+            default:
+                guard node.sessions.resolve(session.token) != nil else {
+                    send(WireError(.sessionExpired, "the session expired; log in again").frame(requestID: id))
+                    node.sessionEnded(handle)
+                    state = .awaitingAuthentication
+                    return
+                }
+                node.handle(request, from: session.userID, connection: handle, on: context.eventLoop) { [weak self] result in
+                    self?.send(result, requestID: id)
+                }
+            }
+        }
+    }
+
+    private func authenticate(
+        _ context: ChannelHandlerContext,
+        _ id: UInt64,
+        _ future: EventLoopFuture<Result<(Session, String), WireError>>
+    ) {
+        future.whenComplete { [self] outcome in
+            switch outcome {
+            case .success(.success(let (session, name))):
+                guard case .awaitingAuthentication = state, let channel else { return }
+                let handle = ConnectionHandle(channel: channel, userID: session.userID)
+                state = .ready(session, handle)
+                node.sessionStarted(handle)
+                reply(id) {
+                    $0.loggedIn = .with {
+                        $0.userID = session.userID
+                        $0.userName = name
+                        $0.sessionToken = session.token
+                        $0.expiresAtUnixMs = Int64(session.expiresAt.timeIntervalSince1970 * 1000)
+                    }
+                }
+            case .success(.failure(let error)):
+                send(error.frame(requestID: id))
+            case .failure(let error):
+                send(WireError(.internalError, "authentication failed: \(error)").frame(requestID: id))
+            }
+        }
+    }
+
+    private func pong(_ id: UInt64, _ ping: Warbler_V1_Ping) {
+        reply(id) {
+            $0.pong = .with {
+                $0.nonce = ping.nonce
+                $0.serverTimeUnixMs = Int64(Date().timeIntervalSince1970 * 1000)
+            }
+        }
+    }
+
+    private func reply(_ id: UInt64, _ build: (inout Warbler_V1_ServerFrame) -> Void) {
+        var frame = Warbler_V1_ServerFrame()
+        frame.requestID = id
+        build(&frame)
+        send(frame)
+    }
+
+    private func send(_ result: Result<Warbler_V1_ServerFrame, WireError>, requestID: UInt64) {
+        switch result {
+        case .success(var frame):
+            frame.requestID = requestID
+            send(frame)
+        case .failure(let error):
+            send(error.frame(requestID: requestID))
+        }
+    }
+
+    private func send(_ frame: Warbler_V1_ServerFrame) {
+        guard let channel else { return }
+        let body = FrameCodec.encode(frame, allocator: channel.allocator)
+        var output = channel.allocator.buffer(capacity: body.readableBytes + 4)
+        writeFrame(body, into: &output)
+        channel.writeAndFlush(output, promise: nil)
+    }
+
+    private func fail(_ context: ChannelHandlerContext, _ error: WireError) {
+        send(error.frame)
+        state = .closed
+        context.close(promise: nil)
+    }
+}

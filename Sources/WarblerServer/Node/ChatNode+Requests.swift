@@ -1,0 +1,289 @@
+import Foundation
+import NIOCore
+import WarblerChat
+import WarblerCluster
+import WarblerWire
+
+extension ChatNode {
+    // MARK: - Authentication
+
+    /// Checks a login on the thread pool (scrypt is deliberately slow).
+    func login(_ login: Warbler_V1_Login, on eventLoop: any EventLoop) -> EventLoopFuture<Result<(Session, String), WireError>> {
+        threadPool.runIfActive(eventLoop: eventLoop) { [self] in
+            let name = login.user
+            if throttle.isLocked(name) {
+                return .failure(WireError(.lockedOut, "too many failed logins; try again later"))
+            }
+            // Hash even for unknown users, so that timing does not reveal which names exist.
+            let account = try queries.account(named: name)
+            let hash = account.map { [UInt8]($0.passwordHash) } ?? Self.decoyHash
+            let valid = PasswordHasher.verify(login.password, against: hash) && account != nil
+            guard valid, let account else {
+                throttle.recordFailure(name)
+                logger.notice("login failed", metadata: ["user": "\(name)"])
+                return .failure(WireError(.invalidCredentials, "wrong user name or password"))
+            }
+            throttle.recordSuccess(name)
+            return .success((sessions.issue(userID: account.userID), account.name))
+        }
+    }
+
+    /// A hash of a random password, verified against for unknown names.
+    static let decoyHash: [UInt8] = (try? PasswordHasher.hash(UUID().uuidString, costExponent: 15)) ?? []
+
+    func resume(_ token: String, on eventLoop: any EventLoop) -> EventLoopFuture<Result<(Session, String), WireError>> {
+        guard let session = sessions.resolve(token) else {
+            return eventLoop.makeSucceededFuture(.failure(WireError(.sessionExpired, "the session expired; log in again")))
+        }
+        return eventLoop.makeSucceededFuture(.success((session, session.userID)))
+    }
+
+    // MARK: - Presence
+
+    func sessionStarted(_ handle: ConnectionHandle) {
+        guard registry.add(handle) else { return }
+        announcePresence(of: handle.userID, online: true)
+    }
+
+    func sessionEnded(_ handle: ConnectionHandle) {
+        guard registry.remove(handle) else { return }
+        announcePresence(of: handle.userID, online: false)
+    }
+
+    /// Tells everyone who shares a conversation with `user` (and is online) that it came or went.
+    private func announcePresence(of user: String, online: Bool) {
+        threadPool.submit { [self] state in
+            guard state == .active, let conversations = try? queries.conversations(of: user) else { return }
+            var peers = Set(conversations.flatMap(\.conversation.members))
+            peers.remove(user)
+            var frame = Warbler_V1_ServerFrame()
+            frame.presencePush = .with {
+                $0.user = user
+                $0.online = online
+            }
+            registry.push(frame, to: peers)
+        }
+    }
+
+    // MARK: - Requests
+
+    typealias Reply = @Sendable (Result<Warbler_V1_ServerFrame, WireError>) -> Void
+
+    /// Serves one request of a logged-in user. `reply` is called exactly once, from any thread.
+    func handle(
+        _ request: Warbler_V1_ClientFrame.OneOf_Body,
+        from user: String,
+        connection: ConnectionHandle,
+        on eventLoop: any EventLoop,
+        reply: @escaping Reply
+    ) {
+        switch request {
+        case .send(let send):
+            // Cheap checks here; membership is checked when the command is applied.
+            if send.payload.isEmpty { return reply(.failure(WireError(.invalidArgument, "payload must not be empty"))) }
+            if send.payload.count > configuration.limits.maxPayloadBytes {
+                return reply(
+                    .failure(
+                        WireError(.payloadTooLarge, "payload of \(send.payload.count) bytes exceeds \(configuration.limits.maxPayloadBytes)")
+                    )
+                )
+            }
+            propose(
+                .postMessage(.with {
+                    $0.conversationID = send.conversationID
+                    $0.sender = user
+                    $0.clientMessageID = send.clientMessageID
+                    $0.payload = send.payload
+                }),
+                reply: reply
+            )
+        case .markRead(let mark):
+            propose(.markRead(.with {
+                $0.conversationID = mark.conversationID
+                $0.user = user
+                $0.seq = mark.seq
+            }), reply: reply)
+        case .createGroup(let create):
+            propose(.createConversation(.with {
+                $0.conversationID = Self.newConversationID()
+                $0.kind = .group
+                $0.title = create.title
+                $0.creator = user
+                $0.members = create.members
+            }), reply: reply)
+        case .addMembers(let add):
+            propose(.addMembers(.with {
+                $0.conversationID = add.conversationID
+                $0.actor = user
+                $0.members = add.members
+            }), reply: reply)
+        case .removeMember(let remove):
+            propose(.removeMember(.with {
+                $0.conversationID = remove.conversationID
+                $0.actor = user
+                $0.member = remove.member
+            }), answerDone: true, reply: reply)
+        case .leaveConversation(let leave):
+            propose(.removeMember(.with {
+                $0.conversationID = leave.conversationID
+                $0.actor = user
+                $0.member = user
+            }), answerDone: true, reply: reply)
+        case .createDirect(let direct):
+            read(on: eventLoop, reply: reply) { [self] in
+                guard try queries.account(named: direct.user) != nil else {
+                    throw WireError(.userNotFound, "no user \(direct.user)")
+                }
+                if let existing = try queries.directConversation(between: user, and: direct.user) {
+                    return try conversationFrame(existing, for: user)
+                }
+                return nil
+            } then: { [self] in
+                propose(.createConversation(.with {
+                    $0.conversationID = Self.newConversationID()
+                    $0.kind = .direct
+                    $0.creator = user
+                    $0.members = [direct.user]
+                }), reply: reply)
+            }
+        case .setTyping(let typing):
+            read(on: eventLoop, reply: reply) { [self] in
+                guard let conversation = try queries.conversation(id: typing.conversationID, member: user) else {
+                    throw WireError(.conversationNotFound, "no conversation \(typing.conversationID)")
+                }
+                var push = Warbler_V1_ServerFrame()
+                push.typingPush = .with {
+                    $0.conversationID = typing.conversationID
+                    $0.user = user
+                    $0.typing = typing.typing
+                }
+                registry.push(push, to: conversation.members.filter { $0 != user })
+                return .with { $0.done = .init() }
+            }
+        case .listConversations:
+            read(on: eventLoop, reply: reply) { [self] in
+                let list = try queries.conversations(of: user)
+                return .with { $0.conversationList.conversations = list.map(ClientRecords.conversation) }
+            }
+        case .getHistory(let history):
+            read(on: eventLoop, reply: reply) { [self] in
+                guard try queries.conversation(id: history.conversationID, member: user) != nil else {
+                    throw WireError(.conversationNotFound, "no conversation \(history.conversationID)")
+                }
+                let limit = Int(history.limit)
+                let page =
+                    history.afterSeq > 0
+                    ? try queries.messages(conversation: history.conversationID, after: history.afterSeq, limit: limit)
+                    : try queries.messages(conversation: history.conversationID, before: history.beforeSeq, limit: limit)
+                return .with {
+                    $0.historyPage = .with {
+                        $0.conversationID = history.conversationID
+                        $0.messages = page.messages.map(ClientRecords.message)
+                        $0.more = page.hasMore
+                    }
+                }
+            }
+        case .sync(let sync):
+            read(on: eventLoop, reply: reply) { [self] in try syncPage(sync, for: user) }
+        case .hello, .login, .resumeSession, .logout, .ping:
+            reply(.failure(WireError(.invalidArgument, "not valid here")))
+        }
+    }
+
+    private func syncPage(_ sync: Warbler_V1_Sync, for user: String) throws -> Warbler_V1_ServerFrame {
+        let budget = sync.limit == 0 ? 500 : min(Int(sync.limit), queries.limits.maxPageSize)
+        var remaining = budget
+        var page = Warbler_V1_SyncPage()
+        for summary in try queries.conversations(of: user).reversed() {
+            let id = summary.conversation.conversationID
+            let known = sync.lastSeq[id]
+            if known == nil { page.conversations.append(ClientRecords.conversation(summary)) }
+            let after = known ?? 0
+            guard summary.conversation.lastSeq > after else { continue }
+            if remaining == 0 {
+                page.more = true
+                break
+            }
+            let messages = try queries.messages(conversation: id, after: after, limit: remaining)
+            page.messages.append(contentsOf: messages.messages.map(ClientRecords.message))
+            remaining -= messages.messages.count
+            if messages.hasMore { page.more = true }
+        }
+        return .with { $0.syncPage = page }
+    }
+
+    private func conversationFrame(_ record: ConversationRecord, for user: String) throws -> Warbler_V1_ServerFrame {
+        let readSeq = try queries.readMarker(user: user, conversation: record.conversationID) ?? 0
+        let last = record.lastSeq > 0 ? try queries.message(conversation: record.conversationID, seq: record.lastSeq) : nil
+        return .with { $0.conversation = ClientRecords.conversation(record, lastMessage: last, readSeq: readSeq) }
+    }
+
+    /// Runs `body` on the thread pool; a nil result runs `then` instead of replying.
+    private func read(
+        on eventLoop: any EventLoop,
+        reply: @escaping Reply,
+        _ body: @escaping @Sendable () throws -> Warbler_V1_ServerFrame?,
+        then: (@Sendable () -> Void)? = nil
+    ) {
+        threadPool.runIfActive(eventLoop: eventLoop, body).whenComplete { result in
+            switch result {
+            case .success(let frame?): reply(.success(frame))
+            case .success(nil): then?()
+            case .failure(let error as WireError): reply(.failure(error))
+            case .failure(let error as ChatError): reply(.failure(WireError(error.code, error.message)))
+            case .failure(let error): reply(.failure(WireError(.internalError, "\(error)")))
+            }
+        }
+    }
+
+    /// Proposes a command and replies with what applying it produced.
+    private func propose(_ body: ChatCommand.OneOf_Body, answerDone: Bool = false, reply: @escaping Reply) {
+        let user: String? = {
+            if case .postMessage(let post) = body { return post.sender }
+            if case .createConversation(let create) = body { return create.creator }
+            if case .addMembers(let add) = body { return add.actor }
+            return nil
+        }()
+        driver.submit(Self.encode(body)) { [self] result in
+            switch result {
+            case .success(.refused(let error)): reply(.failure(WireError(error.code, error.message)))
+            case .success where answerDone: reply(.success(.with { $0.done = .init() }))
+            case .success(let outcome): reply(frame(for: outcome, user: user))
+            case .failure(let error as GroupDriverError) where error.code == .outcomeUnknown:
+                reply(.failure(WireError(.unavailable, "the outcome is unknown; resend with the same client_message_id")))
+            case .failure(let error):
+                reply(.failure(WireError(.unavailable, "the node cannot commit now: \(error)")))
+            }
+        }
+    }
+
+    private func frame(for outcome: ApplyOutcome, user: String?) -> Result<Warbler_V1_ServerFrame, WireError> {
+        switch outcome {
+        case .posted(let message, let duplicate):
+            return .success(.with {
+                $0.ack = .with {
+                    $0.conversationID = message.conversationID
+                    $0.clientMessageID = message.clientMessageID
+                    $0.seq = message.seq
+                    $0.serverTimeUnixMs = message.timeUnixMs
+                    $0.duplicate = duplicate
+                }
+            })
+        case .conversation(let record, _), .membersChanged(let record, _, _):
+            do {
+                return .success(try conversationFrame(record, for: user ?? record.creator))
+            } catch {
+                return .success(.with { $0.conversation = ClientRecords.conversation(record, lastMessage: nil, readSeq: 0) })
+            }
+        case .readMarked, .accountCreated, .alreadyApplied:
+            return .success(.with { $0.done = .init() })
+        case .refused(let error):
+            return .failure(WireError(error.code, error.message))
+        }
+    }
+
+    static func newConversationID() -> String {
+        var generator = SystemRandomNumberGenerator()
+        return "c-" + (0..<12).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
+    }
+}
