@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "WarblerStorage", targets: ["WarblerStorage"]),
         .library(name: "WarblerWire", targets: ["WarblerWire"]),
         .library(name: "WarblerChat", targets: ["WarblerChat"]),
+        .library(name: "WarblerClient", targets: ["WarblerClient"]),
         .executable(name: "warbler", targets: ["warbler"]),
         .executable(name: "warbler-sim", targets: ["warbler-sim"]),
         .executable(name: "warbler-raft-bench", targets: ["warbler-raft-bench"]),
@@ -81,6 +82,18 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
+        ),
+        .target(
+            name: "WarblerClient",
+            dependencies: [
+                "WarblerWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
+            name: "WarblerIntegrationTests",
+            dependencies: ["WarblerClient", "WarblerWire", "warbler"]
         ),
         .testTarget(
             name: "WarblerChatTests",

@@ -46,7 +46,9 @@ public struct NodeConfiguration: Sendable, Hashable {
         if security.sessionLifetimeSeconds < 60 {
             throw WireError(.invalidArgument, "security.sessionLifetimeSeconds must be at least 60")
         }
-        if security.maxFailedLogins < 1 { throw WireError(.invalidArgument, "security.maxFailedLogins must be positive") }
+        if security.maxFailedLogins < 1 {
+            throw WireError(.invalidArgument, "security.maxFailedLogins must be positive")
+        }
         if !(10...20).contains(security.scryptCostExponent) {
             throw WireError(.invalidArgument, "security.scryptCostExponent must be 10...20")
         }

@@ -20,7 +20,8 @@ public enum PasswordHasher {
         let parts = String(decoding: encoded, as: UTF8.self).split(separator: "$").map(String.init)
         guard parts.count == 6, parts[0] == "scrypt", let cost = Int(parts[1]), (10...20).contains(cost),
             let r = Int(parts[2]), let p = Int(parts[3]), (1...16).contains(r), (1...4).contains(p),
-            let salt = Data(base64Encoded: parts[4]), let expected = Data(base64Encoded: parts[5]), expected.count == 32,
+            let salt = Data(base64Encoded: parts[4]), let expected = Data(base64Encoded: parts[5]),
+            expected.count == 32,
             let derived = try? derive(password, salt: [UInt8](salt), costExponent: cost, r: r, p: p)
         else { return false }
         // SymmetricKey equality is constant-time.

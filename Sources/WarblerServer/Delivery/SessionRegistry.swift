@@ -63,7 +63,11 @@ final class SessionRegistry: Sendable {
     }
 
     /// Pushes to `users` (every session of each).
-    func push(_ frame: Warbler_V1_ServerFrame, to users: some Sequence<String>, except excluded: ConnectionHandle? = nil) {
+    func push(
+        _ frame: Warbler_V1_ServerFrame,
+        to users: some Sequence<String>,
+        except excluded: ConnectionHandle? = nil
+    ) {
         for handle in sessions(of: users) where handle !== excluded { handle.send(frame) }
     }
 
@@ -92,7 +96,11 @@ final class SessionRegistry: Sendable {
             case .membersChanged(let record, _, let removed):
                 var frame = Warbler_V1_ServerFrame()
                 let lastMessage = try? queries.message(conversation: record.conversationID, seq: record.lastSeq)
-                frame.conversationPush.conversation = ClientRecords.conversation(record, lastMessage: lastMessage, readSeq: 0)
+                frame.conversationPush.conversation = ClientRecords.conversation(
+                    record,
+                    lastMessage: lastMessage,
+                    readSeq: 0
+                )
                 push(frame, to: record.members)
                 frame.conversationPush.removed = true
                 push(frame, to: removed)

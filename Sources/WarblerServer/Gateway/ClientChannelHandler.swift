@@ -78,7 +78,8 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
                 return
             }
             guard hello.protocolVersion == ProtocolLimits.currentVersion else {
-                let text = "version \(hello.protocolVersion) is not supported; this node speaks \(ProtocolLimits.currentVersion)"
+                let text =
+                    "version \(hello.protocolVersion) is not supported; this node speaks \(ProtocolLimits.currentVersion)"
                 var error = WireError(.unsupportedVersion, text, fatal: true)
                 error.requestID = id
                 fail(context, error)
@@ -96,7 +97,8 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
         case .awaitingAuthentication:
             switch request {
             case .login(let login): authenticate(context, id, node.login(login, on: context.eventLoop))
-            case .resumeSession(let resume): authenticate(context, id, node.resume(resume.sessionToken, on: context.eventLoop))
+            case .resumeSession(let resume):
+                authenticate(context, id, node.resume(resume.sessionToken, on: context.eventLoop))
             case .ping(let ping): pong(id, ping)
             case .hello: send(WireError(.invalidArgument, "Hello was already received").frame(requestID: id))
             default: send(WireError(.authRequired, "log in first").frame(requestID: id))
@@ -118,7 +120,8 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
                     state = .awaitingAuthentication
                     return
                 }
-                node.handle(request, from: session.userID, connection: handle, on: context.eventLoop) { [weak self] result in
+                node.handle(request, from: session.userID, connection: handle, on: context.eventLoop) {
+                    [weak self] result in
                     self?.send(result, requestID: id)
                 }
             }

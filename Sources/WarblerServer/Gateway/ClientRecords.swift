@@ -15,7 +15,11 @@ enum ClientRecords {
         }
     }
 
-    static func conversation(_ record: ConversationRecord, lastMessage: MessageRecord?, readSeq: UInt64)
+    static func conversation(
+        _ record: ConversationRecord,
+        lastMessage: MessageRecord?,
+        readSeq: UInt64
+    )
         -> Warbler_V1_Conversation
     {
         .with {

@@ -8,7 +8,10 @@ extension ChatNode {
     // MARK: - Authentication
 
     /// Checks a login on the thread pool (scrypt is deliberately slow).
-    func login(_ login: Warbler_V1_Login, on eventLoop: any EventLoop) -> EventLoopFuture<Result<(Session, String), WireError>> {
+    func login(
+        _ login: Warbler_V1_Login,
+        on eventLoop: any EventLoop
+    ) -> EventLoopFuture<Result<(Session, String), WireError>> {
         threadPool.runIfActive(eventLoop: eventLoop) { [self] in
             let name = login.user
             if throttle.isLocked(name) {
@@ -33,7 +36,9 @@ extension ChatNode {
 
     func resume(_ token: String, on eventLoop: any EventLoop) -> EventLoopFuture<Result<(Session, String), WireError>> {
         guard let session = sessions.resolve(token) else {
-            return eventLoop.makeSucceededFuture(.failure(WireError(.sessionExpired, "the session expired; log in again")))
+            return eventLoop.makeSucceededFuture(
+                .failure(WireError(.sessionExpired, "the session expired; log in again"))
+            )
         }
         return eventLoop.makeSucceededFuture(.success((session, session.userID)))
     }
@@ -84,51 +89,83 @@ extension ChatNode {
             if send.payload.count > configuration.limits.maxPayloadBytes {
                 return reply(
                     .failure(
-                        WireError(.payloadTooLarge, "payload of \(send.payload.count) bytes exceeds \(configuration.limits.maxPayloadBytes)")
+                        WireError(
+                            .payloadTooLarge,
+                            "payload of \(send.payload.count) bytes exceeds \(configuration.limits.maxPayloadBytes)"
+                        )
                     )
                 )
             }
             propose(
-                .postMessage(.with {
-                    $0.conversationID = send.conversationID
-                    $0.sender = user
-                    $0.clientMessageID = send.clientMessageID
-                    $0.payload = send.payload
-                }),
+                .postMessage(
+                    .with {
+                        $0.conversationID = send.conversationID
+                        $0.sender = user
+                        $0.clientMessageID = send.clientMessageID
+                        $0.payload = send.payload
+                    }
+                ),
                 reply: reply
             )
         case .markRead(let mark):
-            propose(.markRead(.with {
-                $0.conversationID = mark.conversationID
-                $0.user = user
-                $0.seq = mark.seq
-            }), reply: reply)
+            propose(
+                .markRead(
+                    .with {
+                        $0.conversationID = mark.conversationID
+                        $0.user = user
+                        $0.seq = mark.seq
+                    }
+                ),
+                reply: reply
+            )
         case .createGroup(let create):
-            propose(.createConversation(.with {
-                $0.conversationID = Self.newConversationID()
-                $0.kind = .group
-                $0.title = create.title
-                $0.creator = user
-                $0.members = create.members
-            }), reply: reply)
+            propose(
+                .createConversation(
+                    .with {
+                        $0.conversationID = Self.newConversationID()
+                        $0.kind = .group
+                        $0.title = create.title
+                        $0.creator = user
+                        $0.members = create.members
+                    }
+                ),
+                reply: reply
+            )
         case .addMembers(let add):
-            propose(.addMembers(.with {
-                $0.conversationID = add.conversationID
-                $0.actor = user
-                $0.members = add.members
-            }), reply: reply)
+            propose(
+                .addMembers(
+                    .with {
+                        $0.conversationID = add.conversationID
+                        $0.actor = user
+                        $0.members = add.members
+                    }
+                ),
+                reply: reply
+            )
         case .removeMember(let remove):
-            propose(.removeMember(.with {
-                $0.conversationID = remove.conversationID
-                $0.actor = user
-                $0.member = remove.member
-            }), answerDone: true, reply: reply)
+            propose(
+                .removeMember(
+                    .with {
+                        $0.conversationID = remove.conversationID
+                        $0.actor = user
+                        $0.member = remove.member
+                    }
+                ),
+                answerDone: true,
+                reply: reply
+            )
         case .leaveConversation(let leave):
-            propose(.removeMember(.with {
-                $0.conversationID = leave.conversationID
-                $0.actor = user
-                $0.member = user
-            }), answerDone: true, reply: reply)
+            propose(
+                .removeMember(
+                    .with {
+                        $0.conversationID = leave.conversationID
+                        $0.actor = user
+                        $0.member = user
+                    }
+                ),
+                answerDone: true,
+                reply: reply
+            )
         case .createDirect(let direct):
             read(on: eventLoop, reply: reply) { [self] in
                 guard try queries.account(named: direct.user) != nil else {
@@ -139,12 +176,17 @@ extension ChatNode {
                 }
                 return nil
             } then: { [self] in
-                propose(.createConversation(.with {
-                    $0.conversationID = Self.newConversationID()
-                    $0.kind = .direct
-                    $0.creator = user
-                    $0.members = [direct.user]
-                }), reply: reply)
+                propose(
+                    .createConversation(
+                        .with {
+                            $0.conversationID = Self.newConversationID()
+                            $0.kind = .direct
+                            $0.creator = user
+                            $0.members = [direct.user]
+                        }
+                    ),
+                    reply: reply
+                )
             }
         case .setTyping(let typing):
             read(on: eventLoop, reply: reply) { [self] in
@@ -174,7 +216,11 @@ extension ChatNode {
                 let page =
                     history.afterSeq > 0
                     ? try queries.messages(conversation: history.conversationID, after: history.afterSeq, limit: limit)
-                    : try queries.messages(conversation: history.conversationID, before: history.beforeSeq, limit: limit)
+                    : try queries.messages(
+                        conversation: history.conversationID,
+                        before: history.beforeSeq,
+                        limit: limit
+                    )
                 return .with {
                     $0.historyPage = .with {
                         $0.conversationID = history.conversationID
@@ -214,7 +260,8 @@ extension ChatNode {
 
     private func conversationFrame(_ record: ConversationRecord, for user: String) throws -> Warbler_V1_ServerFrame {
         let readSeq = try queries.readMarker(user: user, conversation: record.conversationID) ?? 0
-        let last = record.lastSeq > 0 ? try queries.message(conversation: record.conversationID, seq: record.lastSeq) : nil
+        let last =
+            record.lastSeq > 0 ? try queries.message(conversation: record.conversationID, seq: record.lastSeq) : nil
         return .with { $0.conversation = ClientRecords.conversation(record, lastMessage: last, readSeq: readSeq) }
     }
 
@@ -250,7 +297,9 @@ extension ChatNode {
             case .success where answerDone: reply(.success(.with { $0.done = .init() }))
             case .success(let outcome): reply(frame(for: outcome, user: user))
             case .failure(let error as GroupDriverError) where error.code == .outcomeUnknown:
-                reply(.failure(WireError(.unavailable, "the outcome is unknown; resend with the same client_message_id")))
+                reply(
+                    .failure(WireError(.unavailable, "the outcome is unknown; resend with the same client_message_id"))
+                )
             case .failure(let error):
                 reply(.failure(WireError(.unavailable, "the node cannot commit now: \(error)")))
             }
@@ -260,20 +309,24 @@ extension ChatNode {
     private func frame(for outcome: ApplyOutcome, user: String?) -> Result<Warbler_V1_ServerFrame, WireError> {
         switch outcome {
         case .posted(let message, let duplicate):
-            return .success(.with {
-                $0.ack = .with {
-                    $0.conversationID = message.conversationID
-                    $0.clientMessageID = message.clientMessageID
-                    $0.seq = message.seq
-                    $0.serverTimeUnixMs = message.timeUnixMs
-                    $0.duplicate = duplicate
+            return .success(
+                .with {
+                    $0.ack = .with {
+                        $0.conversationID = message.conversationID
+                        $0.clientMessageID = message.clientMessageID
+                        $0.seq = message.seq
+                        $0.serverTimeUnixMs = message.timeUnixMs
+                        $0.duplicate = duplicate
+                    }
                 }
-            })
+            )
         case .conversation(let record, _), .membersChanged(let record, _, _):
             do {
                 return .success(try conversationFrame(record, for: user ?? record.creator))
             } catch {
-                return .success(.with { $0.conversation = ClientRecords.conversation(record, lastMessage: nil, readSeq: 0) })
+                return .success(
+                    .with { $0.conversation = ClientRecords.conversation(record, lastMessage: nil, readSeq: 0) }
+                )
             }
         case .readMarked, .accountCreated, .alreadyApplied:
             return .success(.with { $0.done = .init() })
@@ -284,6 +337,7 @@ extension ChatNode {
 
     static func newConversationID() -> String {
         var generator = SystemRandomNumberGenerator()
-        return "c-" + (0..<12).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
+        return "c-"
+            + (0..<12).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
     }
 }

@@ -97,16 +97,21 @@ public final class ChatNode: Sendable {
     }
 
     /// Creates an account (used by `warbler user add`). The name is the user's id and never changes.
-    public func createAccount(name: String, password: String, role: Warbler_Chat_V1_Role) async throws -> AccountRecord {
-        guard password.utf8.count >= 8 else { throw ChatError(.invalidArgument, "passwords have at least 8 characters") }
+    public func createAccount(name: String, password: String, role: Warbler_Chat_V1_Role) async throws -> AccountRecord
+    {
+        guard password.utf8.count >= 8 else {
+            throw ChatError(.invalidArgument, "passwords have at least 8 characters")
+        }
         let hash = try PasswordHasher.hash(password, costExponent: configuration.security.scryptCostExponent)
         let outcome = try await run(
-            .createAccount(.with {
-                $0.userID = name
-                $0.name = name
-                $0.passwordHash = Data(hash)
-                $0.role = role
-            })
+            .createAccount(
+                .with {
+                    $0.userID = name
+                    $0.name = name
+                    $0.passwordHash = Data(hash)
+                    $0.role = role
+                }
+            )
         )
         switch outcome {
         case .accountCreated(let record): return record

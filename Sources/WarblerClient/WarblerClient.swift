@@ -1,0 +1,522 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import Synchronization
+import WarblerWire
+
+/// The async Swift SDK for Warbler.
+///
+/// ```swift
+/// let client = WarblerClient(host: "127.0.0.1", port: 7400)
+/// try await client.connect()
+/// try await client.login(user: "ada", password: "…")
+/// let ack = try await client.send(Data("hi".utf8), to: conversationID)
+/// for await event in client.events { … }
+/// ```
+///
+/// With `reconnect` on (the default), a dropped connection is re-established with backoff, the session is
+/// resumed (or the login repeated), unacknowledged sends are resent with their original `client_message_id`
+/// (the node never stores a message twice), and missed messages are synced and delivered as events, without
+/// gaps or duplicates.
+public final class WarblerClient: Sendable {
+    /// Connection settings.
+    public struct Configuration: Sendable {
+        public var host: String
+        public var port: Int
+        public var clientName = "warbler-swift"
+        /// Reconnect and resume after a dropped connection.
+        public var reconnect = true
+        /// Largest frame accepted from the node.
+        public var maxFrameBytes = 1 << 20
+
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
+    }
+
+    private struct PendingRequest {
+        var frame: Warbler_V1_ClientFrame
+        var continuation: CheckedContinuation<Warbler_V1_ServerFrame, any Error>
+        /// Safe to send again after a reconnect (idempotent on the node).
+        var resend: Bool
+    }
+
+    private struct State {
+        var channel: (any Channel)?
+        var nextRequestID: UInt64 = 1
+        var pending: [UInt64: PendingRequest] = [:]
+        var credentials: (user: String, password: String)?
+        var sessionToken: String?
+        /// The last seq delivered per conversation: pushes at or below it are duplicates.
+        var lastSeq: [String: UInt64] = [:]
+        var closed = false
+        var reconnecting = false
+        var welcome: Warbler_V1_Welcome?
+    }
+
+    public let configuration: Configuration
+    /// Pushes and connection changes, in arrival order.
+    public let events: AsyncStream<ClientEvent>
+    private let eventSink: AsyncStream<ClientEvent>.Continuation
+    private let state = Mutex(State())
+    private let group: MultiThreadedEventLoopGroup
+
+    /// Creates a client; nothing happens until ``connect()``.
+    public init(configuration: Configuration) {
+        self.configuration = configuration
+        (events, eventSink) = AsyncStream.makeStream(of: ClientEvent.self, bufferingPolicy: .unbounded)
+        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    }
+
+    public convenience init(host: String, port: Int) { self.init(configuration: Configuration(host: host, port: port)) }
+
+    deinit { try? group.syncShutdownGracefully() }
+
+    // MARK: - Connection
+
+    /// Connects and completes the handshake.
+    @discardableResult
+    public func connect() async throws -> Warbler_V1_Welcome {
+        try await openChannel()
+        let reply = try await request(
+            .hello(
+                .with {
+                    $0.protocolVersion = ProtocolLimits.currentVersion
+                    $0.clientName = configuration.clientName
+                }
+            )
+        )
+        guard case .welcome(let welcome) = reply.body else { throw ClientError.unexpected("\(reply)") }
+        state.withLock { $0.welcome = welcome }
+        return welcome
+    }
+
+    private func openChannel() async throws {
+        let maxFrame = configuration.maxFrameBytes
+        let bootstrap = ClientBootstrap(group: group)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.seconds(5))
+            .channelInitializer { [weak self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrame))
+                    )
+                    try channel.pipeline.syncOperations.addHandler(ClientFrameHandler(client: self))
+                }
+            }
+        let channel = try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
+        state.withLock { $0.channel = channel }
+    }
+
+    /// Closes the connection for good; pending requests fail.
+    public func close() async {
+        let channel = state.withLock { state -> (any Channel)? in
+            state.closed = true
+            return state.channel
+        }
+        try? await channel?.close()
+        failPending(ClientError.disconnected("closed by the client"), keepResendable: false)
+        eventSink.finish()
+    }
+
+    // MARK: - Session
+
+    /// Logs in; the credentials are kept in memory to log in again if a session cannot be resumed.
+    @discardableResult
+    public func login(user: String, password: String) async throws -> Warbler_V1_LoggedIn {
+        let reply = try await request(
+            .login(
+                .with {
+                    $0.user = user
+                    $0.password = password
+                }
+            )
+        )
+        guard case .loggedIn(let loggedIn) = reply.body else { throw ClientError.unexpected("\(reply)") }
+        state.withLock {
+            $0.credentials = (user, password)
+            $0.sessionToken = loggedIn.sessionToken
+        }
+        return loggedIn
+    }
+
+    // MARK: - Conversations
+
+    public func listConversations() async throws -> [Warbler_V1_Conversation] {
+        let reply = try await request(.listConversations(.init()))
+        guard case .conversationList(let list) = reply.body else { throw ClientError.unexpected("\(reply)") }
+        for conversation in list.conversations { noteSeen(conversation.conversationID, upTo: 0) }
+        return list.conversations
+    }
+
+    public func createDirect(with user: String) async throws -> Warbler_V1_Conversation {
+        try conversation(try await request(.createDirect(.with { $0.user = user })))
+    }
+
+    public func createGroup(title: String, members: [String]) async throws -> Warbler_V1_Conversation {
+        try conversation(
+            try await request(
+                .createGroup(
+                    .with {
+                        $0.title = title
+                        $0.members = members
+                    }
+                )
+            )
+        )
+    }
+
+    public func addMembers(_ members: [String], to conversationID: String) async throws -> Warbler_V1_Conversation {
+        try conversation(
+            try await request(
+                .addMembers(
+                    .with {
+                        $0.conversationID = conversationID
+                        $0.members = members
+                    }
+                )
+            )
+        )
+    }
+
+    public func removeMember(_ member: String, from conversationID: String) async throws {
+        try done(
+            try await request(
+                .removeMember(
+                    .with {
+                        $0.conversationID = conversationID
+                        $0.member = member
+                    }
+                )
+            )
+        )
+    }
+
+    public func leave(_ conversationID: String) async throws {
+        try done(try await request(.leaveConversation(.with { $0.conversationID = conversationID })))
+    }
+
+    // MARK: - Messages
+
+    /// Sends a message and returns once it is committed. Resending the same `clientMessageID` (which the SDK
+    /// does itself after a reconnect) never creates a second message.
+    public func send(
+        _ payload: Data,
+        to conversationID: String,
+        clientMessageID: String = UUID().uuidString
+    )
+        async throws -> Warbler_V1_Ack
+    {
+        let reply = try await request(
+            .send(
+                .with {
+                    $0.conversationID = conversationID
+                    $0.clientMessageID = clientMessageID
+                    $0.payload = payload
+                }
+            ),
+            resend: true
+        )
+        guard case .ack(let ack) = reply.body else { throw ClientError.unexpected("\(reply)") }
+        return ack
+    }
+
+    /// Messages before `beforeSeq` (0 = the newest) or after `afterSeq`, ascending.
+    public func history(
+        of conversationID: String,
+        before beforeSeq: UInt64 = 0,
+        after afterSeq: UInt64 = 0,
+        limit: Int = 50
+    )
+        async throws -> Warbler_V1_HistoryPage
+    {
+        let reply = try await request(
+            .getHistory(
+                .with {
+                    $0.conversationID = conversationID
+                    $0.beforeSeq = beforeSeq
+                    $0.afterSeq = afterSeq
+                    $0.limit = UInt32(limit)
+                }
+            )
+        )
+        guard case .historyPage(let page) = reply.body else { throw ClientError.unexpected("\(reply)") }
+        return page
+    }
+
+    public func markRead(_ conversationID: String, upTo seq: UInt64) async throws {
+        try done(
+            try await request(
+                .markRead(
+                    .with {
+                        $0.conversationID = conversationID
+                        $0.seq = seq
+                    }
+                ),
+                resend: true
+            )
+        )
+    }
+
+    public func setTyping(_ typing: Bool, in conversationID: String) async throws {
+        try done(
+            try await request(
+                .setTyping(
+                    .with {
+                        $0.conversationID = conversationID
+                        $0.typing = typing
+                    }
+                )
+            )
+        )
+    }
+
+    /// Fetches every message after the last one this client delivered, in each conversation, and delivers
+    /// them as ``ClientEvent/message(_:)`` events. Returns how many were new.
+    @discardableResult
+    public func sync() async throws -> Int {
+        var delivered = 0
+        while true {
+            let known = state.withLock { $0.lastSeq }
+            let reply = try await request(
+                .sync(
+                    .with {
+                        $0.lastSeq = known
+                        $0.limit = 500
+                    }
+                )
+            )
+            guard case .syncPage(let page) = reply.body else { throw ClientError.unexpected("\(reply)") }
+            for conversation in page.conversations { noteSeen(conversation.conversationID, upTo: 0) }
+            for message in page.messages where deliver(message) { delivered += 1 }
+            if !page.more { return delivered }
+        }
+    }
+
+    /// The last seq delivered per conversation.
+    public var lastSeenSeq: [String: UInt64] { state.withLock { $0.lastSeq } }
+
+    // MARK: - Plumbing
+
+    private func conversation(_ reply: Warbler_V1_ServerFrame) throws -> Warbler_V1_Conversation {
+        guard case .conversation(let conversation) = reply.body else { throw ClientError.unexpected("\(reply)") }
+        noteSeen(conversation.conversationID, upTo: 0)
+        return conversation
+    }
+
+    private func done(_ reply: Warbler_V1_ServerFrame) throws {
+        guard case .done = reply.body else { throw ClientError.unexpected("\(reply)") }
+    }
+
+    private func noteSeen(_ conversationID: String, upTo seq: UInt64) {
+        state.withLock { state in
+            state.lastSeq[conversationID] = max(state.lastSeq[conversationID] ?? 0, seq)
+        }
+    }
+
+    /// Delivers a message event unless it was delivered before. Returns true if delivered.
+    @discardableResult
+    private func deliver(_ message: Warbler_V1_ChatMessage) -> Bool {
+        let fresh = state.withLock { state -> Bool in
+            let last = state.lastSeq[message.conversationID] ?? 0
+            guard message.seq > last else { return false }
+            state.lastSeq[message.conversationID] = message.seq
+            return true
+        }
+        if fresh { eventSink.yield(.message(message)) }
+        return fresh
+    }
+
+    private func request(
+        _ body: Warbler_V1_ClientFrame.OneOf_Body,
+        resend: Bool = false
+    ) async throws
+        -> Warbler_V1_ServerFrame
+    {
+        let reply = try await withCheckedThrowingContinuation { continuation in
+            enum Route {
+                case written
+                case queued
+                case failed
+            }
+            let route = state.withLock { state -> Route in
+                let id = state.nextRequestID
+                state.nextRequestID += 1
+                var frame = Warbler_V1_ClientFrame()
+                frame.requestID = id
+                frame.body = body
+                if state.closed { return .failed }
+                if state.reconnecting {
+                    // Idempotent requests wait for the reconnection, which resends them in order.
+                    guard resend else { return .failed }
+                    state.pending[id] = PendingRequest(frame: frame, continuation: continuation, resend: resend)
+                    return .queued
+                }
+                guard let channel = state.channel else { return .failed }
+                state.pending[id] = PendingRequest(frame: frame, continuation: continuation, resend: resend)
+                write(frame, to: channel)
+                return .written
+            }
+            if route == .failed { continuation.resume(throwing: ClientError.disconnected("not connected")) }
+        }
+        if case .error(let error) = reply.body { throw ClientError(error) }
+        return reply
+    }
+
+    private func write(_ frame: Warbler_V1_ClientFrame, to channel: any Channel) {
+        let body = FrameCodec.encode(frame, allocator: channel.allocator)
+        var output = channel.allocator.buffer(capacity: body.readableBytes + 4)
+        writeFrame(body, into: &output)
+        channel.writeAndFlush(output, promise: nil)
+    }
+
+    // Called by the handler on the event loop.
+    func received(_ frame: Warbler_V1_ServerFrame) {
+        if frame.requestID != 0 {
+            let pending = state.withLock { $0.pending.removeValue(forKey: frame.requestID) }
+            pending?.continuation.resume(returning: frame)
+            return
+        }
+        switch frame.body {
+        case .messagePush(let push):
+            let message = push.message
+            let last = state.withLock { $0.lastSeq[message.conversationID] ?? 0 }
+            if message.seq > last + 1 && last > 0 {
+                // A gap (a push was missed): fetch what is missing, in order, before this one.
+                Task { try? await self.sync() }
+            } else {
+                deliver(message)
+            }
+        case .receiptPush(let push): eventSink.yield(.receipt(push))
+        case .typingPush(let push): eventSink.yield(.typing(push))
+        case .presencePush(let push): eventSink.yield(.presence(push))
+        case .conversationPush(let push):
+            noteSeen(push.conversation.conversationID, upTo: 0)
+            eventSink.yield(.conversation(push))
+        case .error(let error) where error.fatal:
+            eventSink.yield(.disconnected(reason: "\(error.code): \(error.message)"))
+        default:
+            break
+        }
+    }
+
+    func connectionClosed() {
+        let (reconnect, wasOpen) = state.withLock { state -> (Bool, Bool) in
+            let wasOpen = state.channel != nil
+            state.channel = nil
+            let reconnect = configuration.reconnect && !state.closed && state.sessionToken != nil && !state.reconnecting
+            if reconnect { state.reconnecting = true }
+            return (reconnect, wasOpen)
+        }
+        guard wasOpen else { return }
+        failPending(ClientError.disconnected("the connection closed"), keepResendable: reconnect)
+        guard reconnect else {
+            eventSink.yield(.disconnected(reason: "the connection closed"))
+            return
+        }
+        eventSink.yield(.disconnected(reason: "the connection closed; reconnecting"))
+        Task { await self.reconnectLoop() }
+    }
+
+    private func failPending(_ error: ClientError, keepResendable: Bool) {
+        let failed = state.withLock { state -> [PendingRequest] in
+            let failed = state.pending.values.filter { !(keepResendable && $0.resend) }
+            state.pending = state.pending.filter { keepResendable && $0.value.resend }
+            return Array(failed)
+        }
+        for request in failed { request.continuation.resume(throwing: error) }
+    }
+
+    private func reconnectLoop() async {
+        var delay: UInt64 = 100_000_000
+        while !state.withLock({ $0.closed }) {
+            do {
+                try await openChannel()
+                let hello = try await rawRequest(
+                    .hello(
+                        .with {
+                            $0.protocolVersion = ProtocolLimits.currentVersion
+                            $0.clientName = configuration.clientName
+                        }
+                    )
+                )
+                guard case .welcome = hello.body else { throw ClientError.unexpected("\(hello)") }
+                let token = state.withLock { $0.sessionToken } ?? ""
+                var reply = try await rawRequest(.resumeSession(.with { $0.sessionToken = token }))
+                if case .error = reply.body, let credentials = state.withLock({ $0.credentials }) {
+                    reply = try await rawRequest(
+                        .login(
+                            .with {
+                                $0.user = credentials.user
+                                $0.password = credentials.password
+                            }
+                        )
+                    )
+                }
+                guard case .loggedIn(let loggedIn) = reply.body else { throw ClientError.unexpected("\(reply)") }
+                // Resend what was not acknowledged, in its original order, then catch up.
+                let (channel, resend) = state.withLock { state -> ((any Channel)?, [Warbler_V1_ClientFrame]) in
+                    state.sessionToken = loggedIn.sessionToken
+                    state.reconnecting = false
+                    return (state.channel, state.pending.values.map(\.frame).sorted { $0.requestID < $1.requestID })
+                }
+                if let channel { for frame in resend { write(frame, to: channel) } }
+                _ = try await sync()
+                eventSink.yield(.reconnected)
+                return
+            } catch {
+                let channel = state.withLock { state -> (any Channel)? in
+                    defer { state.channel = nil }
+                    return state.channel
+                }
+                try? await channel?.close()
+                try? await Task.sleep(nanoseconds: delay)
+                delay = min(delay * 2, 5_000_000_000)
+            }
+        }
+    }
+
+    /// A request during reconnection (bypasses the reconnecting gate).
+    private func rawRequest(_ body: Warbler_V1_ClientFrame.OneOf_Body) async throws -> Warbler_V1_ServerFrame {
+        try await withCheckedThrowingContinuation { continuation in
+            let channel = state.withLock { state -> (any Channel)? in
+                let id = state.nextRequestID
+                state.nextRequestID += 1
+                var frame = Warbler_V1_ClientFrame()
+                frame.requestID = id
+                frame.body = body
+                guard let channel = state.channel else { return nil }
+                state.pending[id] = PendingRequest(frame: frame, continuation: continuation, resend: false)
+                write(frame, to: channel)
+                return channel
+            }
+            if channel == nil { continuation.resume(throwing: ClientError.disconnected("not connected")) }
+        }
+    }
+}
+
+/// Decodes server frames and hands them to the client.
+final class ClientFrameHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    private weak var client: WarblerClient?
+
+    init(client: WarblerClient?) { self.client = client }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard let frame = try? FrameCodec.decodeServerFrame(unwrapInboundIn(data)) else {
+            context.close(promise: nil)
+            return
+        }
+        client?.received(frame)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        client?.connectionClosed()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}

@@ -1,0 +1,139 @@
+import Foundation
+import Synchronization
+import Testing
+import WarblerClient
+import WarblerWire
+
+/// The real `warbler` binary on loopback, driven by several SDK clients.
+@Suite(.serialized)
+struct SingleNodeTests {
+    static let password = "correct horse battery staple"
+
+    func node(users: [String]) async throws -> NodeProcess {
+        let node = try NodeProcess()
+        for user in users { try node.addUser(user, password: Self.password) }
+        try await node.start()
+        return node
+    }
+
+    @Test func aGroupConversationReachesOnlineMembersAndAnOfflineMemberSyncsLater() async throws {
+        let node = try await node(users: ["ada", "bob", "cy", "dee"])
+        let (ada, adaEvents) = try await node.login("ada", password: Self.password)
+        let (bob, bobEvents) = try await node.login("bob", password: Self.password)
+        let (cy, cyEvents) = try await node.login("cy", password: Self.password)
+        let group = try await ada.createGroup(title: "launch", members: ["bob", "cy", "dee"])
+        #expect(group.members.sorted() == ["ada", "bob", "cy", "dee"])
+        // Three senders interleave; every member sees one order.
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            for (client, name) in [(ada, "ada"), (bob, "bob"), (cy, "cy")] {
+                tasks.addTask {
+                    for index in 1...10 {
+                        _ = try await client.send(Data("\(name)-\(index)".utf8), to: group.conversationID)
+                    }
+                }
+            }
+            try await tasks.waitForAll()
+        }
+        for recorder in [adaEvents, bobEvents, cyEvents] { #expect(await recorder.waitForMessages(30)) }
+        let orders = [adaEvents, bobEvents, cyEvents].map {
+            $0.messages.filter { $0.conversation == group.conversationID }
+        }
+        #expect(orders[0].map(\.seq) == Array(1...30))
+        #expect(orders[0].map(\.text) == orders[1].map(\.text))
+        #expect(orders[0].map(\.text) == orders[2].map(\.text))
+        // Each sender's own messages keep their order.
+        for name in ["ada", "bob", "cy"] {
+            #expect(orders[0].map(\.text).filter { $0.hasPrefix(name) } == (1...10).map { "\(name)-\($0)" })
+        }
+        // Dee was offline: she logs in, syncs, and gets everything in order.
+        let (dee, deeEvents) = try await node.login("dee", password: Self.password)
+        let list = try await dee.listConversations()
+        #expect(list.first?.unreadCount == 30)
+        #expect(try await dee.sync() == 30)
+        #expect(await deeEvents.waitForMessages(30))
+        #expect(deeEvents.messages.map(\.text) == orders[0].map(\.text))
+        // Read markers become receipts for the others.
+        try await dee.markRead(group.conversationID, upTo: 30)
+        #expect(
+            await adaEvents.wait { events in
+                events.contains {
+                    if case .receipt(let receipt) = $0 { return receipt.user == "dee" && receipt.readSeq == 30 }
+                    return false
+                }
+            }
+        )
+        let history = try await dee.history(of: group.conversationID, before: 0, limit: 10)
+        #expect(history.messages.map(\.seq) == Array(21...30))
+        #expect(history.more)
+        for client in [ada, bob, cy, dee] { await client.close() }
+        node.stop()
+    }
+
+    @Test func resendingTheSameClientMessageIDStoresOneMessage() async throws {
+        let node = try await node(users: ["ada", "bob"])
+        let (ada, _) = try await node.login("ada", password: Self.password)
+        let direct = try await ada.createDirect(with: "bob")
+        let again = try await ada.createDirect(with: "bob")
+        #expect(again.conversationID == direct.conversationID)
+        let first = try await ada.send(Data("once".utf8), to: direct.conversationID, clientMessageID: "m-1")
+        let second = try await ada.send(Data("once".utf8), to: direct.conversationID, clientMessageID: "m-1")
+        #expect(first.seq == 1 && !first.duplicate)
+        #expect(second.seq == 1 && second.duplicate)
+        let history = try await ada.history(of: direct.conversationID)
+        #expect(history.messages.count == 1)
+        await ada.close()
+        node.stop()
+    }
+
+    @Test func everyAcknowledgedMessageSurvivesKill9() async throws {
+        let node = try await node(users: ["ada", "bob"])
+        let (ada, _) = try await node.login("ada", password: Self.password, reconnect: false)
+        let direct = try await ada.createDirect(with: "bob")
+        // A stream of sends from several tasks; kill -9 the node in the middle of it.
+        let acknowledged = Acknowledged()
+        let senders = Task {
+            try? await withThrowingTaskGroup(of: Void.self) { tasks in
+                for worker in 0..<8 {
+                    tasks.addTask {
+                        for index in 0..<10_000 {
+                            let text = "w\(worker)-\(index)"
+                            let ack = try await ada.send(Data(text.utf8), to: direct.conversationID)
+                            acknowledged.record(ack.seq, text)
+                        }
+                    }
+                }
+                try await tasks.waitForAll()
+            }
+        }
+        while acknowledged.count < 300 { try await Task.sleep(nanoseconds: 10_000_000) }
+        node.kill9()
+        await senders.value
+        let acked = acknowledged.all
+        #expect(acked.count >= 300)
+        try await node.start()
+        let (bob, _) = try await node.login("bob", password: Self.password)
+        var stored: [UInt64: String] = [:]
+        var after: UInt64 = 0
+        while true {
+            let page = try await bob.history(of: direct.conversationID, after: after, limit: 500)
+            for message in page.messages { stored[message.seq] = String(decoding: message.payload, as: UTF8.self) }
+            guard let last = page.messages.last else { break }
+            after = last.seq
+            if !page.more { break }
+        }
+        // Gap-free from 1, and every acknowledged message is there with its seq.
+        #expect(stored.keys.sorted() == Array(1...UInt64(stored.count)))
+        for (seq, text) in acked { #expect(stored[seq] == text, "acknowledged message \(seq) lost") }
+        await ada.close()
+        await bob.close()
+        node.stop()
+    }
+}
+
+/// Acknowledged messages, recorded from many tasks.
+final class Acknowledged: Sendable {
+    private let acked = Mutex<[UInt64: String]>([:])
+    func record(_ seq: UInt64, _ text: String) { acked.withLock { $0[seq] = text } }
+    var count: Int { acked.withLock { $0.count } }
+    var all: [UInt64: String] { acked.withLock { $0 } }
+}

@@ -1,0 +1,190 @@
+import Foundation
+import Synchronization
+import WarblerClient
+import WarblerWire
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A real `warbler` process on loopback with its own temporary data directory.
+final class NodeProcess: @unchecked Sendable {
+    static let packageRoot = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let binary = packageRoot.appendingPathComponent(".build/debug/warbler").path
+
+    let dataDirectory: String
+    let port: Int
+    private var process: Process?
+    let logPath: String
+
+    init() throws {
+        dataDirectory = NSTemporaryDirectory() + "warbler-it-\(UUID().uuidString)"
+        logPath = dataDirectory + ".log"
+        port = try Self.freePort()
+    }
+
+    deinit {
+        if let process, process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(atPath: dataDirectory)
+        try? FileManager.default.removeItem(atPath: logPath)
+    }
+
+    /// Runs `warbler user add` against the (stopped) node's data.
+    func addUser(_ name: String, password: String, role: String = "member") throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = ["user", "add", name, "--role", role, "--data", dataDirectory]
+        let input = Pipe()
+        let output = Pipe()
+        process.standardInput = input
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        input.fileHandleForWriting.write(Data((password + "\n").utf8))
+        try input.fileHandleForWriting.close()
+        process.waitUntilExit()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        guard process.terminationStatus == 0 else { throw TestFailure("user add \(name) failed: \(text)") }
+    }
+
+    /// Starts `warbler serve` and waits until it accepts connections.
+    func start() async throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = ["serve", "--data", dataDirectory, "--port", "\(port)", "--log-level", "notice"]
+        if !FileManager.default.fileExists(atPath: logPath) {
+            _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        }
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        log.seekToEndOfFile()
+        process.standardOutput = log
+        process.standardError = log
+        try process.run()
+        self.process = process
+        for _ in 0..<400 {
+            if Self.canConnect(port: port) { return }
+            guard process.isRunning else { throw TestFailure("warbler serve exited: \(self.log)") }
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
+        throw TestFailure("warbler serve did not start listening: \(self.log)")
+    }
+
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    /// kill -9: no shutdown of any kind.
+    func kill9() {
+        guard let process else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        self.process = nil
+    }
+
+    /// SIGTERM and wait: a graceful stop.
+    func stop() {
+        guard let process else { return }
+        process.terminate()
+        process.waitUntilExit()
+        self.process = nil
+    }
+
+    var isRunning: Bool { process?.isRunning ?? false }
+
+    func client(reconnect: Bool = true) -> WarblerClient {
+        var configuration = WarblerClient.Configuration(host: "127.0.0.1", port: port)
+        configuration.reconnect = reconnect
+        return WarblerClient(configuration: configuration)
+    }
+
+    /// A connected, logged-in client with a recorder of its events.
+    func login(_ user: String, password: String, reconnect: Bool = true) async throws -> (WarblerClient, EventRecorder)
+    {
+        let client = client(reconnect: reconnect)
+        let recorder = EventRecorder(client)
+        try await client.connect()
+        try await client.login(user: user, password: password)
+        return (client, recorder)
+    }
+
+    static func freePort() throws -> Int {
+        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(socket) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(socket, $0, length) == 0 && getsockname(socket, $0, &length) == 0
+            }
+        }
+        guard bound else { throw TestFailure("no free port") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    static func canConnect(port: Int) -> Bool {
+        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(socket) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+            }
+        }
+    }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Records every event of a client for the whole test (the stream has one consumer: this recorder).
+final class EventRecorder: Sendable {
+    private let recorded = Mutex<[ClientEvent]>([])
+
+    init(_ client: WarblerClient) {
+        let events = client.events
+        Task {
+            for await event in events { self.append(event) }
+        }
+    }
+
+    private func append(_ event: ClientEvent) { recorded.withLock { $0.append(event) } }
+
+    var events: [ClientEvent] { recorded.withLock { $0 } }
+
+    /// Message events so far: (conversation, seq, payload text).
+    var messages: [(conversation: String, seq: UInt64, text: String)] {
+        events.compactMap {
+            if case .message(let message) = $0 {
+                return (message.conversationID, message.seq, String(decoding: message.payload, as: UTF8.self))
+            }
+            return nil
+        }
+    }
+
+    /// Waits until `condition` holds for the recorded events, or the time is up.
+    @discardableResult
+    func wait(seconds: Double = 10, until condition: @escaping ([ClientEvent]) -> Bool) async -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if condition(events) { return true }
+            try? await Task.sleep(nanoseconds: 20_000_000)
+        }
+        return condition(events)
+    }
+
+    func waitForMessages(_ count: Int, seconds: Double = 10) async -> Bool {
+        await wait(seconds: seconds) { events in
+            events.filter { if case .message = $0 { return true } else { return false } }.count >= count
+        }
+    }
+}
