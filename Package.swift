@@ -93,7 +93,7 @@ let package = Package(
         ),
         .testTarget(
             name: "WarblerIntegrationTests",
-            dependencies: ["WarblerClient", "WarblerWire", "warbler"]
+            dependencies: ["WarblerClient", "WarblerWire", "warbler", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "WarblerChatTests",

@@ -71,7 +71,10 @@ public final class WarblerClient: Sendable {
 
     public convenience init(host: String, port: Int) { self.init(configuration: Configuration(host: host, port: port)) }
 
-    deinit { try? group.syncShutdownGracefully() }
+    deinit {
+        // The last reference may go away on one of the group's own threads: shut down without waiting.
+        group.shutdownGracefully { _ in }
+    }
 
     // MARK: - Connection
 

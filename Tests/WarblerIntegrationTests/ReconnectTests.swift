@@ -1,0 +1,62 @@
+import Foundation
+import Testing
+import WarblerClient
+import WarblerWire
+
+/// The SDK's automatic reconnect: after the node restarts, a client resumes, resends what was not
+/// acknowledged, and catches up without gaps or duplicates.
+@Suite(.serialized)
+struct ReconnectTests {
+    static let password = "correct horse battery staple"
+
+    @Test func aClientReconnectsResendsAndCatchesUpAfterTheNodeRestarts() async throws {
+        let node = try NodeProcess()
+        for user in ["ada", "bob"] { try node.addUser(user, password: Self.password) }
+        try await node.start()
+        let (bob, bobEvents) = try await node.login("bob", password: Self.password)
+        let conversation = try await bob.createDirect(with: "ada")
+        let (ada, _) = try await node.login("ada", password: Self.password, reconnect: false)
+        for index in 1...5 { _ = try await ada.send(Data("live-\(index)".utf8), to: conversation.conversationID) }
+        #expect(await bobEvents.waitForMessages(5))
+
+        node.kill9()
+        #expect(
+            await bobEvents.wait { events in
+                events.contains {
+                    if case .disconnected = $0 { return true }
+                    return false
+                }
+            }
+        )
+        // A send issued while the node is down waits for the reconnection and is then delivered once.
+        let pendingSend = Task {
+            try await bob.send(Data("from-bob".utf8), to: conversation.conversationID, clientMessageID: "b-1")
+        }
+        try await Task.sleep(nanoseconds: 200_000_000)
+        try await node.start()
+        let (ada2, _) = try await node.login("ada", password: Self.password, reconnect: false)
+        for index in 6...10 {
+            _ = try await ada2.send(Data("while-away-\(index)".utf8), to: conversation.conversationID)
+        }
+
+        let ack = try await pendingSend.value
+        #expect(!ack.duplicate)
+        #expect(
+            await bobEvents.wait(seconds: 15) { events in
+                events.contains {
+                    if case .reconnected = $0 { return true }
+                    return false
+                }
+            }
+        )
+        #expect(await bobEvents.waitForMessages(11, seconds: 15))
+        let seqs = bobEvents.messages.filter { $0.conversation == conversation.conversationID }.map(\.seq)
+        #expect(seqs == Array(1...11), "bob saw \(seqs)")
+        let texts = Set(bobEvents.messages.map(\.text))
+        #expect(texts.contains("from-bob") && texts.contains("while-away-10"))
+        await ada.close()
+        await ada2.close()
+        await bob.close()
+        node.stop()
+    }
+}
