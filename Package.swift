@@ -61,7 +61,7 @@ let package = Package(
         .executableTarget(
             name: "warbler",
             dependencies: [
-                "WarblerServer", "WarblerChat", "WarblerWire",
+                "WarblerServer", "WarblerChat", "WarblerWire", "WarblerClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

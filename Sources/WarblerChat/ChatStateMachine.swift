@@ -16,7 +16,10 @@ public enum ApplyOutcome: Sendable, Equatable {
     case membersChanged(ConversationRecord, added: [String], removed: [String])
     /// `duplicate` is true when the sender had already posted this client message id.
     case posted(MessageRecord, duplicate: Bool)
+    /// The user's read marker moved forward to `seq`.
     case readMarked(conversationID: String, user: String, seq: UInt64)
+    /// The command was valid but changed nothing (a read marker that was already further).
+    case unchanged
     /// The command was refused; it changed nothing but the applied index.
     case refused(ChatError)
     /// The command's index was applied before (a replay after a restart).
@@ -308,9 +311,7 @@ public struct ChatStateMachine: Sendable {
         let current = try writes.get(key).flatMap(ChatKeys.decodeUInt64) ?? 0
         // Read markers only move forward, and never past the last message.
         let target = min(mark.seq, record.lastSeq)
-        guard target > current else {
-            return .readMarked(conversationID: mark.conversationID, user: mark.user, seq: current)
-        }
+        guard target > current else { return .unchanged }
         writes.put(key, ChatKeys.encode(target))
         return .readMarked(conversationID: mark.conversationID, user: mark.user, seq: target)
     }

@@ -328,7 +328,7 @@ extension ChatNode {
                     .with { $0.conversation = ClientRecords.conversation(record, lastMessage: nil, readSeq: 0) }
                 )
             }
-        case .readMarked, .accountCreated, .alreadyApplied:
+        case .readMarked, .accountCreated, .alreadyApplied, .unchanged:
             return .success(.with { $0.done = .init() })
         case .refused(let error):
             return .failure(WireError(error.code, error.message))
