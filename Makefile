@@ -21,10 +21,12 @@ deps:
 build: deps
 	$(SWIFT) build -c release
 
-# Starts what Warbler can run today: see README.md, "Status".
+# Builds in release mode and starts one node (a one-voter cluster): data in ./data, clients on 127.0.0.1:7400.
+DATA ?= ./data
+PORT ?= 7400
 run: deps
-	$(SWIFT) build -c release --product warbler-sim
-	./.build/release/warbler-sim raft --seed 1 --nodes 3 --steps 5000
+	$(SWIFT) build -c release --product warbler
+	./.build/release/warbler serve --data $(DATA) --port $(PORT)
 
 # The whole test suite (formatting, unit, golden-file scenarios, 300 simulation seeds, history checker).
 test: deps format-check
@@ -57,7 +59,9 @@ proto:
 		Sources/WarblerWire/Proto/warbler_client.proto Sources/WarblerWire/Proto/warbler_raft.proto Sources/WarblerWire/Proto/warbler_chat.proto
 
 bench:
-	$(SWIFT) run -c release warbler-raft-bench
+	$(SWIFT) build -c release
+	./.build/release/warbler-raft-bench
+	./.build/release/warbler-bench --spawn single --senders 32 --window 1 --seconds 10
 
 clean:
 	rm -rf .build

@@ -13,6 +13,7 @@ let package = Package(
         .executable(name: "warbler", targets: ["warbler"]),
         .executable(name: "warbler-sim", targets: ["warbler-sim"]),
         .executable(name: "warbler-raft-bench", targets: ["warbler-raft-bench"]),
+        .executable(name: "warbler-bench", targets: ["warbler-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -21,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "4.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         .systemLibrary(name: "CRocksDB", pkgConfig: "rocksdb", providers: [.apt(["librocksdb-dev"])]),
@@ -68,6 +70,15 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
+        ),
+        .executableTarget(
+            name: "warbler-bench",
+            dependencies: [
+                "WarblerClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            path: "bench/WarblerBench"
         ),
         .executableTarget(name: "warbler-raft-bench", dependencies: ["WarblerRaft"], path: "bench/RaftBench"),
         .target(
