@@ -87,6 +87,8 @@ let package = Package(
                 "WarblerChat", "WarblerCluster", "WarblerStorage", "WarblerWire", "WarblerRaft",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "CryptoExtras", package: "swift-crypto"),
@@ -104,7 +106,12 @@ let package = Package(
         ),
         .testTarget(
             name: "WarblerIntegrationTests",
-            dependencies: ["WarblerClient", "WarblerWire", "warbler", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: [
+                "WarblerClient", "WarblerWire", "warbler", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
         ),
         .testTarget(
             name: "WarblerChatTests",

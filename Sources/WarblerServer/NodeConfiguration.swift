@@ -18,6 +18,8 @@ public struct NodeConfiguration: Sendable, Hashable {
         public var host = "127.0.0.1"
         /// Client TCP port.
         public var clientPort = 7400
+        /// WebSocket port (`ws://host:port/v1`).
+        public var webSocketPort = 7401
         public init() {}
     }
 
@@ -41,6 +43,12 @@ public struct NodeConfiguration: Sendable, Hashable {
         if dataDirectory.isEmpty { throw WireError(.invalidArgument, "dataDirectory must not be empty") }
         if !(0...65535).contains(network.clientPort) {
             throw WireError(.invalidArgument, "network.clientPort must be 0...65535, got \(network.clientPort)")
+        }
+        if !(0...65535).contains(network.webSocketPort) {
+            throw WireError(.invalidArgument, "network.webSocketPort must be 0...65535, got \(network.webSocketPort)")
+        }
+        if network.clientPort != 0 && network.clientPort == network.webSocketPort {
+            throw WireError(.invalidArgument, "network.clientPort and network.webSocketPort must differ")
         }
         if network.host.isEmpty { throw WireError(.invalidArgument, "network.host must not be empty") }
         if security.sessionLifetimeSeconds < 60 {

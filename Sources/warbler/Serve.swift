@@ -11,6 +11,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Data directory.") var data = "./data"
     @Option(help: "Address to listen on for clients (0.0.0.0 for every interface).") var host = "127.0.0.1"
     @Option(help: "Client TCP port.") var port = 7400
+    @Option(help: "WebSocket port (ws://HOST:PORT/v1).") var websocketPort = 7401
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
 
     func run() async throws {
@@ -20,6 +21,7 @@ struct Serve: AsyncParsableCommand {
         configuration.dataDirectory = data
         configuration.network.host = host
         configuration.network.clientPort = port
+        configuration.network.webSocketPort = websocketPort
         let node: ChatNode
         do {
             node = try ChatNode(configuration: configuration, logger: logger)
@@ -39,8 +41,13 @@ struct Serve: AsyncParsableCommand {
         }
         let eventLoops = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let listener = ClientListener(node: node, eventLoopGroup: eventLoops, logger: logger)
+        let webSocket = WebSocketListener(node: node, eventLoopGroup: eventLoops, logger: logger)
         let services = ServiceGroup(
-            configuration: .init(services: [listener], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            configuration: .init(
+                services: [listener, webSocket],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
         )
         try await services.run()
         try await eventLoops.shutdownGracefully()

@@ -36,7 +36,9 @@ struct WarblerBench: AsyncParsableCommand {
             let node = try SpawnedNode(users: (0..<senders).map { "bench-\($0)" } + ["bench-sink"], password: password)
             spawned = node
             (host, port) = ("127.0.0.1", node.port)
-        } else if let target, let colon = target.lastIndex(of: ":"), let parsed = Int(target[target.index(after: colon)...]) {
+        } else if let target, let colon = target.lastIndex(of: ":"),
+            let parsed = Int(target[target.index(after: colon)...])
+        {
             (host, port) = (String(target[..<colon]), parsed)
         } else {
             throw ValidationError("give --target HOST:PORT or --spawn single")
@@ -85,14 +87,18 @@ struct WarblerBench: AsyncParsableCommand {
         } else {
             print("pairs: \(senders) senders, window \(window), \(payload)-byte payloads, \(Int(seconds)) s")
             print("acknowledged messages/s: \(Int(result.rate))")
-            print("ack latency µs: p50 \(result.p50)  p90 \(result.p90)  p99 \(result.p99)  p99.9 \(result.p999)  max \(result.max)")
+            print(
+                "ack latency µs: p50 \(result.p50)  p90 \(result.p90)  p99 \(result.p99)  p99.9 \(result.p999)  max \(result.max)"
+            )
         }
     }
 }
 
 /// Ack latencies from many tasks, in an HdrHistogram.
 final class LatencyRecorder: Sendable {
-    private let histogram = Mutex(Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three))
+    private let histogram = Mutex(
+        Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
+    )
     private let count = Atomic<Int>(0)
 
     func record(microseconds: UInt64) {
@@ -118,7 +124,9 @@ final class SpawnedNode {
     let process = Process()
 
     init(users: [String], password: String) throws {
-        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("warbler")
+        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(
+            "warbler"
+        )
         directory = NSTemporaryDirectory() + "warbler-bench-\(UUID().uuidString)"
         for user in users {
             let add = Process()

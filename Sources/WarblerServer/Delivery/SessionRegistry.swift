@@ -3,26 +3,20 @@ import Synchronization
 import WarblerChat
 import WarblerWire
 
-/// A connection that can receive pushes. Writes are thread-safe (NIO channels accept writes from any thread
-/// and keep their order).
-public final class ConnectionHandle: Sendable, Hashable {
-    let channel: any Channel
-    public let userID: String
+/// A logged-in connection that can receive pushes, from any thread.
+final class ConnectionHandle: Sendable, Hashable {
+    let sink: FrameSink
+    let userID: String
 
-    init(channel: any Channel, userID: String) {
-        self.channel = channel
+    init(sink: FrameSink, userID: String) {
+        self.sink = sink
         self.userID = userID
     }
 
-    func send(_ frame: Warbler_V1_ServerFrame) {
-        let body = FrameCodec.encode(frame, allocator: channel.allocator)
-        var output = channel.allocator.buffer(capacity: body.readableBytes + 4)
-        writeFrame(body, into: &output)
-        channel.writeAndFlush(output, promise: nil)
-    }
+    func send(_ frame: Warbler_V1_ServerFrame) { sink.send(frame) }
 
-    public static func == (lhs: ConnectionHandle, rhs: ConnectionHandle) -> Bool { lhs === rhs }
-    public func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(self)) }
+    static func == (lhs: ConnectionHandle, rhs: ConnectionHandle) -> Bool { lhs === rhs }
+    func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(self)) }
 }
 
 /// Who is online, and delivery of committed events to them.

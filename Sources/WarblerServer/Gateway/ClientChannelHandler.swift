@@ -6,12 +6,12 @@ import WarblerWire
 
 /// One client connection: the handshake, authentication, and dispatch of requests to the node.
 ///
-/// Runs on its channel's event loop. Blocking work goes to the node's thread pool; proposals go to the group
-/// driver in arrival order (so one client's pipelined sends keep their order); replies and pushes are written
-/// through the channel, which is safe from any thread.
+/// Runs on its channel's event loop, behind a transport adapter (length-prefixed TCP frames, or WebSocket
+/// messages). Blocking work goes to the node's thread pool; proposals go to the group driver in arrival order
+/// (so one client's pipelined sends keep their order); replies and pushes are written through a ``FrameSink``,
+/// which is safe from any thread.
 final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
+    typealias InboundIn = InboundFrame
 
     private enum State {
         case awaitingHello
@@ -22,17 +22,18 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
 
     private let node: ChatNode
     private let logger: Logger
+    private let format: WireFormat
     private var state = State.awaitingHello
-    private var channel: (any Channel)?
+    private var sink: FrameSink?
 
-    init(node: ChatNode, logger: Logger) {
+    init(node: ChatNode, format: WireFormat, logger: Logger) {
         self.node = node
+        self.format = format
         self.logger = logger
     }
 
-    func channelActive(context: ChannelHandlerContext) {
-        channel = context.channel
-        context.fireChannelActive()
+    func handlerAdded(context: ChannelHandlerContext) {
+        sink = FrameSink(channel: context.channel, format: format)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -53,10 +54,16 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let body = unwrapInboundIn(data)
         let frame: Warbler_V1_ClientFrame
         do {
-            frame = try FrameCodec.decodeClientFrame(body)
+            switch unwrapInboundIn(data) {
+            case .binary(let body):
+                if format != .lengthPrefixed { sink?.noteClientUsed(.webSocketBinary) }
+                frame = try FrameCodec.decodeClientFrame(body)
+            case .json(let text):
+                sink?.noteClientUsed(.webSocketText)
+                frame = try FrameCodec.decodeClientFrame(json: text)
+            }
         } catch {
             // A malformed frame keeps the stream in step (its length was valid): answer and go on, unless the
             // peer has not even said Hello.
@@ -136,8 +143,8 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
         future.whenComplete { [self] outcome in
             switch outcome {
             case .success(.success(let (session, name))):
-                guard case .awaitingAuthentication = state, let channel else { return }
-                let handle = ConnectionHandle(channel: channel, userID: session.userID)
+                guard case .awaitingAuthentication = state, let sink else { return }
+                let handle = ConnectionHandle(sink: sink, userID: session.userID)
                 state = .ready(session, handle)
                 node.sessionStarted(handle)
                 reply(id) {
@@ -182,13 +189,7 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    private func send(_ frame: Warbler_V1_ServerFrame) {
-        guard let channel else { return }
-        let body = FrameCodec.encode(frame, allocator: channel.allocator)
-        var output = channel.allocator.buffer(capacity: body.readableBytes + 4)
-        writeFrame(body, into: &output)
-        channel.writeAndFlush(output, promise: nil)
-    }
+    private func send(_ frame: Warbler_V1_ServerFrame) { sink?.send(frame) }
 
     private func fail(_ context: ChannelHandlerContext, _ error: WireError) {
         send(error.frame)

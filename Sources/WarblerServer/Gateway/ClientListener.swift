@@ -30,7 +30,10 @@ public final class ClientListener: Service, Sendable {
                     try channel.pipeline.syncOperations.addHandler(
                         ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrame))
                     )
-                    try channel.pipeline.syncOperations.addHandler(ClientChannelHandler(node: node, logger: logger))
+                    try channel.pipeline.syncOperations.addHandler(LengthPrefixedAdapter())
+                    try channel.pipeline.syncOperations.addHandler(
+                        ClientChannelHandler(node: node, format: .lengthPrefixed, logger: logger)
+                    )
                 }
             }
         let network = node.configuration.network

@@ -15,6 +15,7 @@ final class NodeProcess: @unchecked Sendable {
 
     let dataDirectory: String
     let port: Int
+    let webSocketPort: Int
     private var process: Process?
     let logPath: String
 
@@ -22,6 +23,9 @@ final class NodeProcess: @unchecked Sendable {
         dataDirectory = NSTemporaryDirectory() + "warbler-it-\(UUID().uuidString)"
         logPath = dataDirectory + ".log"
         port = try Self.freePort()
+        var webSocket = try Self.freePort()
+        while webSocket == port { webSocket = try Self.freePort() }
+        webSocketPort = webSocket
     }
 
     deinit {
@@ -55,7 +59,10 @@ final class NodeProcess: @unchecked Sendable {
     func start() async throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.binary)
-        process.arguments = ["serve", "--data", dataDirectory, "--port", "\(port)", "--log-level", "notice"]
+        process.arguments = [
+            "serve", "--data", dataDirectory, "--port", "\(port)", "--websocket-port", "\(webSocketPort)",
+            "--log-level", "notice",
+        ]
         if !FileManager.default.fileExists(atPath: logPath) {
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         }
@@ -66,7 +73,7 @@ final class NodeProcess: @unchecked Sendable {
         try process.run()
         self.process = process
         for _ in 0..<400 {
-            if Self.canConnect(port: port) { return }
+            if Self.canConnect(port: port) && Self.canConnect(port: webSocketPort) { return }
             guard process.isRunning else { throw TestFailure("warbler serve exited: \(self.log)") }
             try await Task.sleep(nanoseconds: 50_000_000)
         }

@@ -9,6 +9,7 @@ import Glibc
 /// A plain blocking socket that speaks raw frames, for feeding a node bad input.
 final class RawConnection {
     private let socket: Int32
+    var socketDescriptor: Int32 { socket }
     private var buffer: [UInt8] = []
 
     init(port: Int) throws {

@@ -1,0 +1,130 @@
+import NIOCore
+import NIOWebSocket
+import Synchronization
+import WarblerWire
+
+/// How frames travel on one connection.
+enum WireFormat: UInt8, Sendable {
+    /// TCP: a 4-byte big-endian length, then the protobuf bytes.
+    case lengthPrefixed = 0
+    /// WebSocket binary message: the protobuf bytes.
+    case webSocketBinary = 1
+    /// WebSocket text message: the protobuf JSON mapping (for browsers).
+    case webSocketText = 2
+}
+
+/// A frame received from a client, as its transport delivered it.
+enum InboundFrame: Sendable {
+    case binary(ByteBuffer)
+    case json(String)
+}
+
+/// Writes server frames to one connection in its format. Safe from any thread: NIO channels accept writes
+/// from anywhere and keep their order. A WebSocket client is answered in the kind of message it last sent.
+final class FrameSink: Sendable {
+    let channel: any Channel
+    private let format: Atomic<UInt8>
+
+    init(channel: any Channel, format: WireFormat) {
+        self.channel = channel
+        self.format = Atomic(format.rawValue)
+    }
+
+    /// Switches between binary and text for a WebSocket connection.
+    func noteClientUsed(_ newFormat: WireFormat) { format.store(newFormat.rawValue, ordering: .relaxed) }
+
+    func send(_ frame: Warbler_V1_ServerFrame) {
+        switch WireFormat(rawValue: format.load(ordering: .relaxed)) ?? .lengthPrefixed {
+        case .lengthPrefixed:
+            let body = FrameCodec.encode(frame, allocator: channel.allocator)
+            var output = channel.allocator.buffer(capacity: body.readableBytes + 4)
+            writeFrame(body, into: &output)
+            channel.writeAndFlush(output, promise: nil)
+        case .webSocketBinary:
+            let body = FrameCodec.encode(frame, allocator: channel.allocator)
+            channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: body), promise: nil)
+        case .webSocketText:
+            let text = FrameCodec.encodeJSON(frame)
+            var data = channel.allocator.buffer(capacity: text.utf8.count)
+            data.writeString(text)
+            channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .text, data: data), promise: nil)
+        }
+    }
+}
+
+/// Turns length-prefixed frame bodies into inbound frames (TCP pipeline).
+final class LengthPrefixedAdapter: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = InboundFrame
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.fireChannelRead(wrapInboundOut(.binary(unwrapInboundIn(data))))
+    }
+}
+
+/// Turns WebSocket messages into inbound frames, answers pings, and closes cleanly (WebSocket pipeline).
+/// Fragmented messages are reassembled up to the frame limit.
+final class WebSocketAdapter: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = WebSocketFrame
+    typealias InboundOut = InboundFrame
+    typealias OutboundOut = WebSocketFrame
+
+    private let maxFrameBytes: Int
+    private var fragments: ByteBuffer?
+    private var fragmentsAreText = false
+    private var closing = false
+
+    init(maxFrameBytes: Int) { self.maxFrameBytes = maxFrameBytes }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        switch frame.opcode {
+        case .ping:
+            var payload = frame.unmaskedData
+            let pong = WebSocketFrame(fin: true, opcode: .pong, data: payload.readSlice(length: payload.readableBytes)!)
+            context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
+        case .connectionClose:
+            guard !closing else {
+                context.close(promise: nil)
+                return
+            }
+            closing = true
+            let reply = WebSocketFrame(fin: true, opcode: .connectionClose, data: frame.unmaskedData)
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(reply)).whenComplete { _ in channel.close(promise: nil) }
+        case .text, .binary:
+            fragments = frame.unmaskedData
+            fragmentsAreText = frame.opcode == .text
+            if frame.fin { deliver(context) }
+        case .continuation:
+            guard var buffer = fragments else { return }
+            var more = frame.unmaskedData
+            buffer.writeBuffer(&more)
+            fragments = buffer
+            if buffer.readableBytes > maxFrameBytes {
+                context.fireErrorCaught(
+                    WireError(.frameTooLarge, "message exceeds \(maxFrameBytes) bytes", fatal: true)
+                )
+                fragments = nil
+                return
+            }
+            if frame.fin { deliver(context) }
+        default:
+            break
+        }
+    }
+
+    private func deliver(_ context: ChannelHandlerContext) {
+        guard let buffer = fragments else { return }
+        fragments = nil
+        if buffer.readableBytes > maxFrameBytes {
+            context.fireErrorCaught(WireError(.frameTooLarge, "message exceeds \(maxFrameBytes) bytes", fatal: true))
+            return
+        }
+        if fragmentsAreText {
+            context.fireChannelRead(wrapInboundOut(.json(String(buffer: buffer))))
+        } else {
+            context.fireChannelRead(wrapInboundOut(.binary(buffer)))
+        }
+    }
+}
