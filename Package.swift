@@ -113,6 +113,13 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
+        .testTarget(name: "WarblerServerTests", dependencies: ["WarblerServer"]),
+        .testTarget(
+            name: "WarblerClusterTests",
+            dependencies: [
+                "WarblerCluster", "WarblerRaft", "WarblerStorage", .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .testTarget(
             name: "WarblerChatTests",
             dependencies: [
