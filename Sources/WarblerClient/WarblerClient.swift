@@ -72,7 +72,8 @@ public final class WarblerClient: Sendable {
     public convenience init(host: String, port: Int) { self.init(configuration: Configuration(host: host, port: port)) }
 
     deinit {
-        // The last reference may go away on one of the group's own threads: shut down without waiting.
+        // For clients that were never closed. The last reference may go away on one of the group's own
+        // threads: shut down without waiting.
         group.shutdownGracefully { _ in }
     }
 
@@ -121,6 +122,8 @@ public final class WarblerClient: Sendable {
         try? await channel?.close()
         failPending(ClientError.disconnected("closed by the client"), keepResendable: false)
         eventSink.finish()
+        // Release the client's thread now rather than whenever the last reference goes.
+        try? await group.shutdownGracefully()
     }
 
     // MARK: - Session
@@ -368,10 +371,7 @@ public final class WarblerClient: Sendable {
     }
 
     private func write(_ frame: Warbler_V1_ClientFrame, to channel: any Channel) {
-        let body = FrameCodec.encode(frame, allocator: channel.allocator)
-        var output = channel.allocator.buffer(capacity: body.readableBytes + 4)
-        writeFrame(body, into: &output)
-        channel.writeAndFlush(output, promise: nil)
+        channel.writeAndFlush(FrameCodec.lengthPrefixed(frame, allocator: channel.allocator), promise: nil)
     }
 
     // Called by the handler on the event loop.
@@ -387,7 +387,7 @@ public final class WarblerClient: Sendable {
             let last = state.withLock { $0.lastSeq[message.conversationID] ?? 0 }
             if message.seq > last + 1 && last > 0 {
                 // A gap (a push was missed): fetch what is missing, in order, before this one.
-                Task { try? await self.sync() }
+                Task { [weak self] in try? await self?.sync() }
             } else {
                 deliver(message)
             }

@@ -46,7 +46,11 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
         if let error = error as? WireError {
             // Framing errors (an oversize or truncated frame): the stream cannot be trusted any more.
             send(error.frame)
-            if error.isFatal { context.close(promise: nil) }
+            if error.isFatal {
+                // Writes are coalesced: flush before closing so the error frame goes out.
+                context.channel.flush()
+                context.close(promise: nil)
+            }
             return
         }
         logger.debug("connection error", metadata: ["error": "\(error)"])
@@ -194,6 +198,8 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     private func fail(_ context: ChannelHandlerContext, _ error: WireError) {
         send(error.frame)
         state = .closed
+        // Writes are coalesced: flush before closing so the error frame goes out.
+        context.channel.flush()
         context.close(promise: nil)
     }
 }

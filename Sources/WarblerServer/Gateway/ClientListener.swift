@@ -21,10 +21,7 @@ public final class ClientListener: Service, Sendable {
         let node = self.node
         let logger = self.logger
         let maxFrame = node.configuration.limits.maxFrameBytes
-        let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 1024)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+        let bootstrap = ServerBootstrap.warblerListener(group: group)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
@@ -47,5 +44,16 @@ public final class ClientListener: Service, Sendable {
         try await gracefulShutdown()
         logger.info("closing the client listener")
         try await channel.close()
+    }
+}
+
+extension ServerBootstrap {
+    /// The socket settings every Warbler listener uses: a deep accept backlog, address reuse across restarts,
+    /// and no Nagle delay on small frames.
+    static func warblerListener(group: MultiThreadedEventLoopGroup) -> ServerBootstrap {
+        ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
     }
 }

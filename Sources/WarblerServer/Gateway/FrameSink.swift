@@ -21,13 +21,40 @@ enum InboundFrame: Sendable {
 
 /// Writes server frames to one connection in its format. Safe from any thread: NIO channels accept writes
 /// from anywhere and keep their order. A WebSocket client is answered in the kind of message it last sent.
-final class FrameSink: Sendable {
+///
+/// Writes are coalesced: a frame is written without a flush, and one flush is scheduled on the channel's event
+/// loop for everything written before it runs — so the acks and pushes of one commit round reach a connection
+/// in one `writev` rather than one syscall each. The write and the flush bookkeeping both happen on the event
+/// loop, so a write can never slip in after the last scheduled flush and wait forever.
+final class FrameSink: @unchecked Sendable {
     let channel: any Channel
     private let format: Atomic<UInt8>
+    /// Touched only on the channel's event loop.
+    private var flushPending = false
 
     init(channel: any Channel, format: WireFormat) {
         self.channel = channel
         self.format = Atomic(format.rawValue)
+    }
+
+    private func write(_ data: some Sendable) {
+        let loop = channel.eventLoop
+        if loop.inEventLoop {
+            writeOnLoop(data)
+        } else {
+            loop.execute { self.writeOnLoop(data) }
+        }
+    }
+
+    private func writeOnLoop(_ data: some Sendable) {
+        channel.write(data, promise: nil)
+        guard !flushPending else { return }
+        flushPending = true
+        // Runs after every write queued so far; a write queued after it finds the flag clear and schedules anew.
+        channel.eventLoop.execute {
+            self.flushPending = false
+            self.channel.flush()
+        }
     }
 
     /// Switches between binary and text for a WebSocket connection.
@@ -36,18 +63,15 @@ final class FrameSink: Sendable {
     func send(_ frame: Warbler_V1_ServerFrame) {
         switch WireFormat(rawValue: format.load(ordering: .relaxed)) ?? .lengthPrefixed {
         case .lengthPrefixed:
-            let body = FrameCodec.encode(frame, allocator: channel.allocator)
-            var output = channel.allocator.buffer(capacity: body.readableBytes + 4)
-            writeFrame(body, into: &output)
-            channel.writeAndFlush(output, promise: nil)
+            write(FrameCodec.lengthPrefixed(frame, allocator: channel.allocator))
         case .webSocketBinary:
             let body = FrameCodec.encode(frame, allocator: channel.allocator)
-            channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: body), promise: nil)
+            write(WebSocketFrame(fin: true, opcode: .binary, data: body))
         case .webSocketText:
             let text = FrameCodec.encodeJSON(frame)
             var data = channel.allocator.buffer(capacity: text.utf8.count)
             data.writeString(text)
-            channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .text, data: data), promise: nil)
+            write(WebSocketFrame(fin: true, opcode: .text, data: data))
         }
     }
 }

@@ -27,10 +27,7 @@ public final class WebSocketListener: Service, Sendable {
         let node = self.node
         let logger = self.logger
         let maxFrame = node.configuration.limits.maxFrameBytes
-        let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 1024)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+        let bootstrap = ServerBootstrap.warblerListener(group: group)
             .childChannelInitializer { channel in
                 // Text messages carry JSON (base64 payloads grow by a third): allow twice the binary limit.
                 let upgrader = NIOWebSocketServerUpgrader(

@@ -51,3 +51,21 @@ public func writeFrame(_ body: ByteBuffer, into output: inout ByteBuffer) {
     var body = body
     output.writeBuffer(&body)
 }
+
+extension FrameCodec {
+    /// A server frame ready for a TCP connection: its length prefix and protobuf bytes.
+    public static func lengthPrefixed(_ frame: Warbler_V1_ServerFrame, allocator: ByteBufferAllocator) -> ByteBuffer {
+        prefixed(encode(frame, allocator: allocator), allocator: allocator)
+    }
+
+    /// A client frame ready for a TCP connection: its length prefix and protobuf bytes.
+    public static func lengthPrefixed(_ frame: Warbler_V1_ClientFrame, allocator: ByteBufferAllocator) -> ByteBuffer {
+        prefixed(encode(frame, allocator: allocator), allocator: allocator)
+    }
+
+    private static func prefixed(_ body: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
+        var output = allocator.buffer(capacity: body.readableBytes + 4)
+        writeFrame(body, into: &output)
+        return output
+    }
+}
