@@ -52,7 +52,7 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
-        .target(name: "WarblerSimulation", dependencies: ["WarblerRaft"]),
+        .target(name: "WarblerSimulation", dependencies: ["WarblerRaft", "WarblerStorage"]),
         .executableTarget(
             name: "warbler-sim",
             dependencies: [

@@ -1,4 +1,6 @@
+import Foundation
 import WarblerRaft
+import WarblerStorage
 
 /// What a simulation run does. Every random choice derives from ``seed``.
 public struct SimulationOptions: Sendable, Hashable {
@@ -14,6 +16,16 @@ public struct SimulationOptions: Sendable, Hashable {
     public var faults: Bool = true
     /// Print every role change, fault and membership change as it happens (for replaying a failing seed).
     public var trace: Bool = false
+    /// Where nodes keep their Raft logs.
+    public var storage: StorageKind = .memory
+
+    /// Where nodes keep their Raft logs.
+    public enum StorageKind: String, Sendable, Hashable {
+        /// `MemoryStorage`.
+        case memory
+        /// Warbler's `RaftLogStore`, one group per node in one RocksDB database in a temporary directory.
+        case rocksdb
+    }
 
     /// Creates options with every fault enabled.
     public init(seed: UInt64, nodes: Int, steps: Int) {
@@ -42,9 +54,10 @@ public struct SimulationReport: Sendable {
 
     /// One line: seed, steps, commits, leader changes, faults, verdict.
     public var summary: String {
+        let storageText = options.storage == .memory ? "" : " storage=\(options.storage.rawValue)"
         let faultText = faults.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
         let verdict = passed ? "ok" : "FAILED (\(violations.count) violations)"
-        return "seed=\(options.seed) nodes=\(options.nodes) steps=\(options.steps) commits=\(commits) "
+        return "seed=\(options.seed) nodes=\(options.nodes) steps=\(options.steps)\(storageText) commits=\(commits) "
             + "leader_changes=\(leaderChanges) reads=\(history.filter { $0.f == .read && $0.type == .ok }.count) "
             + "faults: \(faultText) => \(verdict)"
     }
@@ -61,7 +74,8 @@ public final class RaftSimulation {
     struct Node {
         let id: NodeID
         var raw: RawNode?
-        let storage: MemoryStorage
+        var log: any SimulatedLog
+        var storage: any RaftStorage { log.storage }
         var config: Config
         /// The application state: every applied client value, in log order.
         var values: [Int] = []
@@ -121,11 +135,39 @@ public final class RaftSimulation {
         clients = Array(repeating: .idle, count: options.clients)
         let voters = Set((1...options.nodes).map { NodeID($0) })
         nextNodeID = NodeID(options.nodes + 1)
+        if options.storage == .rocksdb {
+            let path = NSTemporaryDirectory() + "warbler-sim-\(options.seed)-\(UUID().uuidString)"
+            var databaseOptions = Database.Options()
+            databaseOptions.columnFamilies = ["raft"]
+            databaseOptions.writeBufferSize = 1 << 20
+            databaseOptions.backgroundThreads = 1
+            database = try! Database(path: path, options: databaseOptions)
+            databasePath = path
+        }
         for id in voters.sorted() {
-            let storage = MemoryStorage(bootstrap: ConfState(voters: voters), index: 1, term: 1)
-            nodes[id] = Node(id: id, storage: storage, config: makeConfig(id))
-            nodes[id]!.raw = try! RawNode(config: nodes[id]!.config, storage: storage)
+            let log = makeLog(id, bootstrap: ConfState(voters: voters))
+            nodes[id] = Node(id: id, log: log, config: makeConfig(id))
+            nodes[id]!.raw = try! RawNode(config: nodes[id]!.config, storage: log.storage)
             nodes[id]!.appliedIndex = 1
+        }
+    }
+
+    deinit {
+        nodes = [:]
+        database = nil
+        if let databasePath { try? FileManager.default.removeItem(atPath: databasePath) }
+    }
+
+    private var database: Database?
+    private var databasePath: String?
+
+    private func makeLog(_ id: NodeID, bootstrap confState: ConfState?) -> any SimulatedLog {
+        switch options.storage {
+        case .memory:
+            return InMemoryLog(confState.map { MemoryStorage(bootstrap: $0, index: 1, term: 1) } ?? MemoryStorage())
+        case .rocksdb:
+            let family = try! database!.columnFamily("raft")
+            return try! RocksDBLog(database: database!, family: family, group: UInt32(id), bootstrap: confState)
         }
     }
 
@@ -300,17 +342,13 @@ public final class RaftSimulation {
     }
 
     private func persist(_ id: NodeID, _ ready: Ready, term: UInt64) {
-        let storage = nodes[id]!.storage
-        if let snapshot = ready.snapshot {
-            do { try storage.applySnapshot(snapshot) } catch { fail("node \(id) cannot install snapshot: \(error)") }
-        }
         if let first = ready.entries.first {
             // Leader append-only: a leader never rewrites entries it has.
             if let tail = nodes[id]!.leaderTail, tail.term == term, first.index <= tail.last {
                 fail("leader \(id) of term \(tail.term) overwrote its log at \(first.index) (last \(tail.last))")
             }
         }
-        storage.append(ready.entries)
+        do { try nodes[id]!.log.persist(ready) } catch { fail("node \(id) cannot persist: \(error)") }
         if let hard = ready.hardState {
             let previous = nodes[id]!.lastHardState
             if hard.term < previous.term { fail("node \(id) term went back from \(previous.term) to \(hard.term)") }
@@ -320,7 +358,6 @@ public final class RaftSimulation {
             if hard.term == previous.term && previous.vote != noneNode && hard.vote != previous.vote {
                 fail("node \(id) changed its vote in term \(hard.term)")
             }
-            storage.setHardState(hard)
             nodes[id]!.lastHardState = hard
         }
         if let last = ready.entries.last, let tail = nodes[id]!.leaderTail, tail.term == term {
@@ -396,13 +433,12 @@ public final class RaftSimulation {
         // Snapshot every 40 applied entries; keep a short tail so slightly lagging followers avoid snapshots.
         guard node.appliedIndex >= snapshotIndex + 40 else { return }
         do {
-            try node.storage.createSnapshot(
+            try node.log.compact(
                 at: node.appliedIndex,
                 confState: raw.confState,
-                data: encodeValues(node.values)
+                data: encodeValues(node.values),
+                tail: 10
             )
-            let compactTo = node.appliedIndex - 10
-            if compactTo > (try node.storage.firstIndex()) { try node.storage.compact(upTo: compactTo) }
             count("compaction")
         } catch {
             fail("node \(id) cannot compact: \(error)")
@@ -562,12 +598,15 @@ public final class RaftSimulation {
     }
 
     private func restart(_ id: NodeID) {
-        let storage = nodes[id]!.storage
-        guard let snapshot = try? storage.snapshot() else { return }
+        guard let reloaded = try? nodes[id]!.log.reopened(), let snapshot = try? reloaded.storage.snapshot() else {
+            fail("node \(id) cannot reload its log")
+            return
+        }
+        nodes[id]!.log = reloaded
         var config = nodes[id]!.config
         config.applied = snapshot.metadata.index
         do {
-            nodes[id]!.raw = try RawNode(config: config, storage: storage)
+            nodes[id]!.raw = try RawNode(config: config, storage: reloaded.storage)
         } catch {
             fail("node \(id) cannot restart: \(error)")
             return
@@ -632,9 +671,9 @@ public final class RaftSimulation {
     }
 
     private func addNode(_ id: NodeID) {
-        let storage = MemoryStorage()
-        var node = Node(id: id, storage: storage, config: makeConfig(id))
-        node.raw = try! RawNode(config: node.config, storage: storage)
+        let log = makeLog(id, bootstrap: nil)
+        var node = Node(id: id, log: log, config: makeConfig(id))
+        node.raw = try! RawNode(config: node.config, storage: log.storage)
         nodes[id] = node
     }
 

@@ -24,12 +24,17 @@ struct WarblerSim: ParsableCommand {
         @Option(help: "Write the client history as JSON Lines to this file (single seed only).") var history: String?
         @Flag(help: "Print every violation, not just the first ten.") var verbose = false
         @Flag(help: "Print role changes, faults and membership changes as they happen.") var trace = false
+        @Option(help: "Where nodes keep their logs: memory, or rocksdb (Warbler's RaftLogStore).") var storage =
+            "memory"
 
         func validate() throws {
             guard (1...9).contains(nodes) else { throw ValidationError("--nodes must be between 1 and 9") }
             guard steps > 0 else { throw ValidationError("--steps must be positive") }
             guard count > 0 else { throw ValidationError("--count must be positive") }
             if history != nil && count != 1 { throw ValidationError("--history needs --count 1") }
+            if SimulationOptions.StorageKind(rawValue: storage) == nil {
+                throw ValidationError("--storage must be memory or rocksdb")
+            }
         }
 
         func run() throws {
@@ -37,6 +42,7 @@ struct WarblerSim: ParsableCommand {
             for offset in 0..<UInt64(count) {
                 var options = SimulationOptions(seed: seed &+ offset, nodes: nodes, steps: steps)
                 options.trace = trace
+                options.storage = SimulationOptions.StorageKind(rawValue: storage) ?? .memory
                 let report = RaftSimulation(options: options).run()
                 print(report.summary)
                 if !report.passed {

@@ -18,6 +18,28 @@ struct SimulationTests {
         #expect(report.commits > 0, "\(report.summary)")
     }
 
+    /// The broker's own RocksDB log storage (`RaftLogStore`, every node a group in one database) under the same
+    /// faults: every crash reloads the log from disk.
+    @Test(arguments: 2001...2020)
+    func rocksDBLogsHoldEveryInvariant(seed: Int) {
+        var options = SimulationOptions(seed: UInt64(seed), nodes: seed % 2 == 0 ? 3 : 5, steps: 2000)
+        options.storage = .rocksdb
+        let report = RaftSimulation(options: options).run()
+        #expect(report.violations.isEmpty, "\(report.summary)\n\(report.violations.prefix(5).joined(separator: "\n"))")
+        #expect(report.commits > 0, "\(report.summary)")
+    }
+
+    @Test func rocksDBAndMemoryLogsBehaveAlike() {
+        for seed in UInt64(3)...5 {
+            var options = SimulationOptions(seed: seed, nodes: 3, steps: 1500)
+            let memory = RaftSimulation(options: options).run()
+            options.storage = .rocksdb
+            let rocksDB = RaftSimulation(options: options).run()
+            #expect(memory.history == rocksDB.history, "seed \(seed)")
+            #expect(memory.commits == rocksDB.commits, "seed \(seed)")
+        }
+    }
+
     @Test func aSeedReplaysExactly() {
         let options = SimulationOptions(seed: 77, nodes: 5, steps: 1500)
         let first = RaftSimulation(options: options).run()
