@@ -32,9 +32,9 @@ struct Serve: AsyncParsableCommand {
         if try !node.hasAccounts() {
             print(
                 """
-                This node has no accounts yet. Create the first administrator (with the node stopped):
+                This node has no accounts yet. Stop it (Ctrl-C) and create the first administrator:
 
-                    warbler user add NAME --role admin --data \(data)
+                    \(CommandLine.arguments[0]) user add NAME --role admin --data \(data)
 
                 """
             )
