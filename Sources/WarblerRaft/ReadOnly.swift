@@ -45,5 +45,4 @@ struct ReadOnly {
 
     /// The context of the newest pending request, sent with heartbeats.
     var lastPendingContext: [UInt8]? { queue.last }
-    var pendingCount: Int { queue.count }
 }

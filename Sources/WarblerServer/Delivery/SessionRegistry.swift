@@ -50,8 +50,6 @@ final class SessionRegistry: Sendable {
         }
     }
 
-    func isOnline(_ user: String) -> Bool { online.withLock { $0[user] != nil } }
-
     func sessions(of users: some Sequence<String>) -> [ConnectionHandle] {
         online.withLock { online in users.flatMap { online[$0].map(Array.init) ?? [] } }
     }
@@ -67,15 +65,23 @@ final class SessionRegistry: Sendable {
 
     /// Delivers the effects of applied commands to online sessions.
     func deliver(_ outcomes: [ApplyOutcome]) {
+        // A round often holds many messages of one conversation: read its members once per round.
+        var members: [String: ConversationRecord] = [:]
+        func conversation(_ id: String) -> ConversationRecord? {
+            if let known = members[id] { return known }
+            let record = try? queries.conversation(id: id)
+            members[id] = record
+            return record
+        }
         for outcome in outcomes {
             switch outcome {
             case .posted(let message, duplicate: false):
-                guard let conversation = try? queries.conversation(id: message.conversationID) else { continue }
+                guard let conversation = conversation(message.conversationID) else { continue }
                 var frame = Warbler_V1_ServerFrame()
                 frame.messagePush.message = ClientRecords.message(message)
                 push(frame, to: conversation.members)
             case .readMarked(let conversationID, let user, let seq):
-                guard let conversation = try? queries.conversation(id: conversationID) else { continue }
+                guard let conversation = conversation(conversationID) else { continue }
                 var frame = Warbler_V1_ServerFrame()
                 frame.receiptPush = .with {
                     $0.conversationID = conversationID
@@ -84,10 +90,12 @@ final class SessionRegistry: Sendable {
                 }
                 push(frame, to: conversation.members.filter { $0 != user })
             case .conversation(let record, created: true):
+                members[record.conversationID] = record
                 var frame = Warbler_V1_ServerFrame()
                 frame.conversationPush.conversation = ClientRecords.conversation(record, lastMessage: nil, readSeq: 0)
                 push(frame, to: record.members)
             case .membersChanged(let record, _, let removed):
+                members[record.conversationID] = record
                 var frame = Warbler_V1_ServerFrame()
                 let lastMessage = try? queries.message(conversation: record.conversationID, seq: record.lastSeq)
                 frame.conversationPush.conversation = ClientRecords.conversation(

@@ -105,6 +105,7 @@ extension ChatNode {
                         $0.payload = send.payload
                     }
                 ),
+                for: user,
                 reply: reply
             )
         case .markRead(let mark):
@@ -116,6 +117,7 @@ extension ChatNode {
                         $0.seq = mark.seq
                     }
                 ),
+                for: user,
                 reply: reply
             )
         case .createGroup(let create):
@@ -129,6 +131,7 @@ extension ChatNode {
                         $0.members = create.members
                     }
                 ),
+                for: user,
                 reply: reply
             )
         case .addMembers(let add):
@@ -140,6 +143,7 @@ extension ChatNode {
                         $0.members = add.members
                     }
                 ),
+                for: user,
                 reply: reply
             )
         case .removeMember(let remove):
@@ -151,6 +155,7 @@ extension ChatNode {
                         $0.member = remove.member
                     }
                 ),
+                for: user,
                 answerDone: true,
                 reply: reply
             )
@@ -163,6 +168,7 @@ extension ChatNode {
                         $0.member = user
                     }
                 ),
+                for: user,
                 answerDone: true,
                 reply: reply
             )
@@ -185,6 +191,7 @@ extension ChatNode {
                             $0.members = [direct.user]
                         }
                     ),
+                    for: user,
                     reply: reply
                 )
             }
@@ -284,13 +291,12 @@ extension ChatNode {
     }
 
     /// Proposes a command and replies with what applying it produced.
-    private func propose(_ body: ChatCommand.OneOf_Body, answerDone: Bool = false, reply: @escaping Reply) {
-        let user: String? = {
-            if case .postMessage(let post) = body { return post.sender }
-            if case .createConversation(let create) = body { return create.creator }
-            if case .addMembers(let add) = body { return add.actor }
-            return nil
-        }()
+    private func propose(
+        _ body: ChatCommand.OneOf_Body,
+        for user: String,
+        answerDone: Bool = false,
+        reply: @escaping Reply
+    ) {
         driver.submit(Self.encode(body)) { [self] result in
             switch result {
             case .success(.refused(let error)): reply(.failure(WireError(error.code, error.message)))
@@ -306,7 +312,7 @@ extension ChatNode {
         }
     }
 
-    private func frame(for outcome: ApplyOutcome, user: String?) -> Result<Warbler_V1_ServerFrame, WireError> {
+    private func frame(for outcome: ApplyOutcome, user: String) -> Result<Warbler_V1_ServerFrame, WireError> {
         switch outcome {
         case .posted(let message, let duplicate):
             return .success(
@@ -322,7 +328,7 @@ extension ChatNode {
             )
         case .conversation(let record, _), .membersChanged(let record, _, _):
             do {
-                return .success(try conversationFrame(record, for: user ?? record.creator))
+                return .success(try conversationFrame(record, for: user))
             } catch {
                 return .success(
                     .with { $0.conversation = ClientRecords.conversation(record, lastMessage: nil, readSeq: 0) }
