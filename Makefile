@@ -56,7 +56,7 @@ proto:
 		--product protoc-gen-swift
 	protoc --plugin=protoc-gen-swift=$(PROTOC_BUILD)/release/protoc-gen-swift --swift_opt=Visibility=Public \
 		--swift_out=Sources/WarblerWire/Generated --proto_path=Sources/WarblerWire/Proto \
-		Sources/WarblerWire/Proto/warbler_client.proto Sources/WarblerWire/Proto/warbler_raft.proto Sources/WarblerWire/Proto/warbler_chat.proto
+		Sources/WarblerWire/Proto/warbler_client.proto Sources/WarblerWire/Proto/warbler_raft.proto Sources/WarblerWire/Proto/warbler_chat.proto Sources/WarblerWire/Proto/warbler_peer.proto
 
 bench:
 	$(SWIFT) build -c release

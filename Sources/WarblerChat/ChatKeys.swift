@@ -1,7 +1,9 @@
 import WarblerStorage
 
-/// The key layout of the `chat` column family (documented in `docs/storage.md`). Strings are length-prefixed
-/// (one byte) so that no key is a prefix of another by accident; integers are big-endian so keys sort.
+/// The key layout of the `chat` column family (documented in `docs/storage.md`). Every key starts with its
+/// Raft group (`group u32`), so a group's whole state is one contiguous range (snapshots, deletion). Strings
+/// are length-prefixed (one byte) so that no key is a prefix of another by accident; integers are big-endian so
+/// keys sort. The functions below return keys *within* a group; ``prefix(_:)`` goes in front.
 enum ChatKeys {
     static let appliedIndexTag: UInt8 = 0x01
     static let accountByNameTag: UInt8 = 0x10
@@ -12,12 +14,22 @@ enum ChatKeys {
     static let messageTag: UInt8 = 0x30
     static let dedupTag: UInt8 = 0x31
 
-    /// `0x01 | group u32`: the last log index applied to the state, written in the same batch as the state.
-    static func appliedIndex(group: UInt32) -> [UInt8] {
-        var key: [UInt8] = [appliedIndexTag]
+    /// `group u32`: the start of every key of `group`.
+    static func prefix(_ group: UInt32) -> [UInt8] {
+        var key: [UInt8] = []
         appendBigEndian(group, to: &key)
         return key
     }
+
+    /// Every key of `group`: `[start, end)`.
+    static func range(_ group: UInt32) -> (start: [UInt8], end: [UInt8]) {
+        var end: [UInt8] = []
+        appendBigEndian(UInt64(group) + 1, to: &end)
+        return (prefix(group), Array(end[4...]))
+    }
+
+    /// `0x01`: the last log index applied to the group's state, written in the same batch as the state.
+    static let appliedIndex: [UInt8] = [appliedIndexTag]
 
     static func accountByName(_ name: String) -> [UInt8] { [accountByNameTag] + string(name) }
     static func account(_ userID: String) -> [UInt8] { [accountTag] + string(userID) }

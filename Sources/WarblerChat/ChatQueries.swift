@@ -20,17 +20,40 @@ public struct HistoryPage: Sendable, Equatable {
     public var hasMore: Bool
 }
 
-/// Reads of the applied chat state. Every read is local to this node's state; callers decide (ReadIndex) how
-/// fresh it must be.
+/// Reads of the applied chat state. Every read is local to this node's replicas; callers decide (ReadIndex)
+/// how fresh it must be. Accounts are read from the metadata group, conversations from their partition.
 public struct ChatQueries: Sendable {
     let database: Database
     let family: ColumnFamily
     public let limits: ChatLimits
+    private let partitionCount: @Sendable () -> UInt32
 
-    public init(database: Database, family: ColumnFamily, limits: ChatLimits = ChatLimits()) {
+    /// `partitionCount` answers the cluster's partition count (0 while unknown: a node that has not joined yet).
+    public init(
+        database: Database,
+        family: ColumnFamily,
+        limits: ChatLimits = ChatLimits(),
+        partitionCount: @escaping @Sendable () -> UInt32
+    ) {
         self.database = database
         self.family = family
         self.limits = limits
+        self.partitionCount = partitionCount
+    }
+
+    /// The group that holds `conversation`.
+    public func group(of conversation: String) throws(StorageError) -> UInt32 {
+        let count = partitionCount()
+        guard count > 0 else { throw StorageError(.invalidArgument, "this node has not joined a cluster yet") }
+        return ChatPartitioning.partition(of: conversation, count: count)
+    }
+
+    private func get(_ key: [UInt8], group: UInt32) throws(StorageError) -> [UInt8]? {
+        try database.get(ChatKeys.prefix(group) + key, in: family)
+    }
+
+    private func get(_ key: [UInt8], conversation: String) throws(StorageError) -> [UInt8]? {
+        try get(key, group: try group(of: conversation))
     }
 
     private func decode<M: SwiftProtobuf.Message>(
@@ -46,22 +69,29 @@ public struct ChatQueries: Sendable {
     }
 
     public func account(named name: String) throws(StorageError) -> AccountRecord? {
-        guard let id = try database.get(ChatKeys.accountByName(name), in: family) else { return nil }
+        guard let id = try get(ChatKeys.accountByName(name), group: ChatPartitioning.metadataGroup) else { return nil }
         return try account(id: String(decoding: id, as: UTF8.self))
     }
 
     public func account(id: String) throws(StorageError) -> AccountRecord? {
-        guard let bytes = try database.get(ChatKeys.account(id), in: family) else { return nil }
+        guard let bytes = try get(ChatKeys.account(id), group: ChatPartitioning.metadataGroup) else { return nil }
         return try decode(AccountRecord.self, bytes, "account \(id)")
     }
 
     /// True when at least one account exists (a node with none tells its operator how to create the first).
     public func hasAccounts() throws(StorageError) -> Bool {
-        !(try database.scan(in: family, from: [ChatKeys.accountTag], to: [ChatKeys.accountTag + 1], limit: 1)).isEmpty
+        let prefix = ChatKeys.prefix(ChatPartitioning.metadataGroup)
+        return
+            !(try database.scan(
+                in: family,
+                from: prefix + [ChatKeys.accountTag],
+                to: prefix + [ChatKeys.accountTag + 1],
+                limit: 1
+            )).isEmpty
     }
 
     public func conversation(id: String) throws(StorageError) -> ConversationRecord? {
-        guard let bytes = try database.get(ChatKeys.conversation(id), in: family) else { return nil }
+        guard let bytes = try get(ChatKeys.conversation(id), conversation: id) else { return nil }
         return try decode(ConversationRecord.self, bytes, "conversation \(id)")
     }
 
@@ -71,23 +101,32 @@ public struct ChatQueries: Sendable {
         return record
     }
 
-    /// The direct conversation between two users, if it exists.
-    public func directConversation(between a: String, and b: String) throws(StorageError) -> ConversationRecord? {
-        guard let id = try database.get(ChatKeys.directPair(a, b), in: family) else { return nil }
-        return try conversation(id: String(decoding: id, as: UTF8.self))
-    }
-
     public func readMarker(user: String, conversation: String) throws(StorageError) -> UInt64? {
-        try database.get(ChatKeys.membership(user: user, conversation: conversation), in: family)
+        try get(ChatKeys.membership(user: user, conversation: conversation), conversation: conversation)
             .flatMap(ChatKeys.decodeUInt64)
     }
 
-    /// The user's conversations, most recent activity first, with last message and unread count.
+    /// The user's conversations in the partitions this node replicates, most recent activity first, with last
+    /// message and unread count.
     public func conversations(of user: String) throws(StorageError) -> [ConversationSummary] {
+        let count = partitionCount()
+        guard count > 0 else { return [] }
+        var summaries: [ConversationSummary] = []
+        for partition in 1...count {
+            summaries += try conversations(of: user, in: partition)
+        }
+        return summaries.sorted {
+            ($0.conversation.lastActivityUnixMs, $0.conversation.conversationID)
+                > ($1.conversation.lastActivityUnixMs, $1.conversation.conversationID)
+        }
+    }
+
+    private func conversations(of user: String, in partition: UInt32) throws(StorageError) -> [ConversationSummary] {
+        let groupPrefix = ChatKeys.prefix(partition)
         let range = ChatKeys.memberships(user: user)
         var summaries: [ConversationSummary] = []
-        let prefixLength = range.start.count
-        for row in try database.scan(in: family, from: range.start, to: range.end) {
+        let prefixLength = groupPrefix.count + range.start.count
+        for row in try database.scan(in: family, from: groupPrefix + range.start, to: groupPrefix + range.end) {
             let idBytes = row.key[(prefixLength + 1)...]
             let id = String(decoding: idBytes, as: UTF8.self)
             guard let record = try conversation(id: id) else {
@@ -102,14 +141,12 @@ public struct ChatQueries: Sendable {
                 )
             )
         }
-        return summaries.sorted {
-            ($0.conversation.lastActivityUnixMs, $0.conversation.conversationID)
-                > ($1.conversation.lastActivityUnixMs, $1.conversation.conversationID)
-        }
+        return summaries
     }
 
     public func message(conversation: String, seq: UInt64) throws(StorageError) -> MessageRecord? {
-        guard let bytes = try database.get(ChatKeys.message(conversation: conversation, seq: seq), in: family) else {
+        guard let bytes = try get(ChatKeys.message(conversation: conversation, seq: seq), conversation: conversation)
+        else {
             return nil
         }
         return try decode(MessageRecord.self, bytes, "message \(conversation)/\(seq)")
@@ -118,10 +155,11 @@ public struct ChatQueries: Sendable {
     /// Up to `limit` messages strictly after `afterSeq`, ascending.
     public func messages(conversation: String, after afterSeq: UInt64, limit: Int) throws(StorageError) -> HistoryPage {
         let limit = clamp(limit)
+        let prefix = ChatKeys.prefix(try group(of: conversation))
         let rows = try database.scan(
             in: family,
-            from: ChatKeys.message(conversation: conversation, seq: afterSeq + 1),
-            to: ChatKeys.message(conversation: conversation, seq: .max),
+            from: prefix + ChatKeys.message(conversation: conversation, seq: afterSeq + 1),
+            to: prefix + ChatKeys.message(conversation: conversation, seq: .max),
             limit: limit + 1
         )
         var messages: [MessageRecord] = []
@@ -134,11 +172,12 @@ public struct ChatQueries: Sendable {
     {
         let limit = clamp(limit)
         let end = beforeSeq == 0 ? UInt64.max : beforeSeq
+        let prefix = ChatKeys.prefix(try group(of: conversation))
         let iterator = database.makeIterator(
             in: family,
-            upperBound: ChatKeys.message(conversation: conversation, seq: end)
+            upperBound: prefix + ChatKeys.message(conversation: conversation, seq: end)
         )
-        let lower = ChatKeys.message(conversation: conversation, seq: 0)
+        let lower = prefix + ChatKeys.message(conversation: conversation, seq: 0)
         iterator.seekToLast()
         var newestFirst: [MessageRecord] = []
         var hasMore = false

@@ -43,7 +43,9 @@ public struct ChatStateMachine: Sendable {
 
     /// The last index applied, as stored.
     public func appliedIndex(in database: Database, family: ColumnFamily) throws(StorageError) -> UInt64 {
-        guard let bytes = try database.get(ChatKeys.appliedIndex(group: group), in: family) else { return 0 }
+        guard let bytes = try database.get(ChatKeys.prefix(group) + ChatKeys.appliedIndex, in: family) else {
+            return 0
+        }
         return ChatKeys.decodeUInt64(bytes) ?? 0
     }
 
@@ -55,7 +57,7 @@ public struct ChatStateMachine: Sendable {
     ) throws(StorageError)
         -> ApplyOutcome
     {
-        let appliedKey = ChatKeys.appliedIndex(group: group)
+        let appliedKey = ChatKeys.appliedIndex
         if let bytes = try writes.get(appliedKey), let applied = ChatKeys.decodeUInt64(bytes), index <= applied {
             return .alreadyApplied
         }
@@ -140,10 +142,8 @@ public struct ChatStateMachine: Sendable {
         if try writes.get(ChatKeys.conversation(create.conversationID)) != nil {
             throw ChatError(.invalidArgument, "conversation \(create.conversationID) exists")
         }
+        // Accounts live in the metadata group; the gateway checks that every member exists before proposing.
         let members = Array(Set(create.members + [create.creator])).sorted()
-        for member in members where try writes.get(ChatKeys.account(member)) == nil {
-            throw ChatError(.userNotFound, "no user \(member)")
-        }
         switch create.kind {
         case .direct:
             guard members.count == 2 else {
@@ -212,9 +212,6 @@ public struct ChatStateMachine: Sendable {
             throw ChatError(.invalidArgument, "members can only be added to group conversations")
         }
         let added = Array(Set(add.members).subtracting(record.members)).sorted()
-        for member in added where try writes.get(ChatKeys.account(member)) == nil {
-            throw ChatError(.userNotFound, "no user \(member)")
-        }
         guard record.members.count + added.count <= limits.maxMembers else {
             throw ChatError(.invalidArgument, "a group has at most \(limits.maxMembers) members")
         }

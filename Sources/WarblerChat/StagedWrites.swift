@@ -5,29 +5,32 @@ import WarblerStorage
 public struct StagedWrites {
     let database: Database
     let family: ColumnFamily
+    /// The group's key prefix (`group u32`): every key of a group's state starts with it.
+    let prefix: [UInt8]
     /// The batch the caller writes (synced) once the round is applied.
     public let batch: WriteBatch
     private var overlay: [[UInt8]: [UInt8]?] = [:]
 
     /// Starts a round over `family`, staging into `batch`.
-    public init(database: Database, family: ColumnFamily, batch: WriteBatch) {
+    public init(database: Database, family: ColumnFamily, group: UInt32, batch: WriteBatch) {
         self.database = database
         self.family = family
+        self.prefix = ChatKeys.prefix(group)
         self.batch = batch
     }
 
     func get(_ key: [UInt8]) throws(StorageError) -> [UInt8]? {
         if let staged = overlay[key] { return staged }
-        return try database.get(key, in: family)
+        return try database.get(prefix + key, in: family)
     }
 
     mutating func put(_ key: [UInt8], _ value: [UInt8]) {
         overlay[key] = .some(value)
-        batch.put(key, value, in: family)
+        batch.put(prefix + key, value, in: family)
     }
 
     mutating func delete(_ key: [UInt8]) {
         overlay[key] = .some(nil)
-        batch.delete(key, in: family)
+        batch.delete(prefix + key, in: family)
     }
 }

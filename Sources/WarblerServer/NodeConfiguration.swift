@@ -10,8 +10,32 @@ public struct NodeConfiguration: Sendable, Hashable {
     public var limits = ProtocolLimits()
     /// Login and session rules.
     public var security = Security()
-    /// This node's id in its Raft groups (a single node is node 1 of a one-voter cluster).
+    /// This node's id in its Raft groups (a single node is node 1 of a one-voter cluster). Fixed at first
+    /// start; afterwards the id stored in the data directory wins.
     public var nodeID: UInt64 = 1
+    /// How the node finds and talks to the rest of its cluster.
+    public var cluster = Cluster()
+
+    public struct Cluster: Sendable, Hashable {
+        /// The address the peer listener binds to (nil: the client host).
+        public var peerHost: String?
+        /// Peer (Raft) port, mutual TLS.
+        public var peerPort = 7500
+        /// The host other nodes and clients reach this node at (nil: the client host).
+        public var advertiseHost: String?
+        /// The node's region label; replicas of a partition spread over regions.
+        public var region = ""
+        /// A member's peer address (`HOST:PORT`) to join at first start. Without it, a node with an empty data
+        /// directory initialises a new cluster with itself as its only member.
+        public var join: String?
+        /// Where the node's certificate, key and the cluster CA certificate are (nil: `<data>/certs`).
+        public var certificateDirectory: String?
+        /// Partitions of a new cluster (fixed for its lifetime).
+        public var partitionCount: UInt32 = 64
+        /// Replicas per partition of a new cluster.
+        public var replicationFactor: UInt32 = 3
+        public init() {}
+    }
 
     public struct Network: Sendable, Hashable {
         /// The address client listeners bind to. Loopback by default: exposing a node is a decision.
@@ -35,8 +59,14 @@ public struct NodeConfiguration: Sendable, Hashable {
         public init() {}
     }
 
-    /// Defaults: data in `./data`, clients on 127.0.0.1:7400.
+    /// Defaults: data in `./data`, clients on 127.0.0.1:7400, peers on 7500.
     public init() {}
+
+    /// Where this node's certificates are.
+    public var certificateDirectory: String { cluster.certificateDirectory ?? dataDirectory + "/certs" }
+
+    /// The host others reach this node at.
+    public var advertisedHost: String { cluster.advertiseHost ?? network.host }
 
     /// Checks every field.
     public func validate() throws(WireError) {
@@ -61,6 +91,18 @@ public struct NodeConfiguration: Sendable, Hashable {
             throw WireError(.invalidArgument, "security.scryptCostExponent must be 10...20")
         }
         if nodeID == 0 { throw WireError(.invalidArgument, "nodeID must not be 0") }
+        if !(0...65535).contains(cluster.peerPort) {
+            throw WireError(.invalidArgument, "cluster.peerPort must be 0...65535, got \(cluster.peerPort)")
+        }
+        if !(1...4096).contains(cluster.partitionCount) {
+            throw WireError(.invalidArgument, "cluster.partitionCount must be 1...4096")
+        }
+        if !(1...7).contains(cluster.replicationFactor) {
+            throw WireError(.invalidArgument, "cluster.replicationFactor must be 1...7")
+        }
+        if let join = cluster.join, !join.contains(":") {
+            throw WireError(.invalidArgument, "cluster.join must be HOST:PORT, got \(join)")
+        }
         try limits.validate()
     }
 }

@@ -75,6 +75,22 @@ public enum RaftRecordCodec {
         try! Warbler_Raft_V1_Snapshot(snapshot).serializedBytes()
     }
 
+    public static func encode(_ state: ConfState) -> [UInt8] {
+        var record = Warbler_Raft_V1_ConfState()
+        record.voters = state.voters.sorted()
+        record.learners = state.learners.sorted()
+        return try! record.serializedBytes()
+    }
+
+    public static func decodeConfState(_ bytes: [UInt8]) throws(WireError) -> ConfState {
+        do {
+            let record = try Warbler_Raft_V1_ConfState(serializedBytes: bytes)
+            return ConfState(voters: Set(record.voters), learners: Set(record.learners))
+        } catch {
+            throw WireError(.malformedFrame, "conf state cannot be decoded: \(error)")
+        }
+    }
+
     public static func decodeEntry(_ bytes: [UInt8]) throws(WireError) -> Entry {
         let record: Warbler_Raft_V1_Entry
         do { record = try Warbler_Raft_V1_Entry(serializedBytes: bytes) } catch {
@@ -93,5 +109,53 @@ public enum RaftRecordCodec {
         do { return Snapshot(try Warbler_Raft_V1_Snapshot(serializedBytes: bytes)) } catch {
             throw WireError(.malformedFrame, "not a snapshot record: \(error)")
         }
+    }
+}
+
+extension Warbler_Raft_V1_Message {
+    /// The record of a Raft message, as the peer transport sends it.
+    public init(_ message: WarblerRaft.Message) {
+        self.init()
+        type = UInt32(message.type.rawValue)
+        to = message.to
+        from = message.from
+        term = message.term
+        logTerm = message.logTerm
+        index = message.index
+        entries = message.entries.map(Warbler_Raft_V1_Entry.init)
+        commit = message.commit
+        if let snapshot = message.snapshot { self.snapshot = Warbler_Raft_V1_Snapshot(snapshot) }
+        reject = message.reject
+        rejectHint = message.rejectHint
+        context = Data(message.context)
+    }
+}
+
+extension WarblerRaft.Message {
+    /// The Raft message a peer sent.
+    ///
+    /// - Throws: ``WireError`` with `malformedFrame` for an unknown or local-only type, or a bad entry.
+    public init(_ record: Warbler_Raft_V1_Message) throws(WireError) {
+        guard record.type <= UInt32(UInt8.max), let type = MessageType(rawValue: UInt8(record.type)), !type.isLocal
+        else {
+            throw WireError(.malformedFrame, "unknown or local raft message type \(record.type)")
+        }
+        var entries: [Entry] = []
+        entries.reserveCapacity(record.entries.count)
+        for entry in record.entries { entries.append(try Entry(entry)) }
+        self.init(
+            type: type,
+            to: record.to,
+            from: record.from,
+            term: record.term,
+            logTerm: record.logTerm,
+            index: record.index,
+            entries: entries,
+            commit: record.commit,
+            snapshot: record.hasSnapshot ? Snapshot(record.snapshot) : nil,
+            reject: record.reject,
+            rejectHint: record.rejectHint,
+            context: [UInt8](record.context)
+        )
     }
 }

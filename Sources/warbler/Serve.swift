@@ -6,22 +6,25 @@ import ServiceLifecycle
 import WarblerServer
 
 struct Serve: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Run a node (a one-voter cluster) in the foreground.")
+    static let configuration = CommandConfiguration(
+        abstract: "Run a node in the foreground.",
+        discussion: """
+            With an empty data directory and no --join, the node initialises a new cluster with itself as its \
+            only member (a one-voter cluster). With --join, it never initialises anything: it asks that member \
+            to add it, then receives its replicas.
+            """
+    )
 
-    @Option(help: "Data directory.") var data = "./data"
-    @Option(help: "Address to listen on for clients (0.0.0.0 for every interface).") var host = "127.0.0.1"
-    @Option(help: "Client TCP port.") var port = 7400
-    @Option(help: "WebSocket port (ws://HOST:PORT/v1).") var websocketPort = 7401
+    @OptionGroup var node: NodeOptions
+    @Option(help: "Join the cluster a member at HOST:PEERPORT belongs to (first start only).") var join: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
 
     func run() async throws {
         var logger = Logger(label: "warbler")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
-        var configuration = NodeConfiguration()
-        configuration.dataDirectory = data
-        configuration.network.host = host
-        configuration.network.clientPort = port
-        configuration.network.webSocketPort = websocketPort
+        var configuration = try self.node.configuration()
+        configuration.cluster.join = join
+        let data = self.node.data
         let node: ChatNode
         do {
             node = try ChatNode(configuration: configuration, logger: logger)
@@ -29,7 +32,8 @@ struct Serve: AsyncParsableCommand {
             throw CommandFailure("cannot open the node's data in \(data): \(error)")
         }
         defer { node.stop() }
-        if try !node.hasAccounts() {
+        do { try await node.start() } catch { throw CommandFailure("cannot start the node: \(error)") }
+        if join == nil, try !node.hasAccounts() {
             print(
                 """
                 This node has no accounts yet. Stop it (Ctrl-C) and create the first administrator:

@@ -39,6 +39,7 @@ struct User: AsyncParsableCommand {
             }
             defer { node.stop() }
             do {
+                try await node.start(listen: false)
                 let account = try await node.createAccount(name: name, password: password, role: chosen)
                 print("created user \(account.name) (\(role))")
             } catch let error as ChatError {

@@ -6,7 +6,7 @@ struct Warbler: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "warbler",
         abstract: "Warbler — a self-hosted, Raft-replicated chat message broker.",
-        subcommands: [Serve.self, User.self, Chat.self]
+        subcommands: [Serve.self, Cluster.self, User.self, Chat.self, Cert.self]
     )
 }
 

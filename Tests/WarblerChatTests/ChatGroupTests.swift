@@ -8,48 +8,57 @@ import WarblerRaft
 import WarblerStorage
 import WarblerWire
 
-/// A one-voter chat group on RocksDB, driven by the real GroupDriver.
+/// A one-node cluster (metadata group + one partition) on RocksDB, driven by the real multi-Raft runtime.
 final class GroupFixture: @unchecked Sendable {
     let path = NSTemporaryDirectory() + "warbler-group-\(UUID().uuidString)"
     var database: Database!
-    var driver: GroupDriver<ChatGroup>!
+    var host: RaftHost<ChatGroup>!
     var queries: ChatQueries!
 
     init() throws { try start() }
 
     deinit {
-        driver?.stop()
+        host?.stop()
         try? FileManager.default.removeItem(atPath: path)
     }
 
     func start() throws {
         var options = Database.Options()
-        options.columnFamilies = ["raft", "chat"]
+        options.columnFamilies = ["raft", "chat", "cluster"]
         database = try Database(path: path, options: options)
         let raft = try database.columnFamily("raft")
         let chat = try database.columnFamily("chat")
-        let log = try RaftLogStore(database: database, family: raft, group: 0)
-        if log.isEmpty {
-            let batch = WriteBatch()
-            try log.bootstrap(ConfState(voters: [1]), into: batch)
-            try database.write(batch, sync: true)
+        let cluster = try database.columnFamily("cluster")
+        if try RaftHost<ChatGroup>.identity(database: database, clusterFamily: cluster) == nil {
+            var node = NodeInfo()
+            node.nodeID = 1
+            _ = try RaftHost<ChatGroup>.initializeCluster(
+                database: database,
+                raftFamily: raft,
+                clusterFamily: cluster,
+                node: node,
+                partitionCount: 1,
+                replicationFactor: 1
+            )
         }
-        let machine = ChatGroup(machine: ChatStateMachine(group: 0), database: database, family: chat)
-        driver = try GroupDriver(
-            group: 0,
+        let database = self.database!
+        host = try RaftHost(
             nodeID: 1,
             database: database,
-            log: log,
-            machine: machine,
-            logger: Logger(label: "test")
+            raftFamily: raft,
+            clusterFamily: cluster,
+            transport: nil,
+            logger: Logger(label: "test"),
+            makeMachine: { ChatGroup(machine: ChatStateMachine(group: $0), database: database, family: chat) },
+            onApplied: { _, _ in }
         )
-        driver.start()
-        queries = ChatQueries(database: database, family: chat)
+        host.start()
+        queries = ChatQueries(database: database, family: chat, partitionCount: { 1 })
     }
 
     func restart() throws {
-        driver.stop()
-        driver = nil
+        host.stop()
+        host = nil
         queries = nil
         database = nil
         try start()
@@ -59,7 +68,9 @@ final class GroupFixture: @unchecked Sendable {
         var command = ChatCommand()
         command.timeUnixMs = Int64(Date().timeIntervalSince1970 * 1000)
         command.body = body
-        return try await driver.propose(try command.serializedBytes())
+        let group: UInt32
+        if case .createAccount = body { group = 0 } else { group = 1 }
+        return try await host.propose(try command.serializedBytes() as [UInt8], to: group)
     }
 }
 
@@ -88,7 +99,7 @@ struct ChatGroupTests {
                 }
             )
         )
-        let before = fixture.driver.statistics
+        let before = fixture.host.statistics
         let seqs = try await withThrowingTaskGroup(of: UInt64.self) { group in
             for sender in 0..<400 {
                 group.addTask {
@@ -113,7 +124,7 @@ struct ChatGroupTests {
             return seqs
         }
         #expect(seqs.sorted() == Array(1...400))
-        let after = fixture.driver.statistics
+        let after = fixture.host.statistics
         #expect(after.appliedEntries - before.appliedEntries == 400)
         // Group commit: far fewer fsyncs than messages.
         #expect(after.syncedBatches - before.syncedBatches < 400)
@@ -184,7 +195,7 @@ struct ChatGroupTests {
 
     @Test func aStoppedGroupRefusesProposals() async throws {
         let fixture = try GroupFixture()
-        fixture.driver.stop()
-        await #expect(throws: GroupDriverError.self) { _ = try await fixture.run(account("late")) }
+        fixture.host.stop()
+        await #expect(throws: ClusterError.self) { _ = try await fixture.run(account("late")) }
     }
 }

@@ -121,7 +121,11 @@ extension ChatNode {
                 reply: reply
             )
         case .createGroup(let create):
-            propose(
+            proposeAfterCheckingAccounts(
+                create.members,
+                on: eventLoop,
+                for: user,
+                reply: reply,
                 .createConversation(
                     .with {
                         $0.conversationID = Self.newConversationID()
@@ -130,21 +134,21 @@ extension ChatNode {
                         $0.creator = user
                         $0.members = create.members
                     }
-                ),
-                for: user,
-                reply: reply
+                )
             )
         case .addMembers(let add):
-            propose(
+            proposeAfterCheckingAccounts(
+                add.members,
+                on: eventLoop,
+                for: user,
+                reply: reply,
                 .addMembers(
                     .with {
                         $0.conversationID = add.conversationID
                         $0.actor = user
                         $0.members = add.members
                     }
-                ),
-                for: user,
-                reply: reply
+                )
             )
         case .removeMember(let remove):
             propose(
@@ -173,11 +177,12 @@ extension ChatNode {
                 reply: reply
             )
         case .createDirect(let direct):
+            let id = Self.directConversationID(user, direct.user)
             read(on: eventLoop, reply: reply) { [self] in
                 guard try queries.account(named: direct.user) != nil else {
                     throw WireError(.userNotFound, "no user \(direct.user)")
                 }
-                if let existing = try queries.directConversation(between: user, and: direct.user) {
+                if let existing = try queries.conversation(id: id, member: user) {
                     return try conversationFrame(existing, for: user)
                 }
                 return nil
@@ -185,7 +190,7 @@ extension ChatNode {
                 propose(
                     .createConversation(
                         .with {
-                            $0.conversationID = Self.newConversationID()
+                            $0.conversationID = id
                             $0.kind = .direct
                             $0.creator = user
                             $0.members = [direct.user]
@@ -215,7 +220,8 @@ extension ChatNode {
                 return .with { $0.conversationList.conversations = list.map(ClientRecords.conversation) }
             }
         case .getHistory(let history):
-            read(on: eventLoop, reply: reply) { [self] in
+            // Linearizable: the local replica first catches up with what its partition had committed.
+            readAfterBarrier(conversation: history.conversationID, on: eventLoop, reply: reply) { [self] in
                 guard try queries.conversation(id: history.conversationID, member: user) != nil else {
                     throw WireError(.conversationNotFound, "no conversation \(history.conversationID)")
                 }
@@ -272,6 +278,45 @@ extension ChatNode {
         return .with { $0.conversation = ClientRecords.conversation(record, lastMessage: last, readSeq: readSeq) }
     }
 
+    /// Waits for the conversation's partition to confirm this replica is current (ReadIndex), then reads.
+    private func readAfterBarrier(
+        conversation: String,
+        on eventLoop: any EventLoop,
+        reply: @escaping Reply,
+        _ body: @escaping @Sendable () throws -> Warbler_V1_ServerFrame?
+    ) {
+        let group: UInt32
+        do { group = try queries.group(of: conversation) } catch {
+            return reply(.failure(WireError(.unavailable, "\(error)")))
+        }
+        Task { [self] in
+            do {
+                try await host.readBarrier(group: group)
+            } catch {
+                return reply(.failure(WireError(.unavailable, "cannot confirm a current read now: \(error)")))
+            }
+            read(on: eventLoop, reply: reply, body)
+        }
+    }
+
+    /// Checks that every member has an account (accounts live in the metadata group), then proposes.
+    private func proposeAfterCheckingAccounts(
+        _ members: [String],
+        on eventLoop: any EventLoop,
+        for user: String,
+        reply: @escaping Reply,
+        _ body: ChatCommand.OneOf_Body
+    ) {
+        read(on: eventLoop, reply: reply) { [self] in
+            for member in members where try queries.account(id: member) == nil {
+                throw WireError(.userNotFound, "no user \(member)")
+            }
+            return nil
+        } then: { [self] in
+            propose(body, for: user, reply: reply)
+        }
+    }
+
     /// Runs `body` on the thread pool; a nil result runs `then` instead of replying.
     private func read(
         on eventLoop: any EventLoop,
@@ -297,17 +342,30 @@ extension ChatNode {
         answerDone: Bool = false,
         reply: @escaping Reply
     ) {
-        driver.submit(Self.encode(body)) { [self] result in
+        let group: UInt32
+        do { group = try self.group(of: body) } catch {
+            return reply(.failure(WireError(.unavailable, "\(error)")))
+        }
+        let data = Self.encode(body)
+        let complete: @Sendable (Result<ApplyOutcome, any Error>) -> Void = { [self] result in
             switch result {
             case .success(.refused(let error)): reply(.failure(WireError(error.code, error.message)))
             case .success where answerDone: reply(.success(.with { $0.done = .init() }))
             case .success(let outcome): reply(frame(for: outcome, user: user))
-            case .failure(let error as GroupDriverError) where error.code == .outcomeUnknown:
+            case .failure(let error as ClusterError) where error.code == .outcomeUnknown:
                 reply(
                     .failure(WireError(.unavailable, "the outcome is unknown; resend with the same client_message_id"))
                 )
             case .failure(let error):
-                reply(.failure(WireError(.unavailable, "the node cannot commit now: \(error)")))
+                reply(.failure(WireError(.unavailable, "the cluster cannot commit now: \(error)")))
+            }
+        }
+        if host.leader(of: group) == nodeID {
+            // The common single-node case: no task, straight into the scheduler's next round.
+            host.submitLocally(data, to: group, completion: complete)
+        } else {
+            Task { [host] in
+                do { complete(.success(try await host.propose(data, to: group))) } catch { complete(.failure(error)) }
             }
         }
     }

@@ -1,53 +1,113 @@
+import Crypto
 import Foundation
 import Logging
+import NIOCore
 import NIOPosix
 import SwiftProtobuf
+import Synchronization
 import WarblerChat
 import WarblerCluster
 import WarblerRaft
 import WarblerStorage
 import WarblerWire
 
-/// One Warbler node's chat core: its RocksDB database, its Raft group (a one-voter cluster until the cluster
-/// runtime arrives), the chat state, sessions and delivery. The gateway and the CLI drive it.
+/// One Warbler node: its RocksDB database, the Raft groups it replicates (the metadata group and partitions,
+/// driven by one ``RaftHost``), the peer transport, the chat state, sessions and delivery. The gateway and the
+/// CLI drive it. A single node is a cluster of one: the same code path.
 public final class ChatNode: Sendable {
-    /// The single group of a single node. The cluster runtime replaces it with a metadata group and partitions.
-    public static let groupID: UInt32 = 0
-
     public let configuration: NodeConfiguration
     public let queries: ChatQueries
+    /// This node's id (from the data directory once it belongs to a cluster).
+    public let nodeID: UInt64
     let database: Database
-    let driver: GroupDriver<ChatGroup>
+    let host: RaftHost<ChatGroup>
+    let transport: PeerTransport
+    let clusterFamily: ColumnFamily
     let sessions: SessionStore
     let throttle: LoginThrottle
     let registry: SessionRegistry
     /// Blocking work (RocksDB reads, scrypt) runs here, never on an event loop.
     let threadPool: NIOThreadPool
+    let peerEventLoops: MultiThreadedEventLoopGroup
     let logger: Logger
+    /// Set when the data directory did not belong to a cluster yet and the node must join one.
+    private let pendingJoin: String?
 
-    /// Opens (or creates) the node's data and starts its group.
+    /// Opens (or creates) the node's data. A node with an empty data directory initialises a new one-node
+    /// cluster (with a new CA and certificate when it has none), unless `configuration.cluster.join` is set:
+    /// then it never initialises anything and joins that cluster in ``start()``.
     ///
-    /// - Throws: ``StorageError`` (`storage.locked` when another process has the data directory open).
+    /// - Throws: ``StorageError`` (`storage.locked` when another process has the data directory open),
+    ///   ``CertificateError`` when certificates are missing or name another node.
     public init(configuration: NodeConfiguration, logger: Logger) throws {
         try configuration.validate()
         self.configuration = configuration
         self.logger = logger
-        try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
         var options = Database.Options()
-        options.columnFamilies = ["raft", "chat"]
+        options.columnFamilies = ["raft", "chat", "cluster"]
         database = try Database(path: configuration.dataDirectory + "/db", options: options)
         let raftFamily = try database.columnFamily("raft")
         let chatFamily = try database.columnFamily("chat")
-        let log = try RaftLogStore(database: database, family: raftFamily, group: Self.groupID)
-        if log.isEmpty {
-            let batch = WriteBatch()
-            try log.bootstrap(ConfState(voters: [configuration.nodeID]), into: batch)
-            try database.write(batch, sync: true)
-            logger.info("bootstrapped a one-voter cluster", metadata: ["node.id": "\(configuration.nodeID)"])
+        clusterFamily = try database.columnFamily("cluster")
+        let certificates = configuration.certificateDirectory
+        var nodeID = configuration.nodeID
+        var pendingJoin: String?
+        if let identity = try RaftHost<ChatGroup>.identity(database: database, clusterFamily: clusterFamily) {
+            nodeID = identity.node.nodeID
+        } else if let join = configuration.cluster.join {
+            pendingJoin = join
+        } else {
+            if !fm.fileExists(atPath: certificates + "/" + ClusterCertificates.nodeCertificateFile) {
+                // A new cluster gets its own CA, kept apart from the node's certificates.
+                let caDirectory = configuration.dataDirectory + "/ca"
+                if !fm.fileExists(atPath: caDirectory + "/" + ClusterCertificates.caKeyFile) {
+                    try ClusterCertificates.initCA(in: caDirectory)
+                }
+                try ClusterCertificates.issue(
+                    node: nodeID,
+                    caDirectory: caDirectory,
+                    outputDirectory: certificates,
+                    hosts: Array(Set(["localhost", "127.0.0.1", configuration.advertisedHost]))
+                )
+            }
+            let clusterID = try RaftHost<ChatGroup>.initializeCluster(
+                database: database,
+                raftFamily: raftFamily,
+                clusterFamily: clusterFamily,
+                node: Self.nodeInfo(id: nodeID, configuration),
+                partitionCount: configuration.cluster.partitionCount,
+                replicationFactor: configuration.cluster.replicationFactor
+            )
+            logger.notice(
+                "initialised a new cluster",
+                metadata: [
+                    "cluster.id": "\(clusterID)", "node.id": "\(nodeID)",
+                    "partitions": "\(configuration.cluster.partitionCount)",
+                ]
+            )
         }
+        let certified = try ClusterCertificates.nodeID(inDirectory: certificates)
+        guard certified == nodeID else {
+            throw CertificateError("\(certificates) holds the certificate of node \(certified), not of node \(nodeID)")
+        }
+        self.nodeID = nodeID
+        self.pendingJoin = pendingJoin
         var limits = ChatLimits()
         limits.maxPayloadBytes = configuration.limits.maxPayloadBytes
-        queries = ChatQueries(database: database, family: chatFamily, limits: limits)
+        peerEventLoops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        transport = try PeerTransport(
+            nodeID: nodeID,
+            certificateDirectory: certificates,
+            group: peerEventLoops,
+            logger: logger
+        )
+        let hostBox = HostBox()
+        let queries = ChatQueries(database: database, family: chatFamily, limits: limits) {
+            hostBox.host?.clusterView.info?.partitionCount ?? 0
+        }
+        self.queries = queries
         sessions = SessionStore(lifetimeSeconds: configuration.security.sessionLifetimeSeconds)
         throttle = LoginThrottle(
             maxFailures: configuration.security.maxFailedLogins,
@@ -57,35 +117,137 @@ public final class ChatNode: Sendable {
         self.registry = registry
         threadPool = NIOThreadPool(numberOfThreads: 2)
         threadPool.start()
-        let machine = ChatGroup(
-            machine: ChatStateMachine(group: Self.groupID, limits: limits),
+        let database = self.database
+        let chatLimits = limits
+        host = try RaftHost(
+            nodeID: nodeID,
             database: database,
-            family: chatFamily
-        )
-        driver = try GroupDriver(
-            group: Self.groupID,
-            nodeID: configuration.nodeID,
-            database: database,
-            log: log,
-            machine: machine,
+            raftFamily: raftFamily,
+            clusterFamily: clusterFamily,
+            transport: transport,
             logger: logger,
-            onApplied: { outcomes in registry.deliver(outcomes) }
+            makeMachine: { group in
+                ChatGroup(
+                    machine: ChatStateMachine(group: group, limits: chatLimits),
+                    database: database,
+                    family: chatFamily
+                )
+            },
+            onApplied: { _, outcomes in registry.deliver(outcomes) }
         )
-        driver.start()
+        hostBox.host = host
+        transport.setDelegate(host)
     }
 
-    /// Stops the group and the thread pool. Pending proposals fail.
+    static func nodeInfo(id: UInt64, _ configuration: NodeConfiguration) -> NodeInfo {
+        var node = NodeInfo()
+        node.nodeID = id
+        node.peerAddress = "\(configuration.advertisedHost):\(configuration.cluster.peerPort)"
+        node.clientAddress = "\(configuration.advertisedHost):\(configuration.network.clientPort)"
+        node.region = configuration.cluster.region
+        return node
+    }
+
+    /// Starts listening for peers and driving the groups; joins the cluster first when the node is new.
+    /// `listen: false` (offline administration of a stopped single node) skips the peer listener.
+    ///
+    /// - Throws: when the peer port cannot be bound, or the join is refused.
+    public func start(listen: Bool = true) async throws {
+        let cluster = configuration.cluster
+        if listen {
+            let channel = try await transport.bind(
+                host: cluster.peerHost ?? configuration.network.host,
+                port: cluster.peerPort
+            )
+            logger.info("listening for peers", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
+        }
+        host.start()
+        guard let seed = pendingJoin else {
+            if listen { announceAddresses() }
+            return
+        }
+        var join = Warbler_Peer_V1_Join()
+        join.node = Self.nodeInfo(id: nodeID, configuration)
+        var delay = Duration.milliseconds(200)
+        while true {
+            do {
+                let response = try await transport.request(.join(join), address: seed)
+                switch response.body {
+                case .joinAccepted(let accepted):
+                    transport.setClusterID(accepted.clusterID)
+                    for node in accepted.nodes { transport.setAddress(node.peerAddress, for: node.nodeID) }
+                    try RaftHost<ChatGroup>.recordMembership(
+                        node: join.node,
+                        clusterID: accepted.clusterID,
+                        database: database,
+                        clusterFamily: clusterFamily
+                    )
+                    logger.notice(
+                        "joined the cluster",
+                        metadata: ["cluster.id": "\(accepted.clusterID)", "node.id": "\(nodeID)", "seed": "\(seed)"]
+                    )
+                    return
+                case .error(let error) where error.code == ClusterError.Code.refused.rawValue:
+                    throw ClusterError(.refused, "the cluster refused this node: \(error.message)")
+                default:
+                    logger.warning("join not accepted yet; retrying", metadata: ["answer": "\(response)"])
+                }
+            } catch let error as ClusterError where error.code == .refused {
+                throw error
+            } catch {
+                logger.warning("cannot join yet; retrying", metadata: ["seed": "\(seed)", "error": "\(error)"])
+            }
+            try await Task.sleep(for: delay)
+            delay = min(delay * 2, .seconds(3))
+        }
+    }
+
+    /// Records this node's current addresses and region in the cluster metadata when they changed (a node
+    /// restarted with other ports, or initialised offline by `warbler user add`).
+    private func announceAddresses() {
+        let current = Self.nodeInfo(id: nodeID, configuration)
+        guard let known = host.clusterView.nodes[nodeID],
+            known.peerAddress != current.peerAddress || known.clientAddress != current.clientAddress
+                || known.region != current.region
+        else { return }
+        var command = ClusterCommand()
+        command.addNode.node = current
+        Task { [host, logger] in
+            do { try await host.propose(command) } catch {
+                logger.warning("cannot record this node's new address yet", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    /// Stops the groups, the transport and the thread pool. Pending proposals fail.
     public func stop() {
-        driver.stop()
+        host.stop()
+        transport.shutdown()
         try? threadPool.syncShutdownGracefully()
+        try? peerEventLoops.syncShutdownGracefully()
     }
 
-    /// Group-commit statistics of the node's group.
-    public var statistics: (syncedBatches: Int, appliedEntries: Int) { driver.statistics }
+    /// Group-commit statistics of the node's groups.
+    public var statistics: (syncedBatches: Int, appliedEntries: Int) { host.statistics }
+
+    /// The cluster as this node sees it (every group it replicates, leaders report lag).
+    public func clusterStatus() async -> ClusterStatus { await host.status() }
+
+    /// The group a command goes to: accounts to the metadata group, the rest to the conversation's partition.
+    func group(of body: ChatCommand.OneOf_Body) throws -> UInt32 {
+        switch body {
+        case .createAccount: return ChatPartitioning.metadataGroup
+        case .createConversation(let create): return try queries.group(of: create.conversationID)
+        case .addMembers(let add): return try queries.group(of: add.conversationID)
+        case .removeMember(let remove): return try queries.group(of: remove.conversationID)
+        case .postMessage(let post): return try queries.group(of: post.conversationID)
+        case .markRead(let mark): return try queries.group(of: mark.conversationID)
+        }
+    }
 
     /// Proposes a command stamped with the current time and waits for its outcome.
     func run(_ body: ChatCommand.OneOf_Body) async throws -> ApplyOutcome {
-        try await driver.propose(Self.encode(body))
+        try await host.propose(Self.encode(body), to: try group(of: body))
     }
 
     static func encode(_ body: ChatCommand.OneOf_Body) -> [UInt8] {
@@ -94,6 +256,14 @@ public final class ChatNode: Sendable {
         command.body = body
         // Serializing a generated message cannot fail.
         return try! command.serializedBytes()
+    }
+
+    /// The id of the direct conversation between two users: the same from both sides and on every node, so
+    /// that it is found again, never duplicated.
+    static func directConversationID(_ a: String, _ b: String) -> String {
+        let (low, high) = a < b ? (a, b) : (b, a)
+        let digest = SHA256.hash(data: Array(low.utf8) + [0] + Array(high.utf8))
+        return "d-" + digest.prefix(12).map { String(format: "%02x", $0) }.joined()
     }
 
     /// Creates an account (used by `warbler user add`). The name is the user's id and never changes.
@@ -122,4 +292,13 @@ public final class ChatNode: Sendable {
 
     /// True once at least one account exists.
     public func hasAccounts() throws -> Bool { try queries.hasAccounts() }
+}
+
+/// Lets the queries read the partition count from the host created after them.
+private final class HostBox: Sendable {
+    private let value = Mutex<RaftHost<ChatGroup>?>(nil)
+    var host: RaftHost<ChatGroup>? {
+        get { value.withLock { $0 } }
+        set { value.withLock { $0 = newValue } }
+    }
 }

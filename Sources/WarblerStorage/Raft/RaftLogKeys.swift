@@ -4,6 +4,7 @@ enum RaftLogKeys {
     static let entryTag: UInt8 = 0x01
     static let hardStateTag: UInt8 = 0x02
     static let snapshotTag: UInt8 = 0x03
+    static let confStateTag: UInt8 = 0x04
 
     /// `0x01 | group u32 | index u64`
     static func entry(group: UInt32, index: UInt64) -> [UInt8] {
@@ -24,6 +25,13 @@ enum RaftLogKeys {
     /// `0x03 | group u32`
     static func snapshot(group: UInt32) -> [UInt8] {
         var key: [UInt8] = [snapshotTag]
+        appendBigEndian(group, to: &key)
+        return key
+    }
+
+    /// `0x04 | group u32`: the membership as of the applied index (written with the applied state).
+    static func confState(group: UInt32) -> [UInt8] {
+        var key: [UInt8] = [confStateTag]
         appendBigEndian(group, to: &key)
         return key
     }

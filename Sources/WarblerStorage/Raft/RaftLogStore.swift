@@ -15,6 +15,8 @@ public final class RaftLogStore: RaftStorage {
     private let family: ColumnFamily
     private var hard: HardState
     private var snap: Snapshot
+    /// The membership as of the applied index, when a change was applied after the snapshot.
+    private var appliedConfState: ConfState?
     /// `terms[i]` is the term of the entry at `snapshotIndex + i`; `terms[0]` is the snapshot's term.
     private var terms: [UInt64]
 
@@ -38,6 +40,11 @@ public final class RaftLogStore: RaftStorage {
             }
         } else {
             snap = Snapshot()
+        }
+        if let bytes = try database.get(RaftLogKeys.confState(group: group), in: family) {
+            do { appliedConfState = try RaftRecordCodec.decodeConfState(bytes) } catch {
+                throw StorageError(.corruption, "membership of group \(group) cannot be decoded", cause: "\(error)")
+            }
         }
         terms = [snap.metadata.term]
         let iterator = database.makeIterator(
@@ -67,13 +74,39 @@ public final class RaftLogStore: RaftStorage {
 
     /// Creates the first state of a new group (a one-voter cluster, or the first node of a cluster): a
     /// snapshot at index 1, term 1, holding `confState`, committed. Refuses to overwrite an existing log.
-    public func bootstrap(_ confState: ConfState, into batch: WriteBatch) throws(StorageError) {
+    /// `data` is the application state at index 1 (what a member that joins later receives first).
+    public func bootstrap(_ confState: ConfState, data: [UInt8] = [], into batch: WriteBatch) throws(StorageError) {
         guard hard.isEmpty, snap.isEmpty, terms.count == 1 else {
             throw StorageError(.invalidArgument, "group \(group) already has a log; it cannot be bootstrapped again")
         }
-        let snapshot = Snapshot(metadata: SnapshotMetadata(index: 1, term: 1, confState: confState))
+        let snapshot = Snapshot(data: data, metadata: SnapshotMetadata(index: 1, term: 1, confState: confState))
         stageSnapshot(snapshot, into: batch)
         stage(hardState: HardState(term: 1, vote: noneNode, commit: 1), into: batch)
+    }
+
+    /// Every group that has a hard state or a snapshot in `family`, ascending.
+    public static func groups(in database: Database, family: ColumnFamily) throws(StorageError) -> [UInt32] {
+        var groups = Set<UInt32>()
+        for tag in [RaftLogKeys.hardStateTag, RaftLogKeys.snapshotTag] {
+            for row in try database.scan(in: family, from: [tag], to: [tag + 1]) where row.key.count == 5 {
+                groups.insert(row.key[1...].reduce(0) { $0 << 8 | UInt32($1) })
+            }
+        }
+        return groups.sorted()
+    }
+
+    /// Stages the deletion of everything this group stored (the node left the group). The object must not be
+    /// used afterwards.
+    public func stageDestroy(into batch: WriteBatch) {
+        batch.deleteRange(
+            from: RaftLogKeys.entry(group: group, index: 0),
+            to: RaftLogKeys.entry(group: group, index: .max),
+            in: family
+        )
+        batch.delete(RaftLogKeys.entry(group: group, index: .max), in: family)
+        batch.delete(RaftLogKeys.hardState(group: group), in: family)
+        batch.delete(RaftLogKeys.snapshot(group: group), in: family)
+        batch.delete(RaftLogKeys.confState(group: group), in: family)
     }
 
     /// True when the group has no state at all (never bootstrapped, never received a snapshot).
@@ -81,7 +114,17 @@ public final class RaftLogStore: RaftStorage {
 
     // MARK: - RaftStorage
 
-    public func initialState() throws(RaftError) -> (HardState, ConfState) { (hard, snap.metadata.confState) }
+    public func initialState() throws(RaftError) -> (HardState, ConfState) {
+        (hard, appliedConfState ?? snap.metadata.confState)
+    }
+
+    /// Stages the membership that results from applying conf changes, in the batch that records the applied
+    /// state: a restart must come back with the membership of its applied index, not of its last snapshot
+    /// (a one-voter bootstrap snapshot would otherwise let a restarted member elect itself alone).
+    public func stage(confState: ConfState, into batch: WriteBatch) {
+        batch.put(RaftLogKeys.confState(group: group), RaftRecordCodec.encode(confState), in: family)
+        appliedConfState = confState
+    }
 
     public func entries(from low: UInt64, to high: UInt64, maxSize: Int) throws(RaftError) -> [Entry] {
         let first = snap.metadata.index + 1
@@ -180,6 +223,8 @@ public final class RaftLogStore: RaftStorage {
             in: family
         )
         batch.put(RaftLogKeys.snapshot(group: group), RaftRecordCodec.encode(snapshot), in: family)
+        batch.delete(RaftLogKeys.confState(group: group), in: family)
+        appliedConfState = nil
         snap = snapshot
         terms = [snapshot.metadata.term]
     }

@@ -160,6 +160,52 @@ public nonisolated struct Warbler_Raft_V1_Snapshot: Sendable {
   fileprivate var _metadata: Warbler_Raft_V1_SnapshotMetadata? = nil
 }
 
+/// One Raft message between two members of a group (the peer transport carries these).
+public nonisolated struct Warbler_Raft_V1_Message: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// WarblerRaft.MessageType raw value
+  public var type: UInt32 = 0
+
+  public var to: UInt64 = 0
+
+  public var from: UInt64 = 0
+
+  public var term: UInt64 = 0
+
+  public var logTerm: UInt64 = 0
+
+  public var index: UInt64 = 0
+
+  public var entries: [Warbler_Raft_V1_Entry] = []
+
+  public var commit: UInt64 = 0
+
+  /// set only on MsgSnap
+  public var snapshot: Warbler_Raft_V1_Snapshot {
+    get {_snapshot ?? Warbler_Raft_V1_Snapshot()}
+    set {_snapshot = newValue}
+  }
+  /// Returns true if `snapshot` has been explicitly set.
+  public var hasSnapshot: Bool {self._snapshot != nil}
+  /// Clears the value of `snapshot`. Subsequent reads from it will return its default value.
+  public mutating func clearSnapshot() {self._snapshot = nil}
+
+  public var reject: Bool = false
+
+  public var rejectHint: UInt64 = 0
+
+  public var context: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _snapshot: Warbler_Raft_V1_Snapshot? = nil
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "warbler.raft.v1"
@@ -366,6 +412,95 @@ nonisolated extension Warbler_Raft_V1_Snapshot: SwiftProtobuf.Message, SwiftProt
   public static func ==(lhs: Warbler_Raft_V1_Snapshot, rhs: Warbler_Raft_V1_Snapshot) -> Bool {
     if lhs.data != rhs.data {return false}
     if lhs._metadata != rhs._metadata {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Warbler_Raft_V1_Message: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Message"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}type\0\u{1}to\0\u{1}from\0\u{1}term\0\u{3}log_term\0\u{1}index\0\u{1}entries\0\u{1}commit\0\u{1}snapshot\0\u{1}reject\0\u{3}reject_hint\0\u{1}context\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.type) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.to) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.from) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.term) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.logTerm) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.index) }()
+      case 7: try { try decoder.decodeRepeatedMessageField(value: &self.entries) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.commit) }()
+      case 9: try { try decoder.decodeSingularMessageField(value: &self._snapshot) }()
+      case 10: try { try decoder.decodeSingularBoolField(value: &self.reject) }()
+      case 11: try { try decoder.decodeSingularUInt64Field(value: &self.rejectHint) }()
+      case 12: try { try decoder.decodeSingularBytesField(value: &self.context) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.type != 0 {
+      try visitor.visitSingularUInt32Field(value: self.type, fieldNumber: 1)
+    }
+    if self.to != 0 {
+      try visitor.visitSingularUInt64Field(value: self.to, fieldNumber: 2)
+    }
+    if self.from != 0 {
+      try visitor.visitSingularUInt64Field(value: self.from, fieldNumber: 3)
+    }
+    if self.term != 0 {
+      try visitor.visitSingularUInt64Field(value: self.term, fieldNumber: 4)
+    }
+    if self.logTerm != 0 {
+      try visitor.visitSingularUInt64Field(value: self.logTerm, fieldNumber: 5)
+    }
+    if self.index != 0 {
+      try visitor.visitSingularUInt64Field(value: self.index, fieldNumber: 6)
+    }
+    if !self.entries.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.entries, fieldNumber: 7)
+    }
+    if self.commit != 0 {
+      try visitor.visitSingularUInt64Field(value: self.commit, fieldNumber: 8)
+    }
+    try { if let v = self._snapshot {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+    } }()
+    if self.reject != false {
+      try visitor.visitSingularBoolField(value: self.reject, fieldNumber: 10)
+    }
+    if self.rejectHint != 0 {
+      try visitor.visitSingularUInt64Field(value: self.rejectHint, fieldNumber: 11)
+    }
+    if !self.context.isEmpty {
+      try visitor.visitSingularBytesField(value: self.context, fieldNumber: 12)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Warbler_Raft_V1_Message, rhs: Warbler_Raft_V1_Message) -> Bool {
+    if lhs.type != rhs.type {return false}
+    if lhs.to != rhs.to {return false}
+    if lhs.from != rhs.from {return false}
+    if lhs.term != rhs.term {return false}
+    if lhs.logTerm != rhs.logTerm {return false}
+    if lhs.index != rhs.index {return false}
+    if lhs.entries != rhs.entries {return false}
+    if lhs.commit != rhs.commit {return false}
+    if lhs._snapshot != rhs._snapshot {return false}
+    if lhs.reject != rhs.reject {return false}
+    if lhs.rejectHint != rhs.rejectHint {return false}
+    if lhs.context != rhs.context {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -16,16 +16,55 @@ final class NodeProcess: @unchecked Sendable {
     let dataDirectory: String
     let port: Int
     let webSocketPort: Int
+    let peerPort: Int
+    let nodeID: UInt64
     private var process: Process?
     let logPath: String
 
-    init() throws {
+    init(nodeID: UInt64 = 1) throws {
+        self.nodeID = nodeID
         dataDirectory = NSTemporaryDirectory() + "warbler-it-\(UUID().uuidString)"
         logPath = dataDirectory + ".log"
-        port = try Self.freePort()
-        var webSocket = try Self.freePort()
-        while webSocket == port { webSocket = try Self.freePort() }
-        webSocketPort = webSocket
+        var ports = Set<Int>()
+        while ports.count < 3 { ports.insert(try Self.freePort()) }
+        let sorted = ports.shuffled()
+        port = sorted[0]
+        webSocketPort = sorted[1]
+        peerPort = sorted[2]
+    }
+
+    var peerAddress: String { "127.0.0.1:\(peerPort)" }
+
+    /// Runs the `warbler` CLI and returns what it printed; throws when it fails.
+    @discardableResult
+    static func cli(_ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let text = String(decoding: data, as: UTF8.self)
+        guard process.terminationStatus == 0 else {
+            throw TestFailure("warbler \(arguments.joined(separator: " ")): \(text)")
+        }
+        return text
+    }
+
+    /// Issues this node's certificate from the CA of the cluster's first node.
+    func issueCertificate(caDirectory: String) throws {
+        try Self.cli(["cert", "issue", "--node", "\(nodeID)", "--ca", caDirectory, "--out", dataDirectory + "/certs"])
+    }
+
+    /// `warbler cluster status --json` as this node answers it.
+    func clusterStatus() throws -> Warbler_Peer_V1_ClusterStatus {
+        let json = try Self.cli([
+            "cluster", "status", "--json", "--peer", peerAddress, "--certs", dataDirectory + "/certs",
+        ])
+        return try Warbler_Peer_V1_ClusterStatus(jsonString: json)
     }
 
     deinit {
@@ -56,13 +95,14 @@ final class NodeProcess: @unchecked Sendable {
     }
 
     /// Starts `warbler serve` and waits until it accepts connections.
-    func start() async throws {
+    func start(join: String? = nil, region: String = "") async throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.binary)
-        process.arguments = [
-            "serve", "--data", dataDirectory, "--port", "\(port)", "--websocket-port", "\(webSocketPort)",
-            "--log-level", "notice",
-        ]
+        process.arguments =
+            [
+                "serve", "--data", dataDirectory, "--port", "\(port)", "--websocket-port", "\(webSocketPort)",
+                "--peer-port", "\(peerPort)", "--node-id", "\(nodeID)", "--log-level", "notice",
+            ] + (join.map { ["--join", $0] } ?? []) + (region.isEmpty ? [] : ["--region", region])
         if !FileManager.default.fileExists(atPath: logPath) {
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         }

@@ -1,0 +1,1042 @@
+import Dispatch
+import Foundation
+import Logging
+import Synchronization
+import WarblerRaft
+import WarblerStorage
+import WarblerWire
+
+/// Why a proposal or a read through the ``RaftHost`` did not produce a result.
+public struct ClusterError: Error, Sendable, Hashable, CustomStringConvertible {
+    public struct Code: Sendable, Hashable, RawRepresentable, CustomStringConvertible {
+        public var rawValue: String
+        public init(rawValue: String) { self.rawValue = rawValue }
+        public var description: String { rawValue }
+
+        /// No leader could take the proposal in time (election, minority side of a partition). Nothing was
+        /// appended; retry later.
+        public static let unavailable = Code(rawValue: "group.unavailable")
+        /// The entry was appended but leadership changed before it committed: it may or may not commit.
+        public static let outcomeUnknown = Code(rawValue: "group.outcome_unknown")
+        /// The node is shutting down, or storage failed and the node stopped.
+        public static let stopped = Code(rawValue: "group.stopped")
+        /// The command was refused by the cluster metadata (a bad join, removing the last node, …).
+        public static let refused = Code(rawValue: "cluster.refused")
+    }
+
+    public var code: Code
+    public var message: String
+    /// The leader this node knows of, when the error is a redirect.
+    public var leaderHint: UInt64?
+
+    public init(_ code: Code, _ message: String, leaderHint: UInt64? = nil) {
+        self.code = code
+        self.message = message
+        self.leaderHint = leaderHint
+    }
+
+    public var description: String { "\(code): \(message)" }
+}
+
+/// The multi-Raft node runtime: every Raft group this node replicates (the metadata group 0 and partitions),
+/// driven by **one** scheduler.
+///
+/// Each scheduling round steps incoming messages and proposals into their groups, then persists every
+/// group's Ready — log entries, hard states, snapshots **and** the state their committed entries produce — in
+/// **one write batch with one fsync**, and only then sends the round's messages, coalesced into one frame per
+/// peer. Proposals that arrive during a round join the next one (group commit across all groups). Groups
+/// that have nothing to do cost nothing but a tick.
+///
+/// All Raft and storage work runs on one serial queue, never on an event loop or the cooperative pool.
+public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
+    /// Tuning of the runtime; the defaults suit a LAN or a few regions.
+    public struct Options: Sendable {
+        public var tickInterval: Duration = .milliseconds(100)
+        /// Election timeout in ticks (randomised in `[electionTicks, 2*electionTicks)`).
+        public var electionTicks = 10
+        public var heartbeatTicks = 1
+        /// How often (in ticks) leaders move replicas toward the desired placement.
+        public var reconcileTicks = 10
+        /// How long a proposal or a read waits for a leader before failing with `unavailable`.
+        public var requestTimeout: Duration = .seconds(5)
+        /// Compact a group's log (snapshot of its state) once this many applied entries follow the last one.
+        public var compactionEntries: UInt64 = 20_000
+        public init() {}
+    }
+
+    /// Called on each proposer with the outcome of its entry.
+    public typealias Completion = @Sendable (Result<Machine.Outcome, any Error>) -> Void
+    typealias Waiter = @Sendable (Result<AppliedResult, any Error>) -> Void
+
+    enum AppliedResult: Sendable {
+        case application(Machine.Outcome)
+        case cluster(String?)
+    }
+
+    static var applicationTag: UInt8 { 0x00 }
+    static var clusterTag: UInt8 { 0x01 }
+
+    final class Group: @unchecked Sendable {
+        let id: UInt32
+        var node: RawNode
+        let log: RaftLogStore
+        let machine: Machine
+        var waiting: [UInt64: (term: UInt64, waiter: Waiter)] = [:]
+        var readRequests: [UInt64: (deadline: Int, completion: @Sendable (Result<Void, any Error>) -> Void)] = [:]
+        var readsAwaitingApply: [(index: UInt64, completion: @Sendable (Result<Void, any Error>) -> Void)] = []
+        var wasMember: Bool
+
+        init(id: UInt32, node: RawNode, log: RaftLogStore, machine: Machine) {
+            self.id = id
+            self.node = node
+            self.log = log
+            self.machine = machine
+            self.wasMember = node.confState.voters.contains(node.id) || node.confState.learners.contains(node.id)
+        }
+    }
+
+    private struct Inbox {
+        var proposals: [(group: UInt32, data: [UInt8], waiter: Waiter)] = []
+        var messages: [(group: UInt32, message: Message)] = []
+        var tasks: [@Sendable () -> Void] = []
+        var scheduled = false
+        var stopped = false
+    }
+
+    public let nodeID: UInt64
+    let options: Options
+    let database: Database
+    let raftFamily: ColumnFamily
+    let clusterFamily: ColumnFamily
+    let transport: PeerTransport?
+    let logger: Logger
+    private let makeMachine: @Sendable (UInt32) throws -> Machine
+    private let appliedHandler: @Sendable (UInt32, [Machine.Outcome]) -> Void
+    let queue = DispatchQueue(label: "warbler.raft")
+    private let inbox = Mutex(Inbox())
+    private let published = Mutex<(leaders: [UInt32: UInt64], view: ClusterView)>(([:], ClusterView()))
+    private let syncedBatches = Atomic<Int>(0)
+    private let appliedEntries = Atomic<Int>(0)
+    private let readContext = Atomic<UInt64>(1)
+
+    // Confined to `queue`.
+    private var groups: [UInt32: Group] = [:]
+    private var view: ClusterView
+    private var ticks = 0
+    private var timer: DispatchSourceTimer?
+    private var failed = false
+
+    /// Opens every group stored in `database`.
+    ///
+    /// - Parameters:
+    ///   - makeMachine: the state machine of a group (called for stored groups now, and for groups a leader
+    ///     creates on this node later).
+    ///   - onApplied: every applied batch of outcomes, per group, on every replica (delivery to local sessions).
+    public init(
+        nodeID: UInt64,
+        database: Database,
+        raftFamily: ColumnFamily,
+        clusterFamily: ColumnFamily,
+        transport: PeerTransport?,
+        options: Options = Options(),
+        logger: Logger,
+        makeMachine: @escaping @Sendable (UInt32) throws -> Machine,
+        onApplied: @escaping @Sendable (UInt32, [Machine.Outcome]) -> Void
+    ) throws {
+        self.nodeID = nodeID
+        self.options = options
+        self.database = database
+        self.raftFamily = raftFamily
+        self.clusterFamily = clusterFamily
+        self.transport = transport
+        self.logger = logger
+        self.makeMachine = makeMachine
+        self.appliedHandler = onApplied
+        view = try ClusterView.load(from: database, family: clusterFamily)
+        for id in try RaftLogStore.groups(in: database, family: raftFamily) {
+            groups[id] = try openGroup(id)
+        }
+        publishView()
+    }
+
+    private func openGroup(_ id: UInt32) throws -> Group {
+        let log = try RaftLogStore(database: database, family: raftFamily, group: id)
+        let machine = try makeMachine(id)
+        var config = Config(id: nodeID)
+        config.electionTick = options.electionTicks
+        config.heartbeatTick = options.heartbeatTicks
+        config.applied = max(try machine.appliedIndex(), try log.firstIndex() - 1)
+        config.randomSeed = UInt64.random(in: 1...UInt64.max)
+        config.maxUncommittedEntriesSize = 64 << 20
+        return Group(id: id, node: try RawNode(config: config, storage: log), log: log, machine: machine)
+    }
+
+    // MARK: - Bootstrap
+
+    /// Writes the first state of a new cluster whose only member is `node`: the metadata group (holding the
+    /// cluster's info and this node) and `partitionCount` partition groups, each a one-voter group.
+    ///
+    /// - Throws: ``StorageError`` `invalidArgument` when the database already belongs to a cluster.
+    public static func initializeCluster(
+        database: Database,
+        raftFamily: ColumnFamily,
+        clusterFamily: ColumnFamily,
+        node: NodeInfo,
+        partitionCount: UInt32,
+        replicationFactor: UInt32
+    ) throws -> String {
+        if try identity(database: database, clusterFamily: clusterFamily) != nil
+            || !(try RaftLogStore.groups(in: database, family: raftFamily)).isEmpty
+        {
+            throw StorageError(.invalidArgument, "this data directory already belongs to a cluster")
+        }
+        guard (1...4096).contains(partitionCount), (1...7).contains(replicationFactor) else {
+            throw StorageError(.invalidArgument, "partitions must be 1…4096 and the replication factor 1…7")
+        }
+        var info = ClusterInfo()
+        info.clusterID = UUID().uuidString.lowercased()
+        info.partitionCount = partitionCount
+        info.replicationFactor = replicationFactor
+        var member = node
+        member.state = .active
+        let view = ClusterView(info: info, nodes: [member.nodeID: member])
+        let batch = WriteBatch()
+        let conf = ConfState(voters: [node.nodeID])
+        var metadataSnapshot = Warbler_Peer_V1_GroupSnapshot()
+        metadataSnapshot.cluster = view.records.map(\.record)
+        let metadataLog = try RaftLogStore(database: database, family: raftFamily, group: 0)
+        try metadataLog.bootstrap(conf, data: try metadataSnapshot.serializedBytes(), into: batch)
+        for record in view.records { batch.put(record.key, record.value, in: clusterFamily) }
+        for partition in 1...partitionCount {
+            let log = try RaftLogStore(database: database, family: raftFamily, group: partition)
+            try log.bootstrap(conf, into: batch)
+        }
+        try writeIdentity(node: member, clusterID: info.clusterID, database: database, family: clusterFamily, batch)
+        try database.write(batch, sync: true)
+        return info.clusterID
+    }
+
+    /// Records that this data directory belongs to `clusterID` as `node` (a node that joined).
+    public static func recordMembership(
+        node: NodeInfo,
+        clusterID: String,
+        database: Database,
+        clusterFamily: ColumnFamily
+    ) throws {
+        let batch = WriteBatch()
+        try writeIdentity(node: node, clusterID: clusterID, database: database, family: clusterFamily, batch)
+        try database.write(batch, sync: true)
+    }
+
+    private static func writeIdentity(
+        node: NodeInfo,
+        clusterID: String,
+        database: Database,
+        family: ColumnFamily,
+        _ batch: WriteBatch
+    ) throws {
+        var identity = Warbler_Peer_V1_JoinAccepted()
+        identity.clusterID = clusterID
+        identity.nodes = [node]
+        batch.put(ClusterView.identityKey, try identity.serializedBytes(), in: family)
+    }
+
+    /// This data directory's node and cluster, or nil when it never joined or initialised one.
+    public static func identity(
+        database: Database,
+        clusterFamily: ColumnFamily
+    ) throws -> (
+        node: NodeInfo, clusterID: String
+    )? {
+        guard let bytes = try database.get(ClusterView.identityKey, in: clusterFamily) else { return nil }
+        let identity = try Warbler_Peer_V1_JoinAccepted(serializedBytes: bytes)
+        guard let node = identity.nodes.first else {
+            throw StorageError(.corruption, "the node identity record names no node")
+        }
+        return (node, identity.clusterID)
+    }
+
+    // MARK: - Lifecycle
+
+    /// Starts ticking; one-voter groups elect themselves at once.
+    public func start() {
+        queue.sync {
+            for group in groups.values where group.node.confState.voters == [nodeID] { group.node.campaign() }
+            runRound()
+            let timer = DispatchSource.makeTimerSource(queue: queue)
+            let interval = DispatchTimeInterval.milliseconds(
+                Int(
+                    options.tickInterval.components.seconds * 1000
+                        + options.tickInterval.components.attoseconds / 1_000_000_000_000_000
+                )
+            )
+            timer.schedule(deadline: .now() + interval, repeating: interval)
+            timer.setEventHandler { [weak self] in self?.tick() }
+            timer.resume()
+            self.timer = timer
+        }
+    }
+
+    /// Stops ticking; pending proposals and reads fail with `stopped`.
+    public func stop() {
+        let pending = inbox.withLock { inbox -> [(group: UInt32, data: [UInt8], waiter: Waiter)] in
+            inbox.stopped = true
+            defer { inbox.proposals = [] }
+            return inbox.proposals
+        }
+        let stopped = ClusterError(.stopped, "the node is stopping")
+        for proposal in pending { proposal.waiter(.failure(stopped)) }
+        queue.sync {
+            timer?.cancel()
+            timer = nil
+            for group in groups.values { failAll(group, stopped) }
+        }
+    }
+
+    /// Batches written (each one fsync) and application entries applied since start.
+    public var statistics: (syncedBatches: Int, appliedEntries: Int) {
+        (syncedBatches.load(ordering: .relaxed), appliedEntries.load(ordering: .relaxed))
+    }
+
+    /// The cluster metadata as this node last applied it.
+    public var clusterView: ClusterView { published.withLock { $0.view } }
+
+    /// The leader of `group` as this node knows it (0 when unknown).
+    public func leader(of group: UInt32) -> UInt64 { published.withLock { $0.leaders[group] ?? 0 } }
+
+    /// True when this node replicates `group`.
+    public func hosts(_ group: UInt32) -> Bool { queue.sync { groups[group] != nil } }
+
+    // MARK: - Proposals
+
+    /// Proposes application `data` to `group` — on this node when it leads the group, else forwarded to the
+    /// leader — and returns its outcome once committed and applied.
+    ///
+    /// - Throws: ``ClusterError``: `unavailable` (nothing appended, no leader in time), `outcomeUnknown`,
+    ///   `stopped`; or the storage error that stopped the node.
+    public func propose(_ data: [UInt8], to group: UInt32) async throws -> Machine.Outcome {
+        switch try await route([Self.applicationTag] + data, to: group) {
+        case .application(let outcome): return outcome
+        case .cluster: throw ClusterError(.refused, "an application proposal produced a cluster outcome")
+        }
+    }
+
+    /// Proposes a cluster metadata command (group 0).
+    public func propose(_ command: ClusterCommand) async throws {
+        switch try await route([Self.clusterTag] + (try command.serializedBytes()), to: 0) {
+        case .cluster(nil): return
+        case .cluster(let refusal?): throw ClusterError(.refused, refusal)
+        case .application: throw ClusterError(.refused, "a cluster command produced an application outcome")
+        }
+    }
+
+    /// Submits `data` locally when this node leads `group` (proposals keep their submission order); else
+    /// completes with `unavailable` at once. The hot path of a single node.
+    public func submitLocally(_ data: [UInt8], to group: UInt32, completion: @escaping Completion) {
+        submit([Self.applicationTag] + data, to: group) { result in
+            switch result {
+            case .success(.application(let outcome)): completion(.success(outcome))
+            case .success(.cluster): completion(.failure(ClusterError(.refused, "unexpected cluster outcome")))
+            case .failure(let error): completion(.failure(error))
+            }
+        }
+    }
+
+    private func route(_ tagged: [UInt8], to group: UInt32) async throws -> AppliedResult {
+        let deadline = ContinuousClock.now + options.requestTimeout
+        var lastError: any Error = ClusterError(.unavailable, "group \(group) has no leader")
+        while ContinuousClock.now < deadline {
+            let leader = leader(of: group)
+            do {
+                if leader == nodeID {
+                    return try await withCheckedThrowingContinuation { continuation in
+                        submit(tagged, to: group) { continuation.resume(with: $0) }
+                    }
+                } else if leader != 0, let transport {
+                    return try await forward(tagged, to: group, leader: leader, transport: transport)
+                }
+            } catch let error as ClusterError where error.code == .unavailable {
+                lastError = error
+            } catch let error as PeerTransportError {
+                lastError = ClusterError(.unavailable, "leader \(leader) of group \(group): \(error)")
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        throw lastError
+    }
+
+    private func forward(
+        _ tagged: [UInt8],
+        to group: UInt32,
+        leader: UInt64,
+        transport: PeerTransport
+    ) async throws
+        -> AppliedResult
+    {
+        var propose = Warbler_Peer_V1_Propose()
+        propose.group = group
+        propose.command = Data(tagged)
+        let response = try await transport.request(.propose(propose), to: leader, timeout: options.requestTimeout)
+        switch response.body {
+        case .outcome(let bytes):
+            if tagged.first == Self.clusterTag {
+                return .cluster(bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self))
+            }
+            return .application(try Machine.decodeOutcome([UInt8](bytes)))
+        case .error(let error):
+            throw ClusterError(
+                ClusterError.Code(rawValue: error.code),
+                error.message,
+                leaderHint: error.leaderHint == 0 ? nil : error.leaderHint
+            )
+        default:
+            throw ClusterError(
+                .unavailable,
+                "node \(leader) answered a proposal with \(String(describing: response.body))"
+            )
+        }
+    }
+
+    /// A proposal forwarded by another node: proposed here only if this node leads the group.
+    func handleForwarded(_ propose: Warbler_Peer_V1_Propose) async -> PeerResponse {
+        var response = PeerResponse()
+        do {
+            let result = try await withCheckedThrowingContinuation { continuation in
+                submit([UInt8](propose.command), to: propose.group) { continuation.resume(with: $0) }
+            }
+            switch result {
+            case .application(let outcome): response.outcome = Data(Machine.encode(outcome))
+            case .cluster(let refusal): response.outcome = Data((refusal ?? "").utf8)
+            }
+        } catch {
+            response.error = Self.peerError(error)
+        }
+        return response
+    }
+
+    static func peerError(_ error: any Error) -> Warbler_Peer_V1_PeerError {
+        var record = Warbler_Peer_V1_PeerError()
+        if let error = error as? ClusterError {
+            record.code = error.code.rawValue
+            record.message = error.message
+            record.leaderHint = error.leaderHint ?? 0
+        } else {
+            record.code = ClusterError.Code.unavailable.rawValue
+            record.message = "\(error)"
+        }
+        return record
+    }
+
+    private func submit(_ tagged: [UInt8], to group: UInt32, waiter: @escaping Waiter) {
+        let schedule = inbox.withLock { inbox -> Bool? in
+            if inbox.stopped { return nil }
+            inbox.proposals.append((group, tagged, waiter))
+            return scheduleLocked(&inbox)
+        }
+        switch schedule {
+        case nil: waiter(.failure(ClusterError(.stopped, "the node is stopping")))
+        case true?: queue.async { self.runRound() }
+        case false?: break
+        }
+    }
+
+    private func scheduleLocked(_ inbox: inout Inbox) -> Bool {
+        if inbox.scheduled { return false }
+        inbox.scheduled = true
+        return true
+    }
+
+    /// Runs `body` on the scheduler queue in the next round.
+    func enqueue(_ body: @escaping @Sendable () -> Void) {
+        let schedule = inbox.withLock { inbox -> Bool in
+            inbox.tasks.append(body)
+            return scheduleLocked(&inbox)
+        }
+        if schedule { queue.async { self.runRound() } }
+    }
+
+    /// Raft messages from a peer.
+    func receive(_ batch: RaftBatchRecord, from peer: UInt64) {
+        var decoded: [(UInt32, Message)] = []
+        decoded.reserveCapacity(batch.messages.count)
+        for record in batch.messages {
+            do {
+                let message = try Message(record.message)
+                guard message.from == peer, message.to == nodeID else { continue }
+                decoded.append((record.group, message))
+            } catch {
+                logger.warning("dropping a malformed raft message", metadata: ["peer.node": "\(peer)"])
+            }
+        }
+        guard !decoded.isEmpty else { return }
+        let schedule = inbox.withLock { inbox -> Bool in
+            inbox.messages.append(contentsOf: decoded.map { (group: $0.0, message: $0.1) })
+            return scheduleLocked(&inbox)
+        }
+        if schedule { queue.async { self.runRound() } }
+    }
+
+    // MARK: - Reads
+
+    /// Waits until this node's replica of `group` has applied everything committed when the call was made
+    /// (ReadIndex): a read of local state afterwards is linearizable.
+    ///
+    /// - Throws: ``ClusterError`` `unavailable` when the group has no reachable leader in time, or when this
+    ///   node does not replicate the group.
+    public func readBarrier(group id: UInt32) async throws {
+        let context = readContext.add(1, ordering: .relaxed).oldValue
+        let timeoutTicks = max(1, Int(options.requestTimeout / options.tickInterval))
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            enqueue {
+                guard let group = self.groups[id] else {
+                    continuation.resume(
+                        throwing: ClusterError(.unavailable, "this node does not replicate group \(id)")
+                    )
+                    return
+                }
+                var bytes: [UInt8] = []
+                appendBigEndian(context, to: &bytes)
+                do {
+                    try group.node.readIndex(context: bytes)
+                } catch {
+                    continuation.resume(throwing: ClusterError(.unavailable, "\(error)"))
+                    return
+                }
+                group.readRequests[context] = (self.ticks + timeoutTicks, { continuation.resume(with: $0) })
+            }
+        }
+    }
+
+    // MARK: - The loop (on `queue`)
+
+    private func tick() {
+        ticks += 1
+        for group in groups.values {
+            group.node.tick()
+            expireReads(group)
+        }
+        if ticks % options.reconcileTicks == 0 { reconcile() }
+        runRound()
+    }
+
+    private func runRound() {
+        while !failed {
+            let (proposals, messages, tasks) = inbox.withLock { inbox in
+                defer {
+                    inbox.proposals = []
+                    inbox.messages = []
+                    inbox.tasks = []
+                }
+                if inbox.proposals.isEmpty && inbox.messages.isEmpty && inbox.tasks.isEmpty { inbox.scheduled = false }
+                return (inbox.proposals, inbox.messages, inbox.tasks)
+            }
+            for task in tasks { task() }
+            for (id, message) in messages { step(message, into: id) }
+            var byGroup: [UInt32: [(data: [UInt8], waiter: Waiter)]] = [:]
+            for proposal in proposals { byGroup[proposal.group, default: []].append((proposal.data, proposal.waiter)) }
+            for (id, batch) in byGroup { propose(batch, to: id) }
+            let worked = processReadies()
+            if !worked && proposals.isEmpty && messages.isEmpty && tasks.isEmpty {
+                // Nothing arrived and nothing was ready: the inbox was marked idle above.
+                if inbox.withLock({ !$0.scheduled }) { return }
+            }
+        }
+    }
+
+    private func step(_ message: Message, into id: UInt32) {
+        let group: Group
+        if let existing = groups[id] {
+            group = existing
+        } else {
+            // A leader replicates a group to this node: it starts empty and catches up (snapshot, then log).
+            guard [.app, .snap, .heartbeat].contains(message.type) else { return }
+            do {
+                group = try openGroup(id)
+            } catch {
+                logger.error("cannot create group", metadata: ["raft.group": "\(id)", "error": "\(error)"])
+                return
+            }
+            groups[id] = group
+            logger.info("replicating a new group", metadata: ["raft.group": "\(id)", "raft.from": "\(message.from)"])
+        }
+        do { try group.node.step(message) } catch {
+            logger.debug("raft step refused", metadata: ["raft.group": "\(id)", "error": "\(error)"])
+        }
+    }
+
+    private func propose(_ batch: [(data: [UInt8], waiter: Waiter)], to id: UInt32) {
+        guard let group = groups[id] else {
+            let error = ClusterError(.unavailable, "this node does not replicate group \(id)")
+            for proposal in batch { proposal.waiter(.failure(error)) }
+            return
+        }
+        let soft = group.node.softState
+        guard soft.role == .leader else {
+            let error = ClusterError(
+                .unavailable,
+                "node \(nodeID) does not lead group \(id)",
+                leaderHint: soft.lead == noneNode ? nil : soft.lead
+            )
+            for proposal in batch { proposal.waiter(.failure(error)) }
+            return
+        }
+        let firstIndex = group.node.lastIndex + 1
+        let term = group.node.hardState.term
+        do {
+            try group.node.proposeBatch(batch.map(\.data))
+        } catch {
+            let failure = ClusterError(.unavailable, error.message, leaderHint: error.leaderHint)
+            for proposal in batch { proposal.waiter(.failure(failure)) }
+            return
+        }
+        for (offset, proposal) in batch.enumerated() {
+            group.waiting[firstIndex + UInt64(offset)] = (term, proposal.waiter)
+        }
+    }
+
+    private struct Prepared {
+        let group: Group
+        let ready: Ready
+        let results: [UInt64: AppliedResult]
+        let outcomes: [Machine.Outcome]
+        let viewChanged: Bool
+    }
+
+    /// Persists every group's Ready in one batch (one fsync), then advances, sends and completes. Returns false
+    /// when no group had anything to do.
+    private func processReadies() -> Bool {
+        var prepared: [Prepared] = []
+        let batch = WriteBatch()
+        var sync = false
+        var newView = view
+        do {
+            for group in groups.values where group.node.hasReady {
+                let ready = group.node.ready()
+                group.log.stage(ready, into: batch)
+                var viewChanged = false
+                if let snapshot = ready.snapshot, !snapshot.isEmpty {
+                    try restore(snapshot, group: group, view: &newView, into: batch)
+                    viewChanged = group.id == 0
+                }
+                var results: [UInt64: AppliedResult] = [:]
+                var application: [Entry] = []
+                for entry in ready.committedEntries where entry.kind == .normal && !entry.data.isEmpty {
+                    if entry.data[0] == Self.clusterTag {
+                        guard group.id == 0,
+                            let command = try? ClusterCommand(serializedBytes: Array(entry.data[1...]))
+                        else {
+                            results[entry.index] = .cluster("not a cluster command")
+                            continue
+                        }
+                        results[entry.index] = .cluster(newView.apply(command, into: batch, family: clusterFamily))
+                        viewChanged = true
+                    } else {
+                        application.append(
+                            Entry(term: entry.term, index: entry.index, kind: .normal, data: Array(entry.data[1...]))
+                        )
+                    }
+                }
+                let outcomes = try group.machine.apply(application, into: batch)
+                if ready.committedEntries.contains(where: { $0.kind == .confChange }) {
+                    // The membership after these changes is stored with the applied state (same batch).
+                    var conf = ready.snapshot.map(\.metadata.confState) ?? group.node.confState
+                    for entry in ready.committedEntries where entry.kind == .confChange {
+                        guard let change = try? ConfChange(decoding: entry.data) else { continue }
+                        switch change.kind {
+                        case .addNode:
+                            conf.voters.insert(change.nodeID)
+                            conf.learners.remove(change.nodeID)
+                        case .addLearner:
+                            conf.learners.insert(change.nodeID)
+                            conf.voters.remove(change.nodeID)
+                        case .removeNode:
+                            conf.voters.remove(change.nodeID)
+                            conf.learners.remove(change.nodeID)
+                        }
+                    }
+                    group.log.stage(confState: conf, into: batch)
+                }
+                for (entry, outcome) in zip(application, outcomes) { results[entry.index] = .application(outcome) }
+                sync = sync || ready.mustSync || !ready.committedEntries.isEmpty || ready.snapshot != nil
+                prepared.append(
+                    Prepared(group: group, ready: ready, results: results, outcomes: outcomes, viewChanged: viewChanged)
+                )
+            }
+            if prepared.isEmpty { return false }
+            try database.write(batch, sync: sync)
+        } catch {
+            // A write that may or may not be on disk leaves the logs in an unknown state: stop the node's groups.
+            logger.critical("storage failed; stopping every group", metadata: ["error": "\(error)"])
+            failed = true
+            timer?.cancel()
+            for group in groups.values { failAll(group, error) }
+            inbox.withLock { $0.stopped = true }
+            return false
+        }
+        if sync { syncedBatches.add(1, ordering: .relaxed) }
+        if prepared.contains(where: \.viewChanged) {
+            view = newView
+            publishView()
+        }
+        var outgoing: [UInt64: RaftBatchRecord] = [:]
+        var destroyed: [Group] = []
+        for item in prepared {
+            let group = item.group
+            group.node.advance(item.ready)
+            appliedEntries.add(item.outcomes.count, ordering: .relaxed)
+            for message in item.ready.messages {
+                var record = Warbler_Peer_V1_GroupMessage()
+                record.group = group.id
+                record.message = Warbler_Raft_V1_Message(message)
+                outgoing[message.to, default: RaftBatchRecord()].messages.append(record)
+                if message.type == .snap {
+                    let peer = message.to
+                    enqueue { [weak group] in group?.node.reportSnapshot(peer, succeeded: true) }
+                }
+            }
+            if let soft = item.ready.softState { roleChanged(group, soft) }
+            if !item.outcomes.isEmpty { appliedHandler(group.id, item.outcomes) }
+            complete(group, item.ready, item.results)
+            for state in item.ready.readStates {
+                let context = state.requestContext.reduce(0) { $0 << 8 | UInt64($1) }
+                guard let request = group.readRequests.removeValue(forKey: context) else { continue }
+                group.readsAwaitingApply.append((state.index, request.completion))
+            }
+            releaseReads(group)
+            let conf = group.node.confState
+            let member = conf.voters.contains(nodeID) || conf.learners.contains(nodeID)
+            if member { group.wasMember = true } else if group.wasMember { destroyed.append(group) }
+            maybeCompact(group)
+        }
+        if let transport {
+            for (peer, batch) in outgoing { transport.send(batch, to: peer) }
+        }
+        for group in destroyed { destroy(group) }
+        return true
+    }
+
+    private func complete(_ group: Group, _ ready: Ready, _ results: [UInt64: AppliedResult]) {
+        for entry in ready.committedEntries {
+            guard let waiter = group.waiting.removeValue(forKey: entry.index) else { continue }
+            if waiter.term == entry.term, let result = results[entry.index] {
+                waiter.waiter(.success(result))
+            } else {
+                waiter.waiter(.failure(ClusterError(.outcomeUnknown, "entry \(entry.index) was replaced")))
+            }
+        }
+    }
+
+    private func roleChanged(_ group: Group, _ soft: SoftState) {
+        published.withLock { $0.leaders[group.id] = soft.lead }
+        if group.id == 0 || soft.role == .leader {
+            logger.info(
+                "group leader changed",
+                metadata: [
+                    "raft.group": "\(group.id)", "raft.role": "\(soft.role.rawValue)", "raft.leader": "\(soft.lead)",
+                    "raft.term": "\(group.node.hardState.term)",
+                ]
+            )
+        }
+        if soft.role != .leader {
+            let error = ClusterError(.outcomeUnknown, "leadership of group \(group.id) was lost")
+            let waiters = group.waiting
+            group.waiting = [:]
+            for waiter in waiters.values { waiter.waiter(.failure(error)) }
+        }
+    }
+
+    private func releaseReads(_ group: Group) {
+        guard !group.readsAwaitingApply.isEmpty else { return }
+        let applied = group.node.appliedIndex
+        group.readsAwaitingApply.removeAll { read in
+            guard read.index <= applied else { return false }
+            read.completion(.success(()))
+            return true
+        }
+    }
+
+    private func expireReads(_ group: Group) {
+        for (context, request) in group.readRequests where request.deadline <= ticks {
+            group.readRequests.removeValue(forKey: context)
+            request.completion(.failure(ClusterError(.unavailable, "group \(group.id) confirmed no leader in time")))
+        }
+    }
+
+    private func failAll(_ group: Group, _ error: any Error) {
+        let waiters = group.waiting
+        group.waiting = [:]
+        for waiter in waiters.values { waiter.waiter(.failure(error)) }
+        let reads = group.readRequests
+        group.readRequests = [:]
+        for read in reads.values { read.completion(.failure(error)) }
+        let awaiting = group.readsAwaitingApply
+        group.readsAwaitingApply = []
+        for read in awaiting { read.completion(.failure(error)) }
+    }
+
+    // MARK: - Snapshots
+
+    private func restore(_ snapshot: Snapshot, group: Group, view: inout ClusterView, into batch: WriteBatch) throws {
+        let decoded: Warbler_Peer_V1_GroupSnapshot
+        do { decoded = try Warbler_Peer_V1_GroupSnapshot(serializedBytes: snapshot.data) } catch {
+            throw StorageError(.corruption, "snapshot of group \(group.id) cannot be decoded", cause: "\(error)")
+        }
+        if group.id == 0 {
+            let range = ClusterView.replicatedRange
+            batch.deleteRange(from: range.start, to: range.end, in: clusterFamily)
+            for record in decoded.cluster { batch.put([UInt8](record.key), [UInt8](record.value), in: clusterFamily) }
+            view = try ClusterView(records: decoded.cluster.map(StateRecord.init))
+        }
+        try group.machine.restore(decoded.state.map(StateRecord.init), index: snapshot.metadata.index, into: batch)
+        logger.info(
+            "installed a snapshot",
+            metadata: ["raft.group": "\(group.id)", "raft.index": "\(snapshot.metadata.index)"]
+        )
+    }
+
+    /// Compacts a group's log once enough applied entries follow its last snapshot: the snapshot holds the
+    /// group's state at the applied index, so a member that falls behind the log catches up from it.
+    private func maybeCompact(_ group: Group) {
+        let applied = group.node.appliedIndex
+        guard let first = try? group.log.firstIndex(), applied >= first + options.compactionEntries else { return }
+        do {
+            var snapshot = Warbler_Peer_V1_GroupSnapshot()
+            if group.id == 0 { snapshot.cluster = view.records.map(\.record) }
+            snapshot.state = try group.machine.snapshotState().map(\.record)
+            let batch = WriteBatch()
+            try group.log.stageCompaction(
+                at: applied,
+                confState: group.node.confState,
+                data: try snapshot.serializedBytes(),
+                into: batch
+            )
+            try database.write(batch, sync: false)
+            logger.debug("compacted a group log", metadata: ["raft.group": "\(group.id)", "raft.index": "\(applied)"])
+        } catch {
+            logger.error("compaction failed", metadata: ["raft.group": "\(group.id)", "error": "\(error)"])
+        }
+    }
+
+    private func destroy(_ group: Group) {
+        let batch = WriteBatch()
+        group.log.stageDestroy(into: batch)
+        group.machine.destroy(into: batch)
+        do { try database.write(batch, sync: true) } catch {
+            logger.error("cannot delete a group this node left", metadata: ["raft.group": "\(group.id)"])
+            return
+        }
+        failAll(group, ClusterError(.unavailable, "this node left group \(group.id)"))
+        groups.removeValue(forKey: group.id)
+        published.withLock { _ = $0.leaders.removeValue(forKey: group.id) }
+        logger.info("left a group; its replica here is deleted", metadata: ["raft.group": "\(group.id)"])
+    }
+
+    private func publishView() {
+        published.withLock { $0.view = view }
+        guard let transport else { return }
+        if let id = view.info?.clusterID { transport.setClusterID(id) }
+        for node in view.nodes.values where node.state != .removed {
+            transport.setAddress(node.peerAddress, for: node.nodeID)
+        }
+    }
+
+    // MARK: - Placement (on `queue`)
+
+    /// Leaders move their groups toward the desired placement, one membership change at a time: add missing
+    /// replicas as learners, promote learners that caught up, then remove replicas that should not be there;
+    /// and hand leadership to a less loaded node when this one leads more than its share.
+    private func reconcile() {
+        guard let info = view.info else { return }
+        let active = view.activeNodes
+        guard !active.isEmpty else { return }
+        let ledByMe = groups.values.filter { $0.node.softState.role == .leader }.count
+        let fairShare = (groups.count + active.count - 1) / active.count
+        var transferred = false
+        for group in groups.values where group.node.softState.role == .leader {
+            let count =
+                group.id == 0 ? min(Placement.maxMetadataVoters, active.count) : Int(info.replicationFactor)
+            let desired = Placement.replicas(of: group.id, among: active, count: count)
+            let changed = reconcileMembers(group, desired: desired)
+            if !changed, !transferred, ledByMe > fairShare + 1 { transferred = balanceLeader(group) }
+        }
+    }
+
+    private func reconcileMembers(_ group: Group, desired: [UInt64]) -> Bool {
+        let conf = group.node.confState
+        let progress = group.node.progress
+        let lastIndex = group.node.lastIndex
+        var change: ConfChange?
+        if let missing = desired.first(where: { !conf.voters.contains($0) && !conf.learners.contains($0) }) {
+            change = ConfChange(.addLearner, nodeID: missing)
+        } else if let ready = conf.learners.sorted().first(where: {
+            desired.contains($0) && (progress[$0]?.match ?? 0) + 100 >= lastIndex
+        }) {
+            change = ConfChange(.addNode, nodeID: ready)
+        } else if desired.allSatisfy({ conf.voters.contains($0) }),
+            let extra = (conf.voters.union(conf.learners)).sorted().first(where: { !desired.contains($0) })
+        {
+            if extra == nodeID {
+                // Hand the group to a desired voter first; the new leader removes this node.
+                if let target = desired.first(where: { (progress[$0]?.match ?? 0) >= lastIndex }) {
+                    try? group.node.transferLeadership(to: target)
+                }
+                return true
+            }
+            change = ConfChange(.removeNode, nodeID: extra)
+        }
+        guard let change else { return false }
+        do {
+            try group.node.proposeConfChange(change)
+            logger.info(
+                "moving a replica",
+                metadata: ["raft.group": "\(group.id)", "change": "\(change.kind)", "raft.node": "\(change.nodeID)"]
+            )
+        } catch {
+            // One change at a time: the previous one is still pending.
+        }
+        return true
+    }
+
+    private func balanceLeader(_ group: Group) -> Bool {
+        let leaders = published.withLock { $0.leaders }
+        var load: [UInt64: Int] = [:]
+        for leader in leaders.values where leader != 0 { load[leader, default: 0] += 1 }
+        let progress = group.node.progress
+        let lastIndex = group.node.lastIndex
+        let candidates = group.node.confState.voters.filter {
+            $0 != nodeID && (progress[$0]?.match ?? 0) >= lastIndex
+        }
+        guard let target = candidates.min(by: { (load[$0] ?? 0, $0) < (load[$1] ?? 0, $1) }),
+            (load[target] ?? 0) + 1 < (load[nodeID] ?? 0)
+        else { return false }
+        try? group.node.transferLeadership(to: target)
+        return true
+    }
+
+    // MARK: - Administration
+
+    /// Hands leadership of `group` to `target` (forwarded to the group's leader when needed).
+    public func transferLeader(group id: UInt32, to target: UInt64) async throws {
+        let leader = leader(of: id)
+        if leader == nodeID || leader == 0 {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                enqueue {
+                    guard let group = self.groups[id], group.node.softState.role == .leader else {
+                        continuation.resume(
+                            throwing: ClusterError(.unavailable, "node \(self.nodeID) does not lead group \(id)")
+                        )
+                        return
+                    }
+                    do {
+                        try group.node.transferLeadership(to: target)
+                        continuation.resume()
+                    } catch {
+                        continuation.resume(throwing: ClusterError(.refused, "\(error)"))
+                    }
+                }
+            }
+            return
+        }
+        guard let transport else { throw ClusterError(.unavailable, "no transport") }
+        var request = Warbler_Peer_V1_TransferLeader()
+        request.group = id
+        request.to = target
+        let response = try await transport.request(.transferLeader(request), to: leader)
+        if case .error(let error) = response.body {
+            throw ClusterError(ClusterError.Code(rawValue: error.code), error.message)
+        }
+    }
+
+    /// Every group this node replicates, as it sees them.
+    public func status() async -> ClusterStatus {
+        await withCheckedContinuation { (continuation: CheckedContinuation<ClusterStatus, Never>) in
+            enqueue {
+                var status = ClusterStatus()
+                status.nodeID = self.nodeID
+                status.clusterID = self.view.info?.clusterID ?? ""
+                status.partitionCount = self.view.info?.partitionCount ?? 0
+                status.replicationFactor = self.view.info?.replicationFactor ?? 0
+                status.nodes = self.view.nodes.values.sorted { $0.nodeID < $1.nodeID }
+                for group in self.groups.values.sorted(by: { $0.id < $1.id }) {
+                    var record = Warbler_Peer_V1_GroupStatus()
+                    record.group = group.id
+                    record.leader = group.node.softState.lead
+                    record.term = group.node.hardState.term
+                    record.commit = group.node.hardState.commit
+                    record.applied = group.node.appliedIndex
+                    record.voters = group.node.confState.voters.sorted()
+                    record.learners = group.node.confState.learners.sorted()
+                    let last = group.node.lastIndex
+                    for (peer, progress) in group.node.progress { record.lag[peer] = last - min(last, progress.match) }
+                    status.groups.append(record)
+                }
+                continuation.resume(returning: status)
+            }
+        }
+    }
+}
+
+extension RaftHost: PeerTransportDelegate {
+    public func peerTransport(received batch: RaftBatchRecord, from node: UInt64) { receive(batch, from: node) }
+
+    public func peerTransport(handle request: PeerRequest, from node: UInt64) async -> PeerResponse {
+        var response = PeerResponse()
+        switch request.body {
+        case .propose(let propose):
+            return await handleForwarded(propose)
+        case .join(let join):
+            do {
+                var command = ClusterCommand()
+                command.addNode = join
+                try await propose(command)
+                // Wait until this node's metadata shows the new node, so the answer lists it.
+                var accepted = Warbler_Peer_V1_JoinAccepted()
+                accepted.clusterID = clusterView.info?.clusterID ?? ""
+                accepted.nodes = clusterView.nodes.values.sorted { $0.nodeID < $1.nodeID }
+                response.joinAccepted = accepted
+            } catch {
+                response.error = Self.peerError(error)
+            }
+        case .removeNode(let remove):
+            do {
+                var command = ClusterCommand()
+                command.removeNode = remove
+                try await propose(command)
+                response.done = Warbler_Peer_V1_Done()
+            } catch {
+                response.error = Self.peerError(error)
+            }
+        case .transferLeader(let transfer):
+            do {
+                try await transferLeader(group: transfer.group, to: transfer.to)
+                response.done = Warbler_Peer_V1_Done()
+            } catch {
+                response.error = Self.peerError(error)
+            }
+        case .status:
+            response.status = await status()
+        case .readIndex(let read):
+            do {
+                try await readBarrier(group: read.group)
+                response.done = Warbler_Peer_V1_Done()
+            } catch {
+                response.error = Self.peerError(error)
+            }
+        case nil:
+            response.error.code = "peer.unknown_request"
+            response.error.message = "empty or unknown request"
+        }
+        return response
+    }
+}
+
+extension StateRecord {
+    init(_ record: Warbler_Peer_V1_KeyValue) { self.init(key: [UInt8](record.key), value: [UInt8](record.value)) }
+
+    var record: Warbler_Peer_V1_KeyValue {
+        var record = Warbler_Peer_V1_KeyValue()
+        record.key = Data(key)
+        record.value = Data(value)
+        return record
+    }
+}

@@ -1,0 +1,499 @@
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import Synchronization
+import WarblerWire
+
+public typealias PeerFrame = Warbler_Peer_V1_Frame
+public typealias PeerRequest = Warbler_Peer_V1_Request
+public typealias PeerResponse = Warbler_Peer_V1_Response
+public typealias RaftBatchRecord = Warbler_Peer_V1_RaftBatch
+
+/// What the transport hands to the node runtime.
+public protocol PeerTransportDelegate: AnyObject, Sendable {
+    /// Raft messages from `node` (already authenticated). Must not block.
+    func peerTransport(received batch: RaftBatchRecord, from node: UInt64)
+    /// A request from `node` (0 when the peer has not joined yet); the answer goes back on the same connection.
+    func peerTransport(handle request: PeerRequest, from node: UInt64) async -> PeerResponse
+}
+
+/// A peer request that did not get an answer.
+public struct PeerTransportError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The node-to-node transport: SwiftNIO over mutual TLS (cluster CA), length-prefixed ``PeerFrame``s, a
+/// version handshake, one outbound connection per peer that reconnects with backoff, and bounded send queues
+/// (Raft messages beyond the bound are dropped, which Raft tolerates; requests beyond it fail at once).
+public final class PeerTransport: Sendable {
+    /// The peer protocol version this build speaks.
+    public static let version: UInt32 = 1
+    /// The largest frame accepted (snapshots travel in one frame).
+    public static let maxFrameBytes = 256 << 20
+    /// Bytes queued for one peer while it is unreachable, beyond which frames are dropped.
+    public static let maxQueuedBytes = 64 << 20
+
+    let nodeID: UInt64
+    private let clusterID: Mutex<String>
+    private let serverTLS: NIOSSLContext
+    private let clientTLS: NIOSSLContext
+    let group: any EventLoopGroup
+    let logger: Logger
+    private let delegate: Mutex<(any PeerTransportDelegate)?> = Mutex(nil)
+    private let peers = Mutex<[UInt64: PeerConnection]>([:])
+    /// Authenticated connections peers opened to this node: a way back to a peer whose address this node does
+    /// not know (yet), or knows wrong (its metadata record predates a restart on another port).
+    private let inbound = Mutex<[UInt64: any Channel]>([:])
+    private let pending = Mutex<[UInt64: CheckedContinuation<PeerResponse, any Error>]>([:])
+    private let nextRequestID = Atomic<UInt64>(1)
+
+    /// Loads TLS material from `certificateDirectory` (see ``ClusterCertificates``).
+    public init(nodeID: UInt64, certificateDirectory: String, group: any EventLoopGroup, logger: Logger) throws {
+        self.nodeID = nodeID
+        self.clusterID = Mutex("")
+        self.group = group
+        self.logger = logger
+        serverTLS = try NIOSSLContext(
+            configuration: ClusterCertificates.tlsConfiguration(directory: certificateDirectory, server: true)
+        )
+        clientTLS = try NIOSSLContext(
+            configuration: ClusterCertificates.tlsConfiguration(directory: certificateDirectory, server: false)
+        )
+    }
+
+    /// Sets who receives messages and requests.
+    public func setDelegate(_ delegate: any PeerTransportDelegate) { self.delegate.withLock { $0 = delegate } }
+
+    /// The cluster this node belongs to; peers of another cluster are refused. Empty until known.
+    public func setClusterID(_ id: String) { clusterID.withLock { $0 = id } }
+
+    var currentClusterID: String { clusterID.withLock { $0 } }
+    var currentDelegate: (any PeerTransportDelegate)? { delegate.withLock { $0 } }
+
+    /// Listens for peers on `host:port` (0 picks a free port).
+    public func bind(host: String, port: Int) async throws -> any Channel {
+        let transport = self
+        return try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: transport.serverTLS))
+                    try transport.addFraming(to: channel, outbound: nil)
+                }
+            }
+            .bind(host: host, port: port).get()
+    }
+
+    /// Tells the transport where `node` listens. A changed address drops the old connection.
+    public func setAddress(_ address: String, for node: UInt64) {
+        guard node != nodeID, !address.isEmpty else { return }
+        let old = peers.withLock { peers -> PeerConnection? in
+            if let existing = peers[node], existing.address == address { return nil }
+            let previous = peers[node]
+            peers[node] = PeerConnection(transport: self, node: node, address: address)
+            return previous
+        }
+        old?.close()
+    }
+
+    /// The addresses the transport knows.
+    public var addresses: [UInt64: String] { peers.withLock { $0.mapValues(\.address) } }
+
+    /// Sends Raft messages to `node`, queued while it is unreachable; dropped if it is unknown.
+    public func send(_ batch: RaftBatchRecord, to node: UInt64) {
+        var frame = PeerFrame()
+        frame.raft = batch
+        let connection = peers.withLock { $0[node] }
+        if let connection, connection.isConnected {
+            connection.send(frame, droppable: true)
+        } else if let channel = inbound.withLock({ $0[node] }) {
+            channel.writeAndFlush(Self.encode(frame, allocator: channel.allocator), promise: nil)
+        } else {
+            connection?.send(frame, droppable: true)
+        }
+    }
+
+    func registerInbound(_ channel: any Channel, from node: UInt64) { inbound.withLock { $0[node] = channel } }
+
+    func unregisterInbound(_ channel: any Channel, from node: UInt64) {
+        inbound.withLock { routes in
+            if let current = routes[node], current === channel { routes.removeValue(forKey: node) }
+        }
+    }
+
+    /// Sends `body` to `node` and waits for the answer.
+    public func request(
+        _ body: PeerRequest.OneOf_Body,
+        to node: UInt64,
+        timeout: Duration = .seconds(5)
+    )
+        async throws -> PeerResponse
+    {
+        guard let connection = peers.withLock({ $0[node] }) else {
+            throw PeerTransportError("no address known for node \(node)")
+        }
+        return try await request(body, over: connection, timeout: timeout)
+    }
+
+    /// Sends `body` to whichever node listens at `address` (joining a cluster) and waits for the answer.
+    public func request(
+        _ body: PeerRequest.OneOf_Body,
+        address: String,
+        timeout: Duration = .seconds(10)
+    )
+        async throws -> PeerResponse
+    {
+        let connection = PeerConnection(transport: self, node: 0, address: address)
+        defer { connection.close() }
+        return try await request(body, over: connection, timeout: timeout)
+    }
+
+    private func request(
+        _ body: PeerRequest.OneOf_Body,
+        over connection: PeerConnection,
+        timeout: Duration
+    )
+        async throws -> PeerResponse
+    {
+        let id = nextRequestID.add(1, ordering: .relaxed).oldValue
+        var frame = PeerFrame()
+        frame.request.id = id
+        frame.request.body = body
+        let timer = group.next().scheduleTask(in: .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000)) {
+            self.complete(id, with: .failure(PeerTransportError("node \(connection.node) did not answer in time")))
+        }
+        defer { timer.cancel() }
+        return try await withCheckedThrowingContinuation { continuation in
+            pending.withLock { $0[id] = continuation }
+            if !connection.send(frame, droppable: false) {
+                complete(id, with: .failure(PeerTransportError("too much queued for node \(connection.node)")))
+            }
+        }
+    }
+
+    func complete(_ id: UInt64, with result: Result<PeerResponse, any Error>) {
+        pending.withLock { $0.removeValue(forKey: id) }?.resume(with: result)
+    }
+
+    /// Closes every connection and fails pending requests.
+    public func shutdown() {
+        let connections = peers.withLock { peers in
+            defer { peers = [:] }
+            return Array(peers.values)
+        }
+        for connection in connections { connection.close() }
+        let waiting = pending.withLock { pending in
+            defer { pending = [:] }
+            return Array(pending.values)
+        }
+        for continuation in waiting { continuation.resume(throwing: PeerTransportError("transport shut down")) }
+    }
+
+    func addFraming(to channel: any Channel, outbound: PeerConnection?) throws {
+        try channel.pipeline.syncOperations.addHandler(
+            ByteToMessageHandler(FrameDecoder(maxFrameBytes: Self.maxFrameBytes))
+        )
+        try channel.pipeline.syncOperations.addHandler(PeerChannelHandler(transport: self, outbound: outbound))
+    }
+
+    func makeClientBootstrap(serverName: String) -> ClientBootstrap {
+        let transport = self
+        return ClientBootstrap(group: group)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.seconds(3))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        try NIOSSLClientHandler(context: transport.clientTLS, serverHostname: nil)
+                    )
+                }
+            }
+    }
+
+    static func encode(_ frame: PeerFrame, allocator: ByteBufferAllocator) -> ByteBuffer {
+        // Serializing a generated message cannot fail.
+        let bytes: [UInt8] = try! frame.serializedBytes()
+        var buffer = allocator.buffer(capacity: bytes.count + 4)
+        buffer.writeInteger(UInt32(bytes.count))
+        buffer.writeBytes(bytes)
+        return buffer
+    }
+}
+
+/// The outbound connection to one peer: connects on demand, queues while down, reconnects with backoff.
+final class PeerConnection: Sendable {
+    private enum State {
+        case idle
+        case connecting
+        case connected(any Channel)
+        case closed
+    }
+
+    private struct Locked {
+        var state: State = .idle
+        var queue: [ByteBuffer] = []
+        var queuedBytes = 0
+        var backoffMilliseconds: Int64 = 0
+    }
+
+    let node: UInt64
+    let address: String
+    private unowned let transport: PeerTransport
+    private let locked = Mutex(Locked())
+
+    init(transport: PeerTransport, node: UInt64, address: String) {
+        self.transport = transport
+        self.node = node
+        self.address = address
+    }
+
+    /// True while the connection is up.
+    var isConnected: Bool {
+        locked.withLock { locked in
+            if case .connected = locked.state { return true }
+            return false
+        }
+    }
+
+    /// Queues or writes `frame`; false when the queue is full.
+    @discardableResult
+    func send(_ frame: PeerFrame, droppable: Bool) -> Bool {
+        let buffer = PeerTransport.encode(frame, allocator: ByteBufferAllocator())
+        enum Action {
+            case write(any Channel)
+            case connect
+            case nothing
+            case full
+        }
+        let action = locked.withLock { locked -> Action in
+            switch locked.state {
+            case .connected(let channel): return .write(channel)
+            case .closed: return .full
+            case .idle, .connecting:
+                if locked.queuedBytes + buffer.readableBytes > PeerTransport.maxQueuedBytes { return .full }
+                locked.queue.append(buffer)
+                locked.queuedBytes += buffer.readableBytes
+                if case .idle = locked.state {
+                    locked.state = .connecting
+                    return .connect
+                }
+                return .nothing
+            }
+        }
+        switch action {
+        case .write(let channel): channel.writeAndFlush(buffer, promise: nil)
+        case .connect: connect(after: 0)
+        case .nothing: break
+        case .full:
+            if !droppable { return false }
+        }
+        return true
+    }
+
+    private func connect(after delay: Int64) {
+        let (host, port) = Self.split(address)
+        let transport = self.transport
+        let eventLoop = transport.group.next()
+        eventLoop.scheduleTask(in: .milliseconds(delay)) {
+            if case .closed = self.locked.withLock({ $0.state }) { return }
+            let bootstrap = transport.makeClientBootstrap(serverName: host)
+            bootstrap.connect(host: host, port: port).flatMap { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try transport.addFraming(to: channel, outbound: self)
+                    return channel
+                }
+            }.whenComplete { result in
+                switch result {
+                case .success(let channel): self.connected(channel)
+                case .failure(let error): self.failed(error)
+                }
+            }
+        }
+    }
+
+    private func connected(_ channel: any Channel) {
+        var hello = PeerFrame()
+        hello.hello.version = PeerTransport.version
+        hello.hello.nodeID = transport.nodeID
+        hello.hello.clusterID = transport.currentClusterID
+        let helloBuffer = PeerTransport.encode(hello, allocator: channel.allocator)
+        let queued = locked.withLock { locked -> [ByteBuffer]? in
+            if case .closed = locked.state { return nil }
+            locked.state = .connected(channel)
+            locked.backoffMilliseconds = 0
+            defer {
+                locked.queue = []
+                locked.queuedBytes = 0
+            }
+            return locked.queue
+        }
+        guard let queued else {
+            channel.close(promise: nil)
+            return
+        }
+        channel.write(helloBuffer, promise: nil)
+        for buffer in queued { channel.write(buffer, promise: nil) }
+        channel.flush()
+        transport.logger.debug("connected to peer", metadata: ["peer.node": "\(node)", "peer.address": "\(address)"])
+    }
+
+    private func failed(_ error: any Error) {
+        let delay = locked.withLock { locked -> Int64? in
+            if case .closed = locked.state { return nil }
+            locked.backoffMilliseconds = min(max(locked.backoffMilliseconds * 2, 100), 2_000)
+            locked.state = .connecting
+            return locked.backoffMilliseconds
+        }
+        guard let delay else { return }
+        transport.logger.debug(
+            "cannot reach peer; retrying",
+            metadata: ["peer.node": "\(node)", "peer.address": "\(address)", "error": "\(error)"]
+        )
+        connect(after: delay)
+    }
+
+    /// The channel closed: reconnect when something is queued, else on the next send.
+    func channelClosed() {
+        let reconnect = locked.withLock { locked -> Bool in
+            if case .closed = locked.state { return false }
+            locked.state = locked.queue.isEmpty ? .idle : .connecting
+            return !locked.queue.isEmpty
+        }
+        if reconnect { connect(after: 100) }
+    }
+
+    func close() {
+        let channel = locked.withLock { locked -> (any Channel)? in
+            defer {
+                locked.state = .closed
+                locked.queue = []
+            }
+            if case .connected(let channel) = locked.state { return channel }
+            return nil
+        }
+        channel?.close(promise: nil)
+    }
+
+    static func split(_ address: String) -> (String, Int) {
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
+            return (address, 7500)
+        }
+        return (String(address[..<colon]), port)
+    }
+}
+
+/// Decodes peer frames on one connection (inbound or outbound) and dispatches them.
+final class PeerChannelHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let transport: PeerTransport
+    private let outbound: PeerConnection?
+    /// The authenticated peer (inbound connections, after its hello).
+    private var peer: UInt64 = 0
+    private var greeted: Bool
+
+    init(transport: PeerTransport, outbound: PeerConnection?) {
+        self.transport = transport
+        self.outbound = outbound
+        // On a connection this node opened, the peer is the one it dialled (its certificate was verified).
+        self.peer = outbound?.node ?? 0
+        self.greeted = outbound != nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let body = unwrapInboundIn(data)
+        let frame: PeerFrame
+        do {
+            frame = try PeerFrame(serializedBytes: Array(body.readableBytesView))
+        } catch {
+            refuse(context, "malformed peer frame: \(error)")
+            return
+        }
+        guard greeted else {
+            guard case .hello(let hello) = frame.body else {
+                refuse(context, "the first frame must be a hello")
+                return
+            }
+            greet(context, hello)
+            return
+        }
+        switch frame.body {
+        case .raft(let batch):
+            guard peer != 0 else {
+                refuse(context, "raft traffic before the peer identified itself")
+                return
+            }
+            transport.currentDelegate?.peerTransport(received: batch, from: peer)
+        case .request(let request):
+            let channel = context.channel
+            let from = peer
+            let transport = self.transport
+            Task {
+                var response: PeerResponse
+                if let delegate = transport.currentDelegate {
+                    response = await delegate.peerTransport(handle: request, from: from)
+                } else {
+                    response = PeerResponse()
+                    response.error.code = "node.starting"
+                    response.error.message = "the node is starting"
+                }
+                response.id = request.id
+                var frame = PeerFrame()
+                frame.response = response
+                channel.writeAndFlush(PeerTransport.encode(frame, allocator: channel.allocator), promise: nil)
+            }
+        case .response(let response):
+            transport.complete(response.id, with: .success(response))
+        case .hello:
+            refuse(context, "a second hello")
+        case nil:
+            refuse(context, "an empty frame")
+        }
+    }
+
+    private func greet(_ context: ChannelHandlerContext, _ hello: Warbler_Peer_V1_Hello) {
+        guard hello.version == PeerTransport.version else {
+            refuse(context, "peer speaks version \(hello.version), this node \(PeerTransport.version)")
+            return
+        }
+        let certificate = try? context.pipeline.syncOperations.nioSSL_peerCertificate()
+        guard let certificate, let certified = ClusterCertificates.nodeID(of: certificate),
+            certified == hello.nodeID
+        else {
+            refuse(context, "peer claims node \(hello.nodeID) but its certificate does not name it")
+            return
+        }
+        let ours = transport.currentClusterID
+        if !ours.isEmpty, !hello.clusterID.isEmpty, ours != hello.clusterID {
+            refuse(context, "peer node \(hello.nodeID) belongs to cluster \(hello.clusterID), this node to \(ours)")
+            return
+        }
+        peer = hello.nodeID
+        greeted = true
+        transport.registerInbound(context.channel, from: peer)
+    }
+
+    private func refuse(_ context: ChannelHandlerContext, _ reason: String) {
+        transport.logger.warning(
+            "closing peer connection",
+            metadata: ["reason": "\(reason)", "remote": "\(context.remoteAddress.map { "\($0)" } ?? "?")"]
+        )
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        outbound?.channelClosed()
+        if peer != 0 { transport.unregisterInbound(context.channel, from: peer) }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        transport.logger.debug("peer connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+}

@@ -1,0 +1,64 @@
+import Foundation
+import Logging
+import NIOPosix
+import Synchronization
+import Testing
+import WarblerCluster
+import WarblerWire
+
+/// Answers every request with its own node id in a status.
+final class EchoDelegate: PeerTransportDelegate {
+    let nodeID: UInt64
+    let received = Mutex<[UInt64]>([])
+    init(nodeID: UInt64) { self.nodeID = nodeID }
+
+    func peerTransport(received batch: RaftBatchRecord, from node: UInt64) { received.withLock { $0.append(node) } }
+
+    func peerTransport(handle request: PeerRequest, from node: UInt64) async -> PeerResponse {
+        var response = PeerResponse()
+        response.status.nodeID = nodeID
+        response.status.clusterID = "asked by \(node)"
+        return response
+    }
+}
+
+struct PeerTransportTests {
+    let root = NSTemporaryDirectory() + "warbler-certs-\(UUID().uuidString)"
+
+    func transport(_ node: UInt64, ca: String, loops: MultiThreadedEventLoopGroup) throws -> PeerTransport {
+        let directory = root + "/node\(node)-\(UUID().uuidString.prefix(4))"
+        try ClusterCertificates.issue(node: node, caDirectory: ca, outputDirectory: directory)
+        #expect(try ClusterCertificates.nodeID(inDirectory: directory) == node)
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        return try PeerTransport(nodeID: node, certificateDirectory: directory, group: loops, logger: logger)
+    }
+
+    @Test func nodesOfOneCAAuthenticateEachOtherAndExchangeRequests() async throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try ClusterCertificates.initCA(in: root + "/ca")
+        #expect(throws: CertificateError.self) { try ClusterCertificates.initCA(in: root + "/ca") }
+        let loops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let server = try transport(1, ca: root + "/ca", loops: loops)
+        server.setDelegate(EchoDelegate(nodeID: 1))
+        let channel = try await server.bind(host: "127.0.0.1", port: 0)
+        let address = "127.0.0.1:\(channel.localAddress!.port!)"
+        let client = try transport(2, ca: root + "/ca", loops: loops)
+        client.setAddress(address, for: 1)
+        let response = try await client.request(.status(.init()), to: 1, timeout: .seconds(30))
+        #expect(response.status.nodeID == 1)
+        #expect(response.status.clusterID == "asked by 2")
+
+        // A node whose certificate comes from another CA is refused during the handshake.
+        try ClusterCertificates.initCA(in: root + "/other-ca")
+        let stranger = try transport(3, ca: root + "/other-ca", loops: loops)
+        await #expect(throws: PeerTransportError.self) {
+            _ = try await stranger.request(.status(.init()), address: address, timeout: .seconds(2))
+        }
+        client.shutdown()
+        stranger.shutdown()
+        server.shutdown()
+        try await channel.close()
+        try await loops.shutdownGracefully()
+    }
+}
