@@ -84,7 +84,7 @@ let package = Package(
         .executableTarget(
             name: "warbler-bench",
             dependencies: [
-                "WarblerClient",
+                "WarblerClient", "WarblerWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],

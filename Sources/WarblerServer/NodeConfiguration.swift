@@ -34,6 +34,9 @@ public struct NodeConfiguration: Sendable, Hashable {
         public var partitionCount: UInt32 = 64
         /// Replicas per partition of a new cluster.
         public var replicationFactor: UInt32 = 3
+        /// A group's log is compacted (its state snapshotted) once this many applied entries follow the last
+        /// snapshot; members further behind catch up from the snapshot.
+        public var compactionEntries: UInt64 = 20_000
         public init() {}
     }
 
@@ -99,6 +102,9 @@ public struct NodeConfiguration: Sendable, Hashable {
         }
         if !(1...7).contains(cluster.replicationFactor) {
             throw WireError(.invalidArgument, "cluster.replicationFactor must be 1...7")
+        }
+        if cluster.compactionEntries < 10 {
+            throw WireError(.invalidArgument, "cluster.compactionEntries must be at least 10")
         }
         if let join = cluster.join, !join.contains(":") {
             throw WireError(.invalidArgument, "cluster.join must be HOST:PORT, got \(join)")

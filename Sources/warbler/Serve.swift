@@ -17,6 +17,8 @@ struct Serve: AsyncParsableCommand {
 
     @OptionGroup var node: NodeOptions
     @Option(help: "Join the cluster a member at HOST:PEERPORT belongs to (first start only).") var join: String?
+    @Option(help: "Compact a group's log after this many applied entries (snapshot).") var compactAfter: UInt64 =
+        20_000
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
 
     func run() async throws {
@@ -24,6 +26,7 @@ struct Serve: AsyncParsableCommand {
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         var configuration = try self.node.configuration()
         configuration.cluster.join = join
+        configuration.cluster.compactionEntries = compactAfter
         let data = self.node.data
         let node: ChatNode
         do {

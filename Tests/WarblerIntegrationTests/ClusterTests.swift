@@ -4,29 +4,40 @@ import Testing
 import WarblerClient
 import WarblerWire
 
-/// Three real `warbler` processes on loopback forming one cluster (init, join over mutual TLS), driven by SDK
-/// clients connected to different nodes, with leaders killed by SIGKILL under load.
+/// Real `warbler` processes on loopback forming one cluster (init, join over mutual TLS), driven by SDK
+/// clients connected to different nodes; leaders killed by SIGKILL, frozen by SIGSTOP; nodes added and removed
+/// under load; the whole cluster restarted.
 @Suite(.serialized)
 struct ClusterTests {
     static let password = "correct horse battery staple"
 
-    /// Starts node 1 (which initialises the cluster and holds the accounts), then joins nodes 2 and 3, and waits
-    /// until every group has three voters.
-    func cluster(users: [String]) async throws -> [NodeProcess] {
-        let nodes = try (1...3).map { try NodeProcess(nodeID: UInt64($0)) }
+    /// Starts node 1 (which initialises the cluster and holds the accounts), then joins the others, and waits
+    /// until every group has a leader and every node as a member.
+    func cluster(size: Int = 3, users: [String], serveArguments: [String] = []) async throws -> [NodeProcess] {
+        let nodes = try (1...size).map { try NodeProcess(nodeID: UInt64($0)) }
+        for node in nodes { node.serveArguments = serveArguments }
         for user in users { try nodes[0].addUser(user, password: Self.password) }
         try await nodes[0].start()
         for node in nodes[1...] {
             try node.issueCertificate(caDirectory: nodes[0].dataDirectory + "/ca")
             try await node.start(join: nodes[0].peerAddress)
         }
-        let formed = try await eventually(seconds: 60) {
-            let status = try nodes[0].clusterStatus()
-            return status.nodes.count == 3 && status.groups.count == 65
-                && status.groups.allSatisfy { $0.voters.count == 3 && $0.learners.isEmpty && $0.leader != 0 }
-        }
-        guard formed else { throw TestFailure("the cluster did not form: \(try nodes[0].clusterStatus())") }
+        try await waitForMembership(Set(nodes.map(\.nodeID)), asSeenBy: nodes[0])
         return nodes
+    }
+
+    /// Waits until every group (metadata + 64 partitions) has a leader and exactly `members` as replicas, with
+    /// min(3, members) voters in partitions.
+    func waitForMembership(_ members: Set<UInt64>, asSeenBy node: NodeProcess, seconds: Double = 90) async throws {
+        let formed = try await eventually(seconds: seconds) {
+            let status = try node.clusterStatus()
+            return status.groups.count == 65
+                && status.groups.allSatisfy { group in
+                    Set(group.voters + group.learners) == members && group.leader != 0
+                        && (group.group == 0 || group.voters.count == min(3, members.count))
+                }
+        }
+        guard formed else { throw TestFailure("membership \(members) not reached: \(try node.clusterStatus())") }
     }
 
     func eventually(seconds: Double, _ condition: () throws -> Bool) async throws -> Bool {
@@ -39,8 +50,8 @@ struct ClusterTests {
     }
 
     /// The leader of `group` as the running nodes report it.
-    func leader(of group: UInt32, among nodes: [NodeProcess]) -> UInt64 {
-        for node in nodes where node.isRunning {
+    func leader(of group: UInt32, among nodes: [NodeProcess], excluding excluded: UInt64 = 0) -> UInt64 {
+        for node in nodes where node.isRunning && node.nodeID != excluded {
             if let status = try? node.clusterStatus(), let record = status.groups.first(where: { $0.group == group }),
                 record.leader != 0
             {
@@ -50,100 +61,294 @@ struct ClusterTests {
         return 0
     }
 
-    @Test func messagesReplicateDeliverAcrossNodesAndSurviveKilledLeaders() async throws {
-        let nodes = try await cluster(users: ["ada", "bob", "cy"])
-        // ada talks through node 1, bob listens on node 3.
-        let (ada, _) = try await nodes[0].login("ada", password: Self.password)
-        let (bob, bobEvents) = try await nodes[2].login("bob", password: Self.password)
-        let group = try await ada.createGroup(title: "ops", members: ["bob", "cy"])
-        for index in 1...10 { _ = try await ada.send(Data("live-\(index)".utf8), to: group.conversationID) }
-        #expect(await bobEvents.waitForMessages(10))
-        #expect(bobEvents.messages.map(\.seq) == Array(1...10))
-
-        // The conversation's partition: find it from which group's leader changes... every node reports it.
-        let partition = UInt32(1 + fnv1a(group.conversationID) % 64)
-        let acknowledged = AcknowledgedBySeq()
-        for round in 1...3 {
-            let victimID = leader(of: partition, among: nodes)
-            #expect(victimID != 0)
-            let victim = nodes[Int(victimID) - 1]
-            let senderNode = nodes.first { $0.nodeID != victimID && $0.isRunning }!
-            let (sender, _) = try await senderNode.login("cy", password: Self.password)
-            // Send continuously while the leader dies; every send is retried with its id until acknowledged.
-            let sending = Task {
-                for index in 1...40 {
-                    let id = "r\(round)-\(index)"
-                    let text = "round \(round) message \(index)"
-                    while true {
-                        if let ack = try? await sender.send(
-                            Data(text.utf8),
-                            to: group.conversationID,
-                            clientMessageID: id
-                        ) {
-                            acknowledged.record(ack.seq, text)
-                            break
-                        }
-                        try await Task.sleep(nanoseconds: 100_000_000)
-                    }
-                }
-            }
-            try await Task.sleep(nanoseconds: 300_000_000)
-            let killedAt = Date()
-            victim.kill9()
-            // A new leader takes over the partition while the old one is down.
-            let failedOver = try await eventually(seconds: 10) {
-                let leader = leader(of: partition, among: nodes)
-                return leader != 0 && leader != victimID
-            }
-            #expect(failedOver, "round \(round): no new leader after killing node \(victimID)")
-            print("round \(round): node \(victimID) killed; new leader after \(Date().timeIntervalSince(killedAt)) s")
-            try await sending.value
-            try await victim.start()
-            await sender.close()
+    static func partition(of conversation: String) -> UInt32 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in conversation.utf8 {
+            hash ^= UInt64(byte)
+            hash = hash &* 0x0000_0100_0000_01b3
         }
-        // Every node — including the ones killed and restarted — holds every acknowledged message, gap-free, in
-        // the same order.
+        return UInt32(1 + hash % 64)
+    }
+
+    /// Sends until acknowledged, resending the same client message id (never a second message).
+    static func sendUntilAcknowledged(
+        _ text: String,
+        id: String,
+        to conversation: String,
+        with client: WarblerClient,
+        into acknowledged: AcknowledgedBySeq
+    ) async throws {
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline {
+            if let ack = try? await client.send(Data(text.utf8), to: conversation, clientMessageID: id) {
+                acknowledged.record(ack.seq, text)
+                return
+            }
+            try await Task.sleep(nanoseconds: 100_000_000)
+        }
+        throw TestFailure("\(id) was never acknowledged")
+    }
+
+    /// Every node holds every acknowledged message, at its acknowledged seq, gap-free, in one order.
+    func verify(_ conversation: String, on nodes: [NodeProcess], acknowledged: AcknowledgedBySeq) async throws {
         let expected = acknowledged.all
-        let lastSeq = expected.keys.max() ?? 0
-        #expect(lastSeq >= 130)
+        #expect(!acknowledged.conflicts, "one seq was acknowledged for two different messages")
         var orders: [[String]] = []
         for node in nodes {
             let (reader, _) = try await node.login("bob", password: Self.password)
+            // History is read through ReadIndex: linearizable on every node, however far behind it was.
             var texts: [String] = []
             var before: UInt64 = 0
-            // Newest page first, then older ones (`before` 0 means from the newest).
             while true {
-                let page = try await reader.history(of: group.conversationID, before: before, limit: 100)
+                let page = try await reader.history(of: conversation, before: before, limit: 100)
                 let seqs = page.messages.map(\.seq)
                 #expect(seqs == Array((seqs.first ?? 1)..<((seqs.first ?? 1) + UInt64(seqs.count))))
                 texts = page.messages.map { String(decoding: $0.payload, as: UTF8.self) } + texts
                 guard let first = seqs.first, page.more else { break }
                 before = first
             }
-            #expect(texts.count == Int(lastSeq), "node \(node.nodeID) holds \(texts.count) of \(lastSeq) messages")
-            for (seq, text) in expected { #expect(texts.indices.contains(Int(seq) - 1) && texts[Int(seq) - 1] == text) }
+            #expect(texts.count >= expected.count, "node \(node.nodeID) holds \(texts.count) messages")
+            #expect(Set(texts).count == texts.count, "node \(node.nodeID) holds a message twice")
+            for (seq, text) in expected {
+                #expect(
+                    texts.indices.contains(Int(seq) - 1) && texts[Int(seq) - 1] == text,
+                    "seq \(seq) on \(node.nodeID)"
+                )
+            }
             orders.append(texts)
             await reader.close()
         }
         #expect(orders.allSatisfy { $0 == orders[0] })
+    }
+
+    @Test func messagesReplicateDeliverAcrossNodesAndSurviveKilledLeadersAndAFullRestart() async throws {
+        let nodes = try await cluster(users: ["ada", "bob", "cy"])
+        // ada talks through node 1, bob listens on node 3.
+        let (ada, _) = try await nodes[0].login("ada", password: Self.password)
+        let (bob, bobEvents) = try await nodes[2].login("bob", password: Self.password)
+        let group = try await ada.createGroup(title: "ops", members: ["bob", "cy"])
+        let acknowledged = AcknowledgedBySeq()
+        for index in 1...10 {
+            let ack = try await ada.send(Data("live-\(index)".utf8), to: group.conversationID)
+            acknowledged.record(ack.seq, "live-\(index)")
+        }
+        #expect(await bobEvents.waitForMessages(10))
+        #expect(bobEvents.messages.map(\.seq) == Array(1...10))
+
+        let partition = Self.partition(of: group.conversationID)
+        for round in 1...3 {
+            let victimID = leader(of: partition, among: nodes)
+            try #require(victimID != 0)
+            let victim = nodes[Int(victimID) - 1]
+            let senderNode = nodes.first { $0.nodeID != victimID }!
+            let (sender, _) = try await senderNode.login("cy", password: Self.password)
+            // Send continuously while the leader dies; every send is retried with its id until acknowledged.
+            let sending = Task {
+                for index in 1...40 {
+                    try await Self.sendUntilAcknowledged(
+                        "round \(round) message \(index)",
+                        id: "r\(round)-\(index)",
+                        to: group.conversationID,
+                        with: sender,
+                        into: acknowledged
+                    )
+                }
+            }
+            try await Task.sleep(nanoseconds: 300_000_000)
+            let killedAt = Date()
+            victim.kill9()
+            let failedOver = try await eventually(seconds: 10) {
+                let leader = leader(of: partition, among: nodes)
+                return leader != 0 && leader != victimID
+            }
+            #expect(failedOver, "round \(round): no new leader after killing node \(victimID)")
+            print(
+                "cluster: round \(round): node \(victimID) killed; new leader after \(Date().timeIntervalSince(killedAt)) s"
+            )
+            try await sending.value
+            try await victim.start()
+            await sender.close()
+        }
+        #expect(acknowledged.all.count == 130)
+        try await verify(group.conversationID, on: nodes, acknowledged: acknowledged)
+
+        // bob, connected to node 3 all along (node 3 was killed at most as a leader; the SDK reconnects and
+        // resumes), has every message in order.
+        #expect(await bobEvents.waitForMessages(130, seconds: 30))
+        #expect(bobEvents.messages.map(\.seq) == Array(1...130))
         await ada.close()
         await bob.close()
+
+        // The whole cluster stops and starts again: nothing is lost, and it keeps serving.
+        for node in nodes { node.stop() }
+        for node in nodes { try await node.start() }
+        try await waitForMembership([1, 2, 3], asSeenBy: nodes[1])
+        let (again, _) = try await nodes[1].login("ada", password: Self.password)
+        for index in 1...10 {
+            try await Self.sendUntilAcknowledged(
+                "after restart \(index)",
+                id: "restart-\(index)",
+                to: group.conversationID,
+                with: again,
+                into: acknowledged
+            )
+        }
+        await again.close()
+        try await verify(group.conversationID, on: nodes, acknowledged: acknowledged)
         for node in nodes { node.stop() }
     }
 
-    func fnv1a(_ text: String) -> UInt64 {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in text.utf8 {
-            hash ^= UInt64(byte)
-            hash = hash &* 0x0000_0100_0000_01b3
+    @Test func aFrozenLeaderIsReplacedAndItsStaleTermWritesNothing() async throws {
+        let nodes = try await cluster(users: ["ada", "bob", "cy"])
+        let (ada, _) = try await nodes[0].login("ada", password: Self.password)
+        let group = try await ada.createGroup(title: "frozen", members: ["bob", "cy"])
+        let acknowledged = AcknowledgedBySeq()
+        let partition = Self.partition(of: group.conversationID)
+        let victimID = leader(of: partition, among: nodes)
+        try #require(victimID != 0)
+        let victim = nodes[Int(victimID) - 1]
+        let survivor = nodes.first { $0.nodeID != victimID }!
+        // A client of the node that is about to freeze.
+        let (stale, _) = try await victim.login("cy", password: Self.password, reconnect: false)
+        victim.pause()
+        let staleSend = Task {
+            try? await stale.send(
+                Data("sent to the frozen leader".utf8),
+                to: group.conversationID,
+                clientMessageID: "stale"
+            )
         }
-        return hash
+        let frozenAt = Date()
+        let failedOver = try await eventually(seconds: 10) {
+            let leader = leader(of: partition, among: nodes, excluding: victimID)
+            return leader != 0 && leader != victimID
+        }
+        #expect(failedOver)
+        print("cluster: leader \(victimID) frozen; new leader after \(Date().timeIntervalSince(frozenAt)) s")
+        let (sender, _) = try await survivor.login("ada", password: Self.password)
+        for index in 1...20 {
+            try await Self.sendUntilAcknowledged(
+                "while frozen \(index)",
+                id: "frozen-\(index)",
+                to: group.conversationID,
+                with: sender,
+                into: acknowledged
+            )
+        }
+        victim.resume()
+        // The old leader learns the new term and steps down; what it appended in its old term is discarded, so
+        // the send it took while frozen is either refused or committed through the new leader — never both.
+        if let ack = await staleSend.value { acknowledged.record(ack.seq, "sent to the frozen leader") }
+        let steppedDown = try await eventually(seconds: 10) {
+            let status = try victim.clusterStatus()
+            let record = status.groups.first { $0.group == partition }
+            return record != nil && record!.leader != victimID && record!.leader != 0
+        }
+        #expect(steppedDown)
+        for index in 21...30 {
+            try await Self.sendUntilAcknowledged(
+                "after resume \(index)",
+                id: "frozen-\(index)",
+                to: group.conversationID,
+                with: sender,
+                into: acknowledged
+            )
+        }
+        await stale.close()
+        await sender.close()
+        await ada.close()
+        try await verify(group.conversationID, on: nodes, acknowledged: acknowledged)
+        for node in nodes { node.stop() }
+    }
+
+    @Test func aFourthNodeJoinsUnderLoadCatchesUpBySnapshotAndARemovedNodeHandsItsReplicasOver() async throws {
+        // Small compaction threshold so that the new node is far behind every compacted log.
+        let tuning = ["--compact-after", "40"]
+        let nodes = try await cluster(users: ["ada", "bob", "cy"], serveArguments: tuning)
+        let (ada, _) = try await nodes[0].login("ada", password: Self.password)
+        let group = try await ada.createGroup(title: "growing", members: ["bob", "cy"])
+        let acknowledged = AcknowledgedBySeq()
+        for index in 1...150 {
+            let ack = try await ada.send(Data("before \(index)".utf8), to: group.conversationID)
+            acknowledged.record(ack.seq, "before \(index)")
+        }
+        let fourth = try NodeProcess(nodeID: 4)
+        fourth.serveArguments = tuning
+        try fourth.issueCertificate(caDirectory: nodes[0].dataDirectory + "/ca")
+        let sending = Task {
+            for index in 1...100 {
+                try await Self.sendUntilAcknowledged(
+                    "during join \(index)",
+                    id: "join-\(index)",
+                    to: group.conversationID,
+                    with: ada,
+                    into: acknowledged
+                )
+            }
+        }
+        let joinedAt = Date()
+        try await fourth.start(join: nodes[1].peerAddress)
+        try await waitForMembership([1, 2, 3, 4], asSeenBy: nodes[1])
+        print(
+            "cluster: node 4 joined and holds a replica of all 65 groups after \(Date().timeIntervalSince(joinedAt)) s"
+        )
+        try await sending.value
+        #expect(fourth.log.contains("installed a snapshot"))
+        let partition = Self.partition(of: group.conversationID)
+        let snapshotOfPartition = fourth.log.split(separator: "\n").contains {
+            $0.contains("installed a snapshot") && $0.contains("raft.group=\(partition) ")
+                && !$0.contains("raft.index=1 ")
+        }
+        #expect(snapshotOfPartition, "node 4 did not catch up on the busy partition from a snapshot")
+        // A member on the new node receives what is sent through node 1, live.
+        let (bob, bobEvents) = try await fourth.login("bob", password: Self.password)
+        let ack = try await ada.send(Data("to the new node".utf8), to: group.conversationID)
+        acknowledged.record(ack.seq, "to the new node")
+        #expect(
+            await bobEvents.wait {
+                $0.contains { event in
+                    if case .message(let message) = event { return message.seq == ack.seq }
+                    return false
+                }
+            }
+        )
+        await bob.close()
+        try await verify(group.conversationID, on: nodes + [fourth], acknowledged: acknowledged)
+
+        // Node 1 leaves: its replicas move to the others first, then it leaves every group.
+        try NodeProcess.cli([
+            "cluster", "remove", "1", "--peer", nodes[1].peerAddress, "--certs", nodes[1].dataDirectory + "/certs",
+        ])
+        try await waitForMembership([2, 3, 4], asSeenBy: nodes[1])
+        let (cy, _) = try await nodes[2].login("cy", password: Self.password)
+        for index in 1...20 {
+            try await Self.sendUntilAcknowledged(
+                "after removal \(index)",
+                id: "removal-\(index)",
+                to: group.conversationID,
+                with: cy,
+                into: acknowledged
+            )
+        }
+        await cy.close()
+        await ada.close()
+        try await verify(group.conversationID, on: [nodes[1], nodes[2], fourth], acknowledged: acknowledged)
+        #expect(nodes[0].log.contains("left a group; its replica here is deleted"))
+        for node in nodes + [fourth] { node.stop() }
     }
 }
 
-/// Acknowledged messages by seq, recorded from the sending task.
+/// Acknowledged messages by seq, recorded from sending tasks; notices a seq acknowledged for two messages.
 final class AcknowledgedBySeq: Sendable {
-    private let bySeq = Mutex<[UInt64: String]>([:])
-    func record(_ seq: UInt64, _ text: String) { bySeq.withLock { $0[seq] = text } }
-    var all: [UInt64: String] { bySeq.withLock { $0 } }
+    private let state = Mutex<(bySeq: [UInt64: String], conflicts: Bool)>(([:], false))
+
+    func record(_ seq: UInt64, _ text: String) {
+        state.withLock { state in
+            if let known = state.bySeq[seq], known != text { state.conflicts = true }
+            state.bySeq[seq] = text
+        }
+    }
+
+    var all: [UInt64: String] { state.withLock { $0.bySeq } }
+    var conflicts: Bool { state.withLock { $0.conflicts } }
 }

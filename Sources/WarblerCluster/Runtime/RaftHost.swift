@@ -82,7 +82,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         let log: RaftLogStore
         let machine: Machine
         var waiting: [UInt64: (term: UInt64, waiter: Waiter)] = [:]
-        var readRequests: [UInt64: (deadline: Int, completion: @Sendable (Result<Void, any Error>) -> Void)] = [:]
+        var readRequests: [UInt64: ReadRequest] = [:]
         var readsAwaitingApply: [(index: UInt64, completion: @Sendable (Result<Void, any Error>) -> Void)] = []
         var wasMember: Bool
 
@@ -93,6 +93,13 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
             self.machine = machine
             self.wasMember = node.confState.voters.contains(node.id) || node.confState.learners.contains(node.id)
         }
+    }
+
+    struct ReadRequest {
+        var deadline: Int
+        /// When the request was last handed to Raft (0: not yet; no leader was known).
+        var issuedAt: Int
+        var completion: @Sendable (Result<Void, any Error>) -> Void
     }
 
     private struct Inbox {
@@ -494,15 +501,12 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
                     )
                     return
                 }
-                var bytes: [UInt8] = []
-                appendBigEndian(context, to: &bytes)
-                do {
-                    try group.node.readIndex(context: bytes)
-                } catch {
-                    continuation.resume(throwing: ClusterError(.unavailable, "\(error)"))
-                    return
-                }
-                group.readRequests[context] = (self.ticks + timeoutTicks, { continuation.resume(with: $0) })
+                group.readRequests[context] = ReadRequest(
+                    deadline: self.ticks + timeoutTicks,
+                    issuedAt: 0,
+                    completion: { continuation.resume(with: $0) }
+                )
+                self.issueRead(context, in: group)
             }
         }
     }
@@ -557,7 +561,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
                 return
             }
             groups[id] = group
-            logger.info("replicating a new group", metadata: ["raft.group": "\(id)", "raft.from": "\(message.from)"])
+            logger.notice("replicating a new group", metadata: ["raft.group": "\(id)", "raft.from": "\(message.from)"])
         }
         do { try group.node.step(message) } catch {
             logger.debug("raft step refused", metadata: ["raft.group": "\(id)", "error": "\(error)"])
@@ -755,10 +759,26 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
     }
 
+    /// Hands a read to Raft; without a known leader it stays pending and is tried again on later ticks (a
+    /// node that just restarted learns its leaders within a heartbeat or an election).
+    private func issueRead(_ context: UInt64, in group: Group) {
+        var bytes: [UInt8] = []
+        appendBigEndian(context, to: &bytes)
+        guard (try? group.node.readIndex(context: bytes)) != nil else { return }
+        group.readRequests[context]?.issuedAt = max(ticks, 1)
+    }
+
     private func expireReads(_ group: Group) {
-        for (context, request) in group.readRequests where request.deadline <= ticks {
-            group.readRequests.removeValue(forKey: context)
-            request.completion(.failure(ClusterError(.unavailable, "group \(group.id) confirmed no leader in time")))
+        for (context, request) in group.readRequests {
+            if request.deadline <= ticks {
+                group.readRequests.removeValue(forKey: context)
+                request.completion(
+                    .failure(ClusterError(.unavailable, "group \(group.id) confirmed no leader in time"))
+                )
+            } else if request.issuedAt == 0 || ticks - request.issuedAt >= 10 {
+                // Not issued yet, or its answer was lost with a leader change: ask again (same context).
+                issueRead(context, in: group)
+            }
         }
     }
 
@@ -788,7 +808,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
             view = try ClusterView(records: decoded.cluster.map(StateRecord.init))
         }
         try group.machine.restore(decoded.state.map(StateRecord.init), index: snapshot.metadata.index, into: batch)
-        logger.info(
+        logger.notice(
             "installed a snapshot",
             metadata: ["raft.group": "\(group.id)", "raft.index": "\(snapshot.metadata.index)"]
         )
@@ -828,7 +848,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         failAll(group, ClusterError(.unavailable, "this node left group \(group.id)"))
         groups.removeValue(forKey: group.id)
         published.withLock { _ = $0.leaders.removeValue(forKey: group.id) }
-        logger.info("left a group; its replica here is deleted", metadata: ["raft.group": "\(group.id)"])
+        logger.notice("left a group; its replica here is deleted", metadata: ["raft.group": "\(group.id)"])
     }
 
     private func publishView() {
@@ -843,8 +863,11 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     // MARK: - Placement (on `queue`)
 
     /// Leaders move their groups toward the desired placement, one membership change at a time: add missing
-    /// replicas as learners, promote learners that caught up, then remove replicas that should not be there;
-    /// and hand leadership to a less loaded node when this one leads more than its share.
+    /// replicas as learners, promote learners that caught up, demote or remove what should not vote, and hand
+    /// leadership to a less loaded node when this one leads more than its share.
+    ///
+    /// The placement chooses each group's **voters**; every other active node holds a **learner** replica, so
+    /// that every node serves reads and delivers messages from local state. Nodes that are leaving hold nothing.
     private func reconcile() {
         guard let info = view.info else { return }
         let active = view.activeNodes
@@ -855,34 +878,39 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         for group in groups.values where group.node.softState.role == .leader {
             let count =
                 group.id == 0 ? min(Placement.maxMetadataVoters, active.count) : Int(info.replicationFactor)
-            let desired = Placement.replicas(of: group.id, among: active, count: count)
-            let changed = reconcileMembers(group, desired: desired)
+            let voters = Placement.replicas(of: group.id, among: active, count: count)
+            let changed = reconcileMembers(group, voters: voters, members: Set(active.map(\.nodeID)))
             if !changed, !transferred, ledByMe > fairShare + 1 { transferred = balanceLeader(group) }
         }
     }
 
-    private func reconcileMembers(_ group: Group, desired: [UInt64]) -> Bool {
+    private func reconcileMembers(_ group: Group, voters desired: [UInt64], members: Set<UInt64>) -> Bool {
         let conf = group.node.confState
         let progress = group.node.progress
         let lastIndex = group.node.lastIndex
+        let present = conf.voters.union(conf.learners)
         var change: ConfChange?
-        if let missing = desired.first(where: { !conf.voters.contains($0) && !conf.learners.contains($0) }) {
+        if let missing = desired.first(where: { !present.contains($0) })
+            ?? members.sorted().first(where: { !present.contains($0) })
+        {
             change = ConfChange(.addLearner, nodeID: missing)
         } else if let ready = conf.learners.sorted().first(where: {
             desired.contains($0) && (progress[$0]?.match ?? 0) + 100 >= lastIndex
         }) {
             change = ConfChange(.addNode, nodeID: ready)
         } else if desired.allSatisfy({ conf.voters.contains($0) }),
-            let extra = (conf.voters.union(conf.learners)).sorted().first(where: { !desired.contains($0) })
+            let extra = conf.voters.sorted().first(where: { !desired.contains($0) })
         {
             if extra == nodeID {
-                // Hand the group to a desired voter first; the new leader removes this node.
+                // Hand the group to a desired voter first; the new leader demotes or removes this node.
                 if let target = desired.first(where: { (progress[$0]?.match ?? 0) >= lastIndex }) {
                     try? group.node.transferLeadership(to: target)
                 }
                 return true
             }
-            change = ConfChange(.removeNode, nodeID: extra)
+            change = ConfChange(members.contains(extra) ? .addLearner : .removeNode, nodeID: extra)
+        } else if let gone = conf.learners.sorted().first(where: { !members.contains($0) }) {
+            change = ConfChange(.removeNode, nodeID: gone)
         }
         guard let change else { return false }
         do {

@@ -169,6 +169,7 @@ public final class PeerTransport: Sendable {
         defer { timer.cancel() }
         return try await withCheckedThrowingContinuation { continuation in
             pending.withLock { $0[id] = continuation }
+            connection.track(id)
             if !connection.send(frame, droppable: false) {
                 complete(id, with: .failure(PeerTransportError("too much queued for node \(connection.node)")))
             }
@@ -238,6 +239,8 @@ final class PeerConnection: Sendable {
         var queue: [ByteBuffer] = []
         var queuedBytes = 0
         var backoffMilliseconds: Int64 = 0
+        /// Requests sent over this connection and not answered yet: they fail when it closes.
+        var requests: Set<UInt64> = []
     }
 
     let node: UInt64
@@ -249,6 +252,17 @@ final class PeerConnection: Sendable {
         self.transport = transport
         self.node = node
         self.address = address
+    }
+
+    /// Remembers a request sent over this connection (answered ones are forgotten when it closes).
+    func track(_ id: UInt64) { locked.withLock { _ = $0.requests.insert(id) } }
+
+    private func failRequests(_ reason: String) {
+        let ids = locked.withLock { locked in
+            defer { locked.requests = [] }
+            return locked.requests
+        }
+        for id in ids { transport.complete(id, with: .failure(PeerTransportError(reason))) }
     }
 
     /// True while the connection is up.
@@ -358,6 +372,7 @@ final class PeerConnection: Sendable {
 
     /// The channel closed: reconnect when something is queued, else on the next send.
     func channelClosed() {
+        failRequests("the connection to node \(node) at \(address) closed")
         let reconnect = locked.withLock { locked -> Bool in
             if case .closed = locked.state { return false }
             locked.state = locked.queue.isEmpty ? .idle : .connecting
@@ -367,6 +382,7 @@ final class PeerConnection: Sendable {
     }
 
     func close() {
+        failRequests("the connection to node \(node) was closed")
         let channel = locked.withLock { locked -> (any Channel)? in
             defer {
                 locked.state = .closed

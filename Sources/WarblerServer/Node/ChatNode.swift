@@ -119,12 +119,15 @@ public final class ChatNode: Sendable {
         threadPool.start()
         let database = self.database
         let chatLimits = limits
+        var hostOptions = RaftHost<ChatGroup>.Options()
+        hostOptions.compactionEntries = configuration.cluster.compactionEntries
         host = try RaftHost(
             nodeID: nodeID,
             database: database,
             raftFamily: raftFamily,
             clusterFamily: clusterFamily,
             transport: transport,
+            options: hostOptions,
             logger: logger,
             makeMachine: { group in
                 ChatGroup(

@@ -95,6 +95,9 @@ final class NodeProcess: @unchecked Sendable {
     }
 
     /// Starts `warbler serve` and waits until it accepts connections.
+    /// Extra `serve` arguments (tuning for a test).
+    var serveArguments: [String] = []
+
     func start(join: String? = nil, region: String = "") async throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.binary)
@@ -102,7 +105,7 @@ final class NodeProcess: @unchecked Sendable {
             [
                 "serve", "--data", dataDirectory, "--port", "\(port)", "--websocket-port", "\(webSocketPort)",
                 "--peer-port", "\(peerPort)", "--node-id", "\(nodeID)", "--log-level", "notice",
-            ] + (join.map { ["--join", $0] } ?? []) + (region.isEmpty ? [] : ["--region", region])
+            ] + (join.map { ["--join", $0] } ?? []) + (region.isEmpty ? [] : ["--region", region]) + serveArguments
         if !FileManager.default.fileExists(atPath: logPath) {
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         }
@@ -128,6 +131,18 @@ final class NodeProcess: @unchecked Sendable {
         kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
         self.process = nil
+    }
+
+    /// SIGSTOP: the process freezes with its sockets open (a hung node).
+    func pause() {
+        guard let process else { return }
+        kill(process.processIdentifier, SIGSTOP)
+    }
+
+    /// SIGCONT after ``pause()``.
+    func resume() {
+        guard let process else { return }
+        kill(process.processIdentifier, SIGCONT)
     }
 
     /// SIGTERM and wait: a graceful stop.
