@@ -45,7 +45,7 @@ struct PeerTransportTests {
         let address = "127.0.0.1:\(channel.localAddress!.port!)"
         let client = try transport(2, ca: root + "/ca", loops: loops)
         client.setAddress(address, for: 1)
-        let response = try await client.request(.status(.init()), to: 1, timeout: .seconds(30))
+        let response = try await client.request(.status(.init()), to: 1, timeout: .seconds(120))
         #expect(response.status.nodeID == 1)
         #expect(response.status.clusterID == "asked by 2")
 
@@ -53,7 +53,7 @@ struct PeerTransportTests {
         try ClusterCertificates.initCA(in: root + "/other-ca")
         let stranger = try transport(3, ca: root + "/other-ca", loops: loops)
         await #expect(throws: PeerTransportError.self) {
-            _ = try await stranger.request(.status(.init()), address: address, timeout: .seconds(2))
+            _ = try await stranger.request(.status(.init()), address: address, timeout: .seconds(120))
         }
         client.shutdown()
         stranger.shutdown()
