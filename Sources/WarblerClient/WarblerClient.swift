@@ -229,11 +229,16 @@ public final class WarblerClient: Sendable {
     }
 
     /// Messages before `beforeSeq` (0 = the newest) or after `afterSeq`, ascending.
+    ///
+    /// By default the read is linearizable (it sees every message acknowledged before it was made). A non-zero
+    /// `maxStaleness` lets the node answer from its own replica when it heard from the partition's leader within
+    /// that time: faster for readers far from the leader, possibly missing the latest messages.
     public func history(
         of conversationID: String,
         before beforeSeq: UInt64 = 0,
         after afterSeq: UInt64 = 0,
-        limit: Int = 50
+        limit: Int = 50,
+        maxStaleness: Duration = .zero
     )
         async throws -> Warbler_V1_HistoryPage
     {
@@ -244,6 +249,9 @@ public final class WarblerClient: Sendable {
                     $0.beforeSeq = beforeSeq
                     $0.afterSeq = afterSeq
                     $0.limit = UInt32(limit)
+                    $0.maxStalenessMs =
+                        UInt32(clamping: maxStaleness.components.seconds * 1000)
+                        + UInt32(clamping: maxStaleness.components.attoseconds / 1_000_000_000_000_000)
                 }
             )
         )

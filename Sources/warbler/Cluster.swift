@@ -10,7 +10,7 @@ import WarblerWire
 struct Cluster: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Create and operate a cluster.",
-        subcommands: [Init.self, Status.self, Remove.self, TransferLeader.self]
+        subcommands: [Init.self, Status.self, Remove.self, TransferLeader.self, PreferRegion.self]
     )
 
     struct Init: AsyncParsableCommand {
@@ -73,6 +73,12 @@ struct Cluster: AsyncParsableCommand {
                         + pad(node.peerAddress, 23) + pad(node.clientAddress, 23) + "\(leads[node.nodeID] ?? 0)"
                 )
             }
+            if !status.preferredLeaderRegion.isEmpty {
+                let preferences = status.preferredLeaderRegion.keys.sorted().map {
+                    "\($0 == 0 ? "meta" : "\($0)")→\(status.preferredLeaderRegion[$0]!)"
+                }
+                lines += ["", "preferred leader regions: " + preferences.joined(separator: " ")]
+            }
             lines += ["", "GROUP  LEADER  TERM  COMMIT   APPLIED  VOTERS      LEARNERS  LAG (leader's view)"]
             for group in status.groups {
                 let lag = group.lag.keys.sorted().map { "\($0):\(group.lag[$0]!)" }.joined(separator: " ")
@@ -124,6 +130,36 @@ struct Cluster: AsyncParsableCommand {
             let response = try await peer.request(.transferLeader(transfer))
             if case .error(let error) = response.body { throw CommandFailure("\(error.code): \(error.message)") }
             print("asked group \(group) to hand its leadership to node \(to)")
+        }
+    }
+}
+
+extension Cluster {
+    struct PreferRegion: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "prefer-region",
+            abstract: "Keep the leaders of some groups in a region (their replicas include a node there).",
+            discussion: "Clients in that region then commit with one round trip less. An empty --region clears it."
+        )
+        @Option(help: "A group (0 = metadata, 1… = partitions); repeatable.") var group: [UInt32] = []
+        @Flag(help: "Every partition.") var allPartitions = false
+        @Option(help: "The region label, as nodes were started with --region.") var region: String
+        @OptionGroup var peer: PeerOptions
+
+        func run() async throws {
+            var groups = group
+            if allPartitions {
+                let response = try await peer.request(.status(Warbler_Peer_V1_StatusRequest()))
+                guard case .status(let status) = response.body else { throw CommandFailure("unexpected answer") }
+                groups += Array(1...max(1, status.partitionCount))
+            }
+            guard !groups.isEmpty else { throw ValidationError("give --group G or --all-partitions") }
+            var preference = Warbler_Peer_V1_SetPreferredRegion()
+            preference.groups = groups
+            preference.region = region
+            let response = try await peer.request(.setPreferredRegion(preference))
+            if case .error(let error) = response.body { throw CommandFailure("\(error.code): \(error.message)") }
+            print("leaders of \(groups.count) group(s) now prefer region '\(region)'")
         }
     }
 }

@@ -56,3 +56,28 @@ struct PlacementTests {
         #expect(Set(Placement.replicas(of: 7, among: nodes([4, 9]), count: 3)) == [4, 9])
     }
 }
+
+struct LeaderRegionTests {
+    @Test func aLeaderRegionPutsAReplicaThereAndFirst() {
+        let regions = ["eu", "eu", "us", "us", "ap", "ap"]
+        let cluster = (1...6).map { id -> NodeInfo in
+            var node = NodeInfo()
+            node.nodeID = UInt64(id)
+            node.region = regions[id - 1]
+            return node
+        }
+        func region(_ id: UInt64) -> String { regions[Int(id) - 1] }
+        for group in UInt32(0)...64 {
+            let replicas = Placement.replicas(of: group, among: cluster, count: 3, leaderRegion: "ap")
+            #expect(region(replicas[0]) == "ap")
+            #expect(Set(replicas.map(region)).count == 3)
+            let single = Placement.replicas(of: group, among: cluster, count: 1, leaderRegion: "us")
+            #expect(single.count == 1 && region(single[0]) == "us")
+        }
+        // An unknown region changes nothing.
+        #expect(
+            Placement.replicas(of: 9, among: cluster, count: 3, leaderRegion: "mars")
+                == Placement.replicas(of: 9, among: cluster, count: 3)
+        )
+    }
+}

@@ -13,9 +13,18 @@ struct ClusterTests {
 
     /// Starts node 1 (which initialises the cluster and holds the accounts), then joins the others, and waits
     /// until every group has a leader and every node as a member.
-    func cluster(size: Int = 3, users: [String], serveArguments: [String] = []) async throws -> [NodeProcess] {
+    func cluster(
+        size: Int = 3,
+        users: [String],
+        serveArguments: [String] = [],
+        regions: [String] = []
+    )
+        async throws -> [NodeProcess]
+    {
         let nodes = try (1...size).map { try NodeProcess(nodeID: UInt64($0)) }
-        for node in nodes { node.serveArguments = serveArguments }
+        for (index, node) in nodes.enumerated() {
+            node.serveArguments = serveArguments + (regions.isEmpty ? [] : ["--region", regions[index]])
+        }
         for user in users { try nodes[0].addUser(user, password: Self.password) }
         try await nodes[0].start()
         for node in nodes[1...] {
@@ -134,6 +143,9 @@ struct ClusterTests {
         }
         #expect(await bobEvents.waitForMessages(10))
         #expect(bobEvents.messages.map(\.seq) == Array(1...10))
+        // Delivered on node 3 means applied there: a bounded-stale read of node 3's replica sees it all.
+        let stale = try await bob.history(of: group.conversationID, limit: 100, maxStaleness: .seconds(5))
+        #expect(stale.messages.map(\.seq) == Array(1...10))
 
         let partition = Self.partition(of: group.conversationID)
         for round in 1...3 {
@@ -335,6 +347,33 @@ struct ClusterTests {
         try await verify(group.conversationID, on: [nodes[1], nodes[2], fourth], acknowledged: acknowledged)
         #expect(nodes[0].log.contains("left a group; its replica here is deleted"))
         for node in nodes + [fourth] { node.stop() }
+    }
+}
+
+extension ClusterTests {
+    @Test func aPartitionsLeaderMovesToItsPreferredRegion() async throws {
+        let regions = ["eu", "us", "ap"]
+        let nodes = try await cluster(users: ["ada", "bob"], regions: regions)
+        let (ada, _) = try await nodes[0].login("ada", password: Self.password)
+        let direct = try await ada.createDirect(with: "bob")
+        let partition = Self.partition(of: direct.conversationID)
+        let current = leader(of: partition, among: nodes)
+        try #require(current != 0)
+        let target = nodes.first { $0.nodeID != current }!
+        let region = regions[Int(target.nodeID) - 1]
+        try NodeProcess.cli([
+            "cluster", "prefer-region", "--group", "\(partition)", "--region", region, "--peer", nodes[0].peerAddress,
+            "--certs", nodes[0].dataDirectory + "/certs",
+        ])
+        let moved = try await eventually(seconds: 20) { leader(of: partition, among: nodes) == target.nodeID }
+        #expect(moved, "the leader of partition \(partition) did not move to region \(region)")
+        // It stays there (balancing does not move it out), and the partition keeps serving.
+        try await Task.sleep(nanoseconds: 2_500_000_000)
+        #expect(leader(of: partition, among: nodes) == target.nodeID)
+        let ack = try await ada.send(Data("hello from eu".utf8), to: direct.conversationID)
+        #expect(ack.seq == 1)
+        await ada.close()
+        for node in nodes { node.stop() }
     }
 }
 

@@ -90,6 +90,18 @@ public struct ClusterView: Sendable, Equatable {
             node.state = .leaving
             nodes[node.nodeID] = node
             batch.put(Self.nodeKey(node.nodeID), try! node.serializedBytes(), in: family)
+        case .setPreferredRegion(let preference):
+            guard var updated = info else { return "the cluster is not initialised" }
+            for group in preference.groups {
+                guard group <= updated.partitionCount else { return "group \(group) does not exist" }
+                if preference.region.isEmpty {
+                    updated.preferredLeaderRegion.removeValue(forKey: group)
+                } else {
+                    updated.preferredLeaderRegion[group] = preference.region
+                }
+            }
+            info = updated
+            batch.put(Self.infoKey, try! updated.serializedBytes(), in: family)
         case nil:
             return "empty cluster command"
         }
@@ -104,11 +116,21 @@ public enum Placement {
     /// Voters of the metadata group, at most.
     public static let maxMetadataVoters = 5
 
-    /// The desired replicas of `group`, the preferred leader first.
-    public static func replicas(of group: UInt32, among nodes: [NodeInfo], count: Int) -> [UInt64] {
+    /// The desired replicas of `group`, the preferred leader first. With a `leaderRegion` that has nodes, one
+    /// replica is in that region and comes first.
+    public static func replicas(
+        of group: UInt32,
+        among nodes: [NodeInfo],
+        count: Int,
+        leaderRegion: String = ""
+    ) -> [UInt64] {
         let ranked = nodes.sorted { score(group, $0.nodeID) > score(group, $1.nodeID) }
         var chosen: [NodeInfo] = []
         var regions = Set<String>()
+        if !leaderRegion.isEmpty, let leader = ranked.first(where: { $0.region == leaderRegion }), count > 0 {
+            chosen.append(leader)
+            regions.insert(leaderRegion)
+        }
         // One per region first, in rank order, then fill by rank.
         for node in ranked where chosen.count < count && !regions.contains(node.region) {
             chosen.append(node)
@@ -117,8 +139,13 @@ public enum Placement {
         for node in ranked where chosen.count < count && !chosen.contains(where: { $0.nodeID == node.nodeID }) {
             chosen.append(node)
         }
-        // Keep the rank order so that the first is the best-ranked (the preferred leader).
-        return ranked.filter { node in chosen.contains { $0.nodeID == node.nodeID } }.map(\.nodeID)
+        // Keep the rank order so that the first is the best-ranked (the preferred leader), except that a leader
+        // region's node comes first.
+        var ordered = ranked.filter { node in chosen.contains { $0.nodeID == node.nodeID } }
+        if !leaderRegion.isEmpty, let index = ordered.firstIndex(where: { $0.region == leaderRegion }) {
+            ordered.insert(ordered.remove(at: index), at: 0)
+        }
+        return ordered.map(\.nodeID)
     }
 
     static func score(_ group: UInt32, _ node: UInt64) -> UInt64 {

@@ -85,6 +85,8 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         var readRequests: [UInt64: ReadRequest] = [:]
         var readsAwaitingApply: [(index: UInt64, completion: @Sendable (Result<Void, any Error>) -> Void)] = []
         var wasMember: Bool
+        /// The tick at which this replica last heard from the group's leader (bounded-stale reads).
+        var leaderContactTick = -1
 
         init(id: UInt32, node: RawNode, log: RaftLogStore, machine: Machine) {
             self.id = id
@@ -511,6 +513,22 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
     }
 
+    /// Returns at once when this node's replica of `group` may serve a read that tolerates `maxStaleness`: it
+    /// leads the group, or it heard from the leader within that time. Otherwise it waits like
+    /// ``readBarrier(group:)``.
+    public func boundedStaleRead(group id: UInt32, maxStaleness: Duration) async throws {
+        let boundTicks = Int(maxStaleness / options.tickInterval)
+        let fresh = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            enqueue {
+                guard let group = self.groups[id] else { return continuation.resume(returning: false) }
+                let leads = group.node.softState.role == .leader
+                let recent = group.leaderContactTick >= 0 && self.ticks - group.leaderContactTick <= boundTicks
+                continuation.resume(returning: leads || recent)
+            }
+        }
+        if !fresh { try await readBarrier(group: id) }
+    }
+
     // MARK: - The loop (on `queue`)
 
     private func tick() {
@@ -562,6 +580,9 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
             }
             groups[id] = group
             logger.notice("replicating a new group", metadata: ["raft.group": "\(id)", "raft.from": "\(message.from)"])
+        }
+        if message.from == group.node.softState.lead, [.app, .heartbeat, .snap].contains(message.type) {
+            group.leaderContactTick = ticks
         }
         do { try group.node.step(message) } catch {
             logger.debug("raft step refused", metadata: ["raft.group": "\(id)", "error": "\(error)"])
@@ -878,8 +899,10 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         for group in groups.values where group.node.softState.role == .leader {
             let count =
                 group.id == 0 ? min(Placement.maxMetadataVoters, active.count) : Int(info.replicationFactor)
-            let voters = Placement.replicas(of: group.id, among: active, count: count)
-            let changed = reconcileMembers(group, voters: voters, members: Set(active.map(\.nodeID)))
+            let region = info.preferredLeaderRegion[group.id] ?? ""
+            let voters = Placement.replicas(of: group.id, among: active, count: count, leaderRegion: region)
+            var changed = reconcileMembers(group, voters: voters, members: Set(active.map(\.nodeID)))
+            if !changed, !region.isEmpty { changed = moveLeader(group, toRegion: region, preferred: voters[0]) }
             if !changed, !transferred, ledByMe > fairShare + 1 { transferred = balanceLeader(group) }
         }
     }
@@ -925,14 +948,27 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         return true
     }
 
+    /// Hands leadership to `preferred` when this node is outside the group's leader region and it caught up.
+    private func moveLeader(_ group: Group, toRegion region: String, preferred: UInt64) -> Bool {
+        guard view.nodes[nodeID]?.region != region, view.nodes[preferred]?.region == region,
+            group.node.confState.voters.contains(preferred),
+            (group.node.progress[preferred]?.match ?? 0) >= group.node.lastIndex
+        else { return false }
+        try? group.node.transferLeadership(to: preferred)
+        logger.info("moving a leader to its region", metadata: ["raft.group": "\(group.id)", "region": "\(region)"])
+        return true
+    }
+
     private func balanceLeader(_ group: Group) -> Bool {
         let leaders = published.withLock { $0.leaders }
         var load: [UInt64: Int] = [:]
         for leader in leaders.values where leader != 0 { load[leader, default: 0] += 1 }
         let progress = group.node.progress
         let lastIndex = group.node.lastIndex
+        let region = view.info?.preferredLeaderRegion[group.id] ?? ""
         let candidates = group.node.confState.voters.filter {
             $0 != nodeID && (progress[$0]?.match ?? 0) >= lastIndex
+                && (region.isEmpty || view.nodes[$0]?.region == region)
         }
         guard let target = candidates.min(by: { (load[$0] ?? 0, $0) < (load[$1] ?? 0, $1) }),
             (load[target] ?? 0) + 1 < (load[nodeID] ?? 0)
@@ -985,6 +1021,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
                 status.partitionCount = self.view.info?.partitionCount ?? 0
                 status.replicationFactor = self.view.info?.replicationFactor ?? 0
                 status.nodes = self.view.nodes.values.sorted { $0.nodeID < $1.nodeID }
+                status.preferredLeaderRegion = self.view.info?.preferredLeaderRegion ?? [:]
                 for group in self.groups.values.sorted(by: { $0.id < $1.id }) {
                     var record = Warbler_Peer_V1_GroupStatus()
                     record.group = group.id
@@ -1043,6 +1080,15 @@ extension RaftHost: PeerTransportDelegate {
             }
         case .status:
             response.status = await status()
+        case .setPreferredRegion(let preference):
+            do {
+                var command = ClusterCommand()
+                command.setPreferredRegion = preference
+                try await propose(command)
+                response.done = Warbler_Peer_V1_Done()
+            } catch {
+                response.error = Self.peerError(error)
+            }
         case .readIndex(let read):
             do {
                 try await readBarrier(group: read.group)

@@ -220,8 +220,14 @@ extension ChatNode {
                 return .with { $0.conversationList.conversations = list.map(ClientRecords.conversation) }
             }
         case .getHistory(let history):
-            // Linearizable: the local replica first catches up with what its partition had committed.
-            readAfterBarrier(conversation: history.conversationID, on: eventLoop, reply: reply) { [self] in
+            // Linearizable: the local replica first catches up with what its partition had committed; or, when
+            // the client accepts it, bounded-stale from the local replica.
+            readAfterBarrier(
+                conversation: history.conversationID,
+                maxStalenessMilliseconds: history.maxStalenessMs,
+                on: eventLoop,
+                reply: reply
+            ) { [self] in
                 guard try queries.conversation(id: history.conversationID, member: user) != nil else {
                     throw WireError(.conversationNotFound, "no conversation \(history.conversationID)")
                 }
@@ -281,6 +287,7 @@ extension ChatNode {
     /// Waits for the conversation's partition to confirm this replica is current (ReadIndex), then reads.
     private func readAfterBarrier(
         conversation: String,
+        maxStalenessMilliseconds: UInt32 = 0,
         on eventLoop: any EventLoop,
         reply: @escaping Reply,
         _ body: @escaping @Sendable () throws -> Warbler_V1_ServerFrame?
@@ -291,7 +298,11 @@ extension ChatNode {
         }
         Task { [self] in
             do {
-                try await host.readBarrier(group: group)
+                if maxStalenessMilliseconds > 0 {
+                    try await host.boundedStaleRead(group: group, maxStaleness: .milliseconds(maxStalenessMilliseconds))
+                } else {
+                    try await host.readBarrier(group: group)
+                }
             } catch {
                 return reply(.failure(WireError(.unavailable, "cannot confirm a current read now: \(error)")))
             }

@@ -745,6 +745,11 @@ public nonisolated struct Warbler_V1_GetHistory: Sendable {
   /// 1 to 500; 0 means 50
   public var limit: UInt32 = 0
 
+  /// 0: a linearizable read (the node's replica first catches up with its partition's commit index). Above 0:
+  /// the node may answer from its replica without asking the leader when it heard from the partition's leader
+  /// within this many milliseconds (for readers far from the leader, e.g. in another region).
+  public var maxStalenessMs: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -2308,7 +2313,7 @@ nonisolated extension Warbler_V1_ChatMessage: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Warbler_V1_GetHistory: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GetHistory"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}conversation_id\0\u{3}before_seq\0\u{3}after_seq\0\u{1}limit\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}conversation_id\0\u{3}before_seq\0\u{3}after_seq\0\u{1}limit\0\u{3}max_staleness_ms\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2320,6 +2325,7 @@ nonisolated extension Warbler_V1_GetHistory: SwiftProtobuf.Message, SwiftProtobu
       case 2: try { try decoder.decodeSingularUInt64Field(value: &self.beforeSeq) }()
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.afterSeq) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.limit) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.maxStalenessMs) }()
       default: break
       }
     }
@@ -2338,6 +2344,9 @@ nonisolated extension Warbler_V1_GetHistory: SwiftProtobuf.Message, SwiftProtobu
     if self.limit != 0 {
       try visitor.visitSingularUInt32Field(value: self.limit, fieldNumber: 4)
     }
+    if self.maxStalenessMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.maxStalenessMs, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2346,6 +2355,7 @@ nonisolated extension Warbler_V1_GetHistory: SwiftProtobuf.Message, SwiftProtobu
     if lhs.beforeSeq != rhs.beforeSeq {return false}
     if lhs.afterSeq != rhs.afterSeq {return false}
     if lhs.limit != rhs.limit {return false}
+    if lhs.maxStalenessMs != rhs.maxStalenessMs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

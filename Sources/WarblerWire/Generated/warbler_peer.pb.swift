@@ -237,6 +237,14 @@ public nonisolated struct Warbler_Peer_V1_Request: Sendable {
     set {body = .readIndex(newValue)}
   }
 
+  public var setPreferredRegion: Warbler_Peer_V1_SetPreferredRegion {
+    get {
+      if case .setPreferredRegion(let v)? = body {return v}
+      return Warbler_Peer_V1_SetPreferredRegion()
+    }
+    set {body = .setPreferredRegion(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -246,6 +254,7 @@ public nonisolated struct Warbler_Peer_V1_Request: Sendable {
     case removeNode(Warbler_Peer_V1_RemoveNode)
     case transferLeader(Warbler_Peer_V1_TransferLeader)
     case readIndex(Warbler_Peer_V1_ReadIndex)
+    case setPreferredRegion(Warbler_Peer_V1_SetPreferredRegion)
 
   }
 
@@ -513,6 +522,8 @@ public nonisolated struct Warbler_Peer_V1_ClusterStatus: Sendable {
   /// as the answering node sees them (leaders report lag)
   public var groups: [Warbler_Peer_V1_GroupStatus] = []
 
+  public var preferredLeaderRegion: Dictionary<UInt32,String> = [:]
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -569,14 +580,38 @@ public nonisolated struct Warbler_Peer_V1_ClusterCommand: Sendable {
     set {body = .init_p(newValue)}
   }
 
+  public var setPreferredRegion: Warbler_Peer_V1_SetPreferredRegion {
+    get {
+      if case .setPreferredRegion(let v)? = body {return v}
+      return Warbler_Peer_V1_SetPreferredRegion()
+    }
+    set {body = .setPreferredRegion(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
     case addNode(Warbler_Peer_V1_Join)
     case removeNode(Warbler_Peer_V1_RemoveNode)
     case init_p(Warbler_Peer_V1_ClusterInfo)
+    case setPreferredRegion(Warbler_Peer_V1_SetPreferredRegion)
 
   }
+
+  public init() {}
+}
+
+/// Leaders of `group` should be in `region` (empty: no preference). Group 0 is the metadata group.
+public nonisolated struct Warbler_Peer_V1_SetPreferredRegion: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var groups: [UInt32] = []
+
+  public var region: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
@@ -870,7 +905,7 @@ nonisolated extension Warbler_Peer_V1_GroupMessage: SwiftProtobuf.Message, Swift
 
 nonisolated extension Warbler_Peer_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}propose\0\u{1}join\0\u{1}status\0\u{3}remove_node\0\u{3}transfer_leader\0\u{3}read_index\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}propose\0\u{1}join\0\u{1}status\0\u{3}remove_node\0\u{3}transfer_leader\0\u{3}read_index\0\u{3}set_preferred_region\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -957,6 +992,19 @@ nonisolated extension Warbler_Peer_V1_Request: SwiftProtobuf.Message, SwiftProto
           self.body = .readIndex(v)
         }
       }()
+      case 8: try {
+        var v: Warbler_Peer_V1_SetPreferredRegion?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .setPreferredRegion(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .setPreferredRegion(v)
+        }
+      }()
       default: break
       }
     }
@@ -994,6 +1042,10 @@ nonisolated extension Warbler_Peer_V1_Request: SwiftProtobuf.Message, SwiftProto
     case .readIndex?: try {
       guard case .readIndex(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+    }()
+    case .setPreferredRegion?: try {
+      guard case .setPreferredRegion(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
     }()
     case nil: break
     }
@@ -1520,7 +1572,7 @@ nonisolated extension Warbler_Peer_V1_GroupStatus: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Warbler_Peer_V1_ClusterStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ClusterStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}cluster_id\0\u{3}node_id\0\u{3}partition_count\0\u{3}replication_factor\0\u{1}nodes\0\u{1}groups\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}cluster_id\0\u{3}node_id\0\u{3}partition_count\0\u{3}replication_factor\0\u{1}nodes\0\u{1}groups\0\u{3}preferred_leader_region\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1534,6 +1586,7 @@ nonisolated extension Warbler_Peer_V1_ClusterStatus: SwiftProtobuf.Message, Swif
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.replicationFactor) }()
       case 5: try { try decoder.decodeRepeatedMessageField(value: &self.nodes) }()
       case 6: try { try decoder.decodeRepeatedMessageField(value: &self.groups) }()
+      case 7: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufUInt32,SwiftProtobuf.ProtobufString>.self, value: &self.preferredLeaderRegion) }()
       default: break
       }
     }
@@ -1558,6 +1611,9 @@ nonisolated extension Warbler_Peer_V1_ClusterStatus: SwiftProtobuf.Message, Swif
     if !self.groups.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.groups, fieldNumber: 6)
     }
+    if !self.preferredLeaderRegion.isEmpty {
+      try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufUInt32,SwiftProtobuf.ProtobufString>.self, value: self.preferredLeaderRegion, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1568,6 +1624,7 @@ nonisolated extension Warbler_Peer_V1_ClusterStatus: SwiftProtobuf.Message, Swif
     if lhs.replicationFactor != rhs.replicationFactor {return false}
     if lhs.nodes != rhs.nodes {return false}
     if lhs.groups != rhs.groups {return false}
+    if lhs.preferredLeaderRegion != rhs.preferredLeaderRegion {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1620,7 +1677,7 @@ nonisolated extension Warbler_Peer_V1_ClusterInfo: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Warbler_Peer_V1_ClusterCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ClusterCommand"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}add_node\0\u{3}remove_node\0\u{1}init\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}add_node\0\u{3}remove_node\0\u{1}init\0\u{3}set_preferred_region\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1667,6 +1724,19 @@ nonisolated extension Warbler_Peer_V1_ClusterCommand: SwiftProtobuf.Message, Swi
           self.body = .init_p(v)
         }
       }()
+      case 4: try {
+        var v: Warbler_Peer_V1_SetPreferredRegion?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .setPreferredRegion(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .setPreferredRegion(v)
+        }
+      }()
       default: break
       }
     }
@@ -1690,6 +1760,10 @@ nonisolated extension Warbler_Peer_V1_ClusterCommand: SwiftProtobuf.Message, Swi
       guard case .init_p(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
     }()
+    case .setPreferredRegion?: try {
+      guard case .setPreferredRegion(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -1697,6 +1771,41 @@ nonisolated extension Warbler_Peer_V1_ClusterCommand: SwiftProtobuf.Message, Swi
 
   public static func ==(lhs: Warbler_Peer_V1_ClusterCommand, rhs: Warbler_Peer_V1_ClusterCommand) -> Bool {
     if lhs.body != rhs.body {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Warbler_Peer_V1_SetPreferredRegion: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SetPreferredRegion"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}groups\0\u{1}region\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedUInt32Field(value: &self.groups) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.region) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.groups.isEmpty {
+      try visitor.visitPackedUInt32Field(value: self.groups, fieldNumber: 1)
+    }
+    if !self.region.isEmpty {
+      try visitor.visitSingularStringField(value: self.region, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Warbler_Peer_V1_SetPreferredRegion, rhs: Warbler_Peer_V1_SetPreferredRegion) -> Bool {
+    if lhs.groups != rhs.groups {return false}
+    if lhs.region != rhs.region {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
