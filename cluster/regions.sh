@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Three "regions" on one machine: network namespaces joined by a bridge, with tc netem delays between them,
-# and a Warbler cluster across them (one node per region, or 5 nodes: 2+2+1). Needs root (ip netns, tc).
+# Three "regions" on one machine: network namespaces joined by a bridge, with delays between them, and a
+# Warbler cluster across them (one node per region, or 5 nodes: 2+2+1). Needs root (ip netns) and python3.
+# The delays come from cluster/delay-proxy.py on every peer path: this VM's kernel has no sch_netem.
 #
 #   cluster/regions.sh up [3|5]     # namespaces, delays, nodes (node 1 initialises, the others join)
 #   cluster/regions.sh status       # warbler cluster status from node 1
@@ -9,8 +10,8 @@
 #   cluster/regions.sh chaos [S]    # S seconds of kill -9 / SIGSTOP / isolation under a verified load
 #   cluster/regions.sh down         # stops the nodes, deletes namespaces and bridge (data stays in cluster/.regions)
 #
-# Round trips: eu<->us 40 ms, eu<->ap 90 ms, us<->ap 150 ms (half each way, on the sender's interface).
-# Node i: namespace wnI, address 10.77.0.I, clients :7400, peers :7500, region eu/us/ap.
+# Round trips: eu<->us 40 ms, eu<->ap 90 ms, us<->ap 150 ms (half each way, on every peer connection).
+# Node i: namespace wnI, clients 10.77.0.I:7400, peers advertised 10.77.0.I:7500 (listener 10.78.0.I:7500).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${WARBLER:-$ROOT/.build/release/warbler}"
@@ -32,21 +33,24 @@ network() {
     ip netns add "wn$i"
     ip link add "wn$i-br" type veth peer name eth0 netns "wn$i"
     ip link set "wn$i-br" master "$BRIDGE" up
-    ip -n "wn$i" addr add "10.77.0.$i/24" dev eth0
+    ip -n "wn$i" addr add "10.77.0.$i/24" dev eth0   # clients, and the address other nodes dial
+    ip -n "wn$i" addr add "10.78.0.$i/24" dev eth0   # where the node's peer listener really is
     ip -n "wn$i" link set eth0 up
     ip -n "wn$i" link set lo up
+    # Answer ARP only for addresses on the asking interface: the proxy aliases on lo must not attract traffic.
+    ip netns exec "wn$i" sh -c 'echo 1 >/proc/sys/net/ipv4/conf/all/arp_ignore; echo 2 >/proc/sys/net/ipv4/conf/all/arp_announce' 
   done
-  # Per-destination delays: band 1 (no delay) by default, one netem band per other node.
+  # Delays: inside namespace i, every other node's advertised peer address 10.77.0.j:7500 is a local delay proxy
+  # to its real listener 10.78.0.j:7500 (this VM's kernel has no sch_netem, so tc netem cannot add them).
   for i in $(seq 1 "$count"); do
-    ip netns exec "wn$i" tc qdisc add dev eth0 root handle 1: prio bands 8 priomap 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0
     for j in $(seq 1 "$count"); do
       [ "$i" = "$j" ] && continue
       local from="${REGION[$i]}" to="${REGION[$j]}" ms=0
       [ "$from" != "$to" ] && ms="${DELAY[$from-$to]}"
-      [ "$ms" = 0 ] && continue
-      ip netns exec "wn$i" tc qdisc add dev eth0 parent "1:$((j + 1))" handle "$((j + 1))0:" netem delay "${ms}ms"
-      ip netns exec "wn$i" tc filter add dev eth0 parent 1: protocol ip u32 match ip dst "10.77.0.$j/32" \
-        flowid "1:$((j + 1))"
+      ip -n "wn$i" addr add "10.77.0.$j/32" dev lo
+      ip netns exec "wn$i" python3 "$ROOT/cluster/delay-proxy.py" "10.77.0.$j:7500" "10.78.0.$j:7500" "$ms" \
+        >>"$DIR/proxies.log" 2>&1 &
+      echo $! >>"$DIR/proxies.pid"
     done
   done
 }
@@ -56,14 +60,14 @@ start_node() {
   if [ "$i" -gt 1 ]; then
     [ -f "$data/certs/node.pem" ] || "$BIN" cert issue --node "$i" --ca "$DIR/n1/ca" --out "$data/certs" \
       --host "10.77.0.$i" >/dev/null
-    [ -d "$data/db" ] || join=(--join 10.77.0.1:7500)
+    [ -d "$data/db" ] || join=(--join 10.78.0.1:7500)
   elif [ ! -d "$data/db" ]; then
     for user in $(seq 0 7 | sed 's/^/bench-/') bench-sink; do
       echo "bench-password-not-secret" | "$BIN" user add "$user" --data "$data" >/dev/null
     done
   fi
-  ip netns exec "wn$i" "$BIN" serve --data "$data" --node-id "$i" --host "10.77.0.$i" --region "${REGION[$i]}" \
-    "${join[@]}" >>"$DIR/n$i.log" 2>&1 &
+  ip netns exec "wn$i" "$BIN" serve --data "$data" --node-id "$i" --host "10.77.0.$i" --peer-host "10.78.0.$i" \
+    --region "${REGION[$i]}" "${join[@]}" >>"$DIR/n$i.log" 2>&1 &
   echo $! >"$DIR/n$i.pid"
 }
 
@@ -87,7 +91,7 @@ chaos() {
   local seconds="${1:-60}" count targets="" pid
   count="$(nodes)"
   for i in $(seq 1 "$count"); do targets="$targets${targets:+,}10.77.0.$i:7400"; done
-  sleep 5
+  wait_formed "$count"
   "$BENCH" --target "$targets" --senders 8 --window 1 --seconds "$seconds" --verify &
   pid=$!
   local deadline=$((SECONDS + seconds))
@@ -105,7 +109,26 @@ chaos() {
   wait "$pid"
 }
 
-status() { ip netns exec wn1 "$BIN" cluster status --peer 10.77.0.1:7500 --certs "$DIR/n1/certs" "$@"; }
+# Waits until every group has a leader and all N nodes as members.
+wait_formed() {
+  local count="$1"
+  for _ in $(seq 1 120); do
+    if status --json 2>/dev/null | python3 -c '
+import json, sys
+status = json.load(sys.stdin)
+groups = status.get("groups", [])
+ok = len(groups) > 1 and all(g.get("leader") and len(g.get("voters", []) + g.get("learners", [])) == int(sys.argv[1]) for g in groups)
+sys.exit(0 if ok else 1)' "$count"; then
+      echo "the cluster has formed"
+      return 0
+    fi
+    sleep 1
+  done
+  echo "the cluster did not form" >&2
+  return 1
+}
+
+status() { ip netns exec wn1 "$BIN" cluster status --peer 10.78.0.1:7500 --certs "$DIR/n1/certs" "$@"; }
 
 measure() {
   for i in $(seq 1 "$(nodes)"); do
@@ -123,8 +146,15 @@ down() {
     kill "$(cat "$pidfile")" 2>/dev/null || true
     rm -f "$pidfile"
   done
+  if [ -f "$DIR/proxies.pid" ]; then
+    while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$DIR/proxies.pid"
+    rm -f "$DIR/proxies.pid"
+  fi
   sleep 1
-  for i in 1 2 3 4 5; do ip netns del "wn$i" 2>/dev/null || true; done
+  for i in 1 2 3 4 5; do
+    ip netns del "wn$i" 2>/dev/null || true
+    ip link del "wn$i-br" 2>/dev/null || true
+  done
   ip link del "$BRIDGE" 2>/dev/null || true
 }
 

@@ -194,6 +194,7 @@ struct NodeOptions: ParsableArguments {
     @Option(help: "Client TCP port.") var port = 7400
     @Option(help: "WebSocket port (ws://HOST:PORT/v1).") var websocketPort = 7401
     @Option(help: "Peer (Raft, mutual TLS) port.") var peerPort = 7500
+    @Option(help: "Address the peer listener binds (default: --host).") var peerHost: String?
     @Option(help: "This node's id at first start (afterwards the data directory's).") var nodeId: UInt64 = 1
     @Option(help: "The host other nodes and clients reach this node at (default: --host).") var advertise: String?
     @Option(help: "Region label; replicas spread over regions.") var region = ""
@@ -207,6 +208,7 @@ struct NodeOptions: ParsableArguments {
         configuration.network.webSocketPort = websocketPort
         configuration.nodeID = nodeId
         configuration.cluster.peerPort = peerPort
+        configuration.cluster.peerHost = peerHost
         configuration.cluster.advertiseHost = advertise
         configuration.cluster.region = region
         configuration.cluster.certificateDirectory = certs

@@ -75,6 +75,52 @@ struct RaftLogStoreTests {
         #expect(try log.term(at: 3) == 2)
     }
 
+    /// The in-memory entry cache answers exactly what the disk holds: through appends, conflicting tails that
+    /// replace cached entries, appends larger than the cache, and compaction.
+    @Test func theEntryCacheAgreesWithTheDisk() throws {
+        let path = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let (database, family) = try open(path)
+        let log = try RaftLogStore(database: database, family: family, group: 3)
+        func check() throws {
+            let reopened = try RaftLogStore(database: database, family: family, group: 3)
+            let first = try log.firstIndex()
+            let last = try log.lastIndex()
+            #expect(try reopened.lastIndex() == last)
+            for low in stride(from: first, through: last, by: UInt64.Stride(max(1, (last - first) / 7))) {
+                let cached = try log.entries(from: low, to: last + 1, maxSize: .max)
+                #expect(cached == (try reopened.entries(from: low, to: last + 1, maxSize: .max)))
+                #expect(cached.first?.index == low && cached.last?.index == last)
+            }
+            #expect(try log.entries(from: first, to: last + 1, maxSize: 0).count == 1)
+        }
+        let batch = WriteBatch()
+        try log.bootstrap(ConfState(voters: [1, 2, 3]), into: batch)
+        log.stage(entries: entries(2...40, term: 2), into: batch)
+        try database.write(batch, sync: true)
+        try check()
+        // A new leader's entries replace a cached tail.
+        let replace = WriteBatch()
+        log.stage(entries: entries(30...35, term: 3), into: replace)
+        try database.write(replace, sync: true)
+        try check()
+        #expect(try log.entries(from: 30, to: 31, maxSize: .max).first?.term == 3)
+        // More than the cache holds (payloads of 64 KiB): older entries come from disk.
+        let big = WriteBatch()
+        let payload = [UInt8](repeating: 7, count: 64 << 10)
+        log.stage(
+            entries: (36...140).map { Entry(term: 3, index: $0, data: payload + Array("\($0)".utf8)) },
+            into: big
+        )
+        log.stage(hardState: HardState(term: 3, vote: 1, commit: 140), into: big)
+        try database.write(big, sync: true)
+        try check()
+        let compact = WriteBatch()
+        try log.stageCompaction(at: 100, confState: ConfState(voters: [1, 2, 3]), data: [], into: compact)
+        try database.write(compact, sync: true)
+        try check()
+    }
+
     @Test func compactionFreesEntriesAndSurvivesReopening() throws {
         let path = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: path) }

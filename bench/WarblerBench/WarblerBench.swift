@@ -102,9 +102,10 @@ struct WarblerBench: AsyncParsableCommand {
                                     with: client
                                 )
                                 acknowledged.record(conversation: conversation, seq: ack.seq, payload: unique)
-                                continue
+                            } else {
+                                _ = try await client.send(body, to: conversation)
                             }
-                            _ = try await client.send(body, to: conversation)
+                            // In verify mode: the latency until acknowledged, retries included.
                             let acked = Date()
                             if sent >= warmUpEnd && acked <= end {
                                 recorder.record(microseconds: UInt64(acked.timeIntervalSince(sent) * 1_000_000))

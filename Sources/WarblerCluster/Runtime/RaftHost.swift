@@ -682,7 +682,10 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
                     group.log.stage(confState: conf, into: batch)
                 }
                 for (entry, outcome) in zip(application, outcomes) { results[entry.index] = .application(outcome) }
-                sync = sync || ready.mustSync || !ready.committedEntries.isEmpty || ready.snapshot != nil
+                // Only new entries, a new term or vote, and snapshots must be synced before anything is sent or
+                // acknowledged. Applying committed entries need not be: they are already durable on a quorum's
+                // logs, and after a crash the state is rebuilt by replaying them from the stored applied index.
+                sync = sync || ready.mustSync || ready.snapshot != nil
                 prepared.append(
                     Prepared(group: group, ready: ready, results: results, outcomes: outcomes, viewChanged: viewChanged)
                 )

@@ -372,8 +372,19 @@ extension ChatNode {
             }
         }
         if host.leader(of: group) == nodeID {
-            // The common single-node case: no task, straight into the scheduler's next round.
-            host.submitLocally(data, to: group, completion: complete)
+            // The common case on a partition's leader: no task, straight into the scheduler's next round. When
+            // leadership just moved (nothing was appended), route it like any other proposal.
+            host.submitLocally(data, to: group) { [host] result in
+                if case .failure(let error as ClusterError) = result, error.code == .unavailable {
+                    Task {
+                        do { complete(.success(try await host.propose(data, to: group))) } catch {
+                            complete(.failure(error))
+                        }
+                    }
+                } else {
+                    complete(result)
+                }
+            }
         } else {
             Task { [host] in
                 do { complete(.success(try await host.propose(data, to: group))) } catch { complete(.failure(error)) }

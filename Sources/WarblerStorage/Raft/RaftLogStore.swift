@@ -17,6 +17,13 @@ public final class RaftLogStore: RaftStorage {
     private var snap: Snapshot
     /// The membership as of the applied index, when a change was applied after the snapshot.
     private var appliedConfState: ConfState?
+    /// The newest entries, contiguous and ending at the last index: a leader replicates what it just appended
+    /// without reading it back from RocksDB. Bounded by ``entryCacheBytes``.
+    private var cache: [Entry] = []
+    private var cacheStart = 0
+    private var cacheBytes = 0
+    /// The most payload bytes the entry cache keeps per group.
+    public static let entryCacheBytes = 4 << 20
     /// `terms[i]` is the term of the entry at `snapshotIndex + i`; `terms[0]` is the snapshot's term.
     private var terms: [UInt64]
 
@@ -107,6 +114,7 @@ public final class RaftLogStore: RaftStorage {
         batch.delete(RaftLogKeys.hardState(group: group), in: family)
         batch.delete(RaftLogKeys.snapshot(group: group), in: family)
         batch.delete(RaftLogKeys.confState(group: group), in: family)
+        cacheClear()
     }
 
     /// True when the group has no state at all (never bootstrapped, never received a snapshot).
@@ -137,6 +145,16 @@ public final class RaftLogStore: RaftStorage {
             )
         }
         if low >= high { return [] }
+        if let cachedFirst = cache[cacheStart...].first?.index, low >= cachedFirst {
+            var result: [Entry] = []
+            var size = 0
+            for entry in cache[(cacheStart + Int(low - cachedFirst))..<(cacheStart + Int(high - cachedFirst))] {
+                size += entry.payloadSize
+                if !result.isEmpty && size > maxSize { break }
+                result.append(entry)
+            }
+            return result
+        }
         do {
             let rows = try database.scan(
                 in: family,
@@ -207,6 +225,47 @@ public final class RaftLogStore: RaftStorage {
             batch.put(RaftLogKeys.entry(group: group, index: entry.index), RaftRecordCodec.encode(entry), in: family)
             terms.append(entry.term)
         }
+        cacheAppend(incoming)
+    }
+
+    private func cacheAppend(_ incoming: ArraySlice<Entry>) {
+        guard let start = incoming.first?.index else { return }
+        if let cachedFirst = cache[cacheStart...].first?.index, start >= cachedFirst,
+            start <= cachedFirst + UInt64(cache.count - cacheStart)
+        {
+            // Drop a conflicting tail, then append.
+            let keep = cacheStart + Int(start - cachedFirst)
+            for entry in cache[keep...] { cacheBytes -= entry.payloadSize + 64 }
+            cache.removeSubrange(keep...)
+        } else {
+            cacheClear()
+        }
+        for entry in incoming {
+            cache.append(entry)
+            cacheBytes += entry.payloadSize + 64
+        }
+        while cacheBytes > Self.entryCacheBytes, cacheStart < cache.count - 1 {
+            cacheBytes -= cache[cacheStart].payloadSize + 64
+            cacheStart += 1
+        }
+        if cacheStart > 1024 && cacheStart > cache.count / 2 {
+            cache.removeFirst(cacheStart)
+            cacheStart = 0
+        }
+    }
+
+    private func cacheClear() {
+        cache = []
+        cacheStart = 0
+        cacheBytes = 0
+    }
+
+    /// Forgets cached entries up to `index` (compacted).
+    private func cacheDrop(through index: UInt64) {
+        while let first = cache[cacheStart...].first, first.index <= index {
+            cacheBytes -= first.payloadSize + 64
+            cacheStart += 1
+        }
     }
 
     /// Stages the hard state.
@@ -225,6 +284,7 @@ public final class RaftLogStore: RaftStorage {
         batch.put(RaftLogKeys.snapshot(group: group), RaftRecordCodec.encode(snapshot), in: family)
         batch.delete(RaftLogKeys.confState(group: group), in: family)
         appliedConfState = nil
+        cacheClear()
         snap = snapshot
         terms = [snapshot.metadata.term]
     }
@@ -252,6 +312,7 @@ public final class RaftLogStore: RaftStorage {
         let snapshot = Snapshot(data: data, metadata: SnapshotMetadata(index: index, term: term, confState: confState))
         batch.put(RaftLogKeys.snapshot(group: group), RaftRecordCodec.encode(snapshot), in: family)
         terms.removeFirst(Int(index - base))
+        cacheDrop(through: index)
         snap = snapshot
     }
 }
