@@ -79,6 +79,8 @@ struct Cluster: AsyncParsableCommand {
                 }
                 lines += ["", "preferred leader regions: " + preferences.joined(separator: " ")]
             }
+            let quiet = status.groups.filter(\.quiet).count
+            lines += ["", "\(quiet) of \(status.groups.count) groups are quiet (idle: no heartbeats, no ticks)"]
             lines += ["", "GROUP  LEADER  TERM  COMMIT   APPLIED  VOTERS      LEARNERS  LAG (leader's view)"]
             for group in status.groups {
                 let lag = group.lag.keys.sorted().map { "\($0):\(group.lag[$0]!)" }.joined(separator: " ")

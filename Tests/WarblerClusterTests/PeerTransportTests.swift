@@ -14,6 +14,8 @@ final class EchoDelegate: PeerTransportDelegate {
 
     func peerTransport(received batch: RaftBatchRecord, from node: UInt64) { received.withLock { $0.append(node) } }
 
+    func peerTransport(lost node: UInt64) {}
+
     func peerTransport(handle request: PeerRequest, from node: UInt64) async -> PeerResponse {
         var response = PeerResponse()
         response.status.nodeID = nodeID

@@ -143,6 +143,11 @@ struct ClusterTests {
         }
         #expect(await bobEvents.waitForMessages(10))
         #expect(bobEvents.messages.map(\.seq) == Array(1...10))
+        // Idle groups go quiet on every node (no per-group heartbeats), and a busy one wakes up.
+        let quiet = try await eventually(seconds: 15) {
+            try nodes.allSatisfy { node in try node.clusterStatus().groups.filter(\.quiet).count >= 60 }
+        }
+        #expect(quiet, "idle groups did not go quiet")
         // Delivered on node 3 means applied there: a bounded-stale read of node 3's replica sees it all.
         let stale = try await bob.history(of: group.conversationID, limit: 100, maxStaleness: .seconds(5))
         #expect(stale.messages.map(\.seq) == Array(1...10))

@@ -61,6 +61,11 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         public var requestTimeout: Duration = .seconds(5)
         /// Compact a group's log (snapshot of its state) once this many applied entries follow the last one.
         public var compactionEntries: UInt64 = 20_000
+        /// Idle groups go quiet: a leader with nothing in flight stops ticking and heartbeating, and followers
+        /// stop ticking while the leader's node is alive (its one liveness frame per tick).
+        public var quiesce = true
+        /// A peer not heard from for this many ticks (or whose connection closed) is considered down.
+        public var livenessTicks = 3
         public init() {}
     }
 
@@ -87,6 +92,12 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         var wasMember: Bool
         /// The tick at which this replica last heard from the group's leader (bounded-stale reads).
         var leaderContactTick = -1
+        /// The incarnation of the leader's node when this replica last heard from the leader.
+        var leaderIncarnation: UInt64 = 0
+        /// Consecutive ticks this leader had nothing in flight; from 3 on, the group is quiet.
+        var quietTicks = 0
+        /// This follower stopped ticking because its leader's node is alive.
+        var suspended = false
 
         init(id: UInt32, node: RawNode, log: RaftLogStore, machine: Machine) {
             self.id = id
@@ -127,6 +138,10 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     private let syncedBatches = Atomic<Int>(0)
     private let appliedEntries = Atomic<Int>(0)
     private let readContext = Atomic<UInt64>(1)
+    /// Per peer: its incarnation and when a frame last arrived from it (written on event loops).
+    private let liveness = Mutex<[UInt64: (incarnation: UInt64, heard: ContinuousClock.Instant)]>([:])
+    /// This process's incarnation, sent in every Raft batch.
+    let incarnation = UInt64(Date().timeIntervalSince1970 * 1000)
 
     // Confined to `queue`.
     private var groups: [UInt32: Group] = [:]
@@ -466,6 +481,8 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
 
     /// Raft messages from a peer.
     func receive(_ batch: RaftBatchRecord, from peer: UInt64) {
+        let now = ContinuousClock.now
+        liveness.withLock { $0[peer] = (batch.incarnation, now) }
         var decoded: [(UInt32, Message)] = []
         decoded.reserveCapacity(batch.messages.count)
         for record in batch.messages {
@@ -533,12 +550,87 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
 
     private func tick() {
         ticks += 1
+        let live = liveness.withLock { $0 }
+        let now = ContinuousClock.now
+        let window = options.tickInterval * options.livenessTicks
         for group in groups.values {
-            group.node.tick()
+            for _ in 0..<ticksDue(group, live: live, now: now, window: window) { group.node.tick() }
             expireReads(group)
         }
         if ticks % options.reconcileTicks == 0 { reconcile() }
+        if options.quiesce, let transport, ticks % options.electionTicks == 0 { wakeLeaderlessLearners(transport) }
+        if options.quiesce, let transport {
+            // One liveness frame per peer per tick (Raft messages of this round go in their own frames).
+            var ping = RaftBatchRecord()
+            ping.incarnation = incarnation
+            for node in view.nodes.keys where node != nodeID && view.nodes[node]?.state != .removed {
+                transport.send(ping, to: node)
+            }
+        }
         runRound()
+    }
+
+    /// Quiescence: how many times to tick `group` now. A leader with nothing in flight for 3 ticks stops
+    /// ticking (no heartbeats); a follower does not tick while its leader's node is alive and has not restarted
+    /// — the node's liveness frames stand in for the group's heartbeats. When a suspended follower's leader goes
+    /// silent, it catches up the ticks since the leader was last heard, so an election starts as soon as it would
+    /// have without quiescence.
+    private func ticksDue(
+        _ group: Group,
+        live: [UInt64: (incarnation: UInt64, heard: ContinuousClock.Instant)],
+        now: ContinuousClock.Instant,
+        window: Duration
+    ) -> Int {
+        guard options.quiesce else { return 1 }
+        let soft = group.node.softState
+        if soft.role == .leader {
+            group.suspended = false
+            group.quietTicks = isQuiet(group) ? group.quietTicks + 1 : 0
+            return group.quietTicks < 3 ? 1 : 0
+        }
+        guard soft.role == .follower, soft.lead != noneNode, soft.lead != nodeID else {
+            group.suspended = false
+            return 1
+        }
+        let peer = live[soft.lead]
+        if let peer, now - peer.heard < window, peer.incarnation == group.leaderIncarnation {
+            group.suspended = true
+            return 0
+        }
+        guard group.suspended else { return 1 }
+        group.suspended = false
+        let silent = peer.map { Int((now - $0.heard) / options.tickInterval) } ?? options.livenessTicks
+        return 1 + min(max(silent - 1, 0), options.electionTicks - 1)
+    }
+
+    /// A learner never campaigns, so one that restarted into a quiet group would not learn its leader until the
+    /// group is busy again. It asks the voters for a read barrier instead: that wakes the leader, whose
+    /// heartbeats then reach the learner.
+    private func wakeLeaderlessLearners(_ transport: PeerTransport) {
+        for group in groups.values
+        where group.node.softState.lead == noneNode && group.node.confState.learners.contains(nodeID) {
+            var read = Warbler_Peer_V1_ReadIndex()
+            read.group = group.id
+            let request = PeerRequest.OneOf_Body.readIndex(read)
+            for voter in group.node.confState.voters {
+                Task { [request] in _ = try? await transport.request(request, to: voter, timeout: .seconds(2)) }
+            }
+        }
+    }
+
+    private func isQuiet(_ group: Group) -> Bool {
+        let node = group.node
+        guard group.waiting.isEmpty, group.readRequests.isEmpty, group.readsAwaitingApply.isEmpty,
+            node.leadTransferee == noneNode, node.hardState.commit == node.lastIndex,
+            node.appliedIndex == node.lastIndex
+        else { return false }
+        let last = node.lastIndex
+        return node.progress.values.allSatisfy { $0.match == last }
+    }
+
+    /// A peer's connection closed: its groups' followers stop relying on its liveness at once.
+    func lost(_ peer: UInt64) {
+        liveness.withLock { _ = $0.removeValue(forKey: peer) }
     }
 
     private func runRound() {
@@ -583,6 +675,14 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
         if message.from == group.node.softState.lead, [.app, .heartbeat, .snap].contains(message.type) {
             group.leaderContactTick = ticks
+        }
+        if [.app, .heartbeat, .snap].contains(message.type) {
+            // The sender leads the group (in its term): remember which incarnation of its node that is.
+            group.leaderIncarnation = liveness.withLock { $0[message.from]?.incarnation ?? 0 }
+        }
+        if ![.heartbeatResp, .appResp].contains(message.type) {
+            // Anything but the answers to its own traffic wakes a quiet leader (a vote, a read, a transfer).
+            group.quietTicks = 0
         }
         do { try group.node.step(message) } catch {
             logger.debug("raft step refused", metadata: ["raft.group": "\(id)", "error": "\(error)"])
@@ -737,7 +837,10 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
             maybeCompact(group)
         }
         if let transport {
-            for (peer, batch) in outgoing { transport.send(batch, to: peer) }
+            for (peer, var batch) in outgoing {
+                batch.incarnation = incarnation
+                transport.send(batch, to: peer)
+            }
         }
         for group in destroyed { destroy(group) }
         return true
@@ -1034,6 +1137,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
                     record.applied = group.node.appliedIndex
                     record.voters = group.node.confState.voters.sorted()
                     record.learners = group.node.confState.learners.sorted()
+                    record.quiet = group.quietTicks >= 3 || group.suspended
                     let last = group.node.lastIndex
                     for (peer, progress) in group.node.progress { record.lag[peer] = last - min(last, progress.match) }
                     status.groups.append(record)
@@ -1046,6 +1150,8 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
 
 extension RaftHost: PeerTransportDelegate {
     public func peerTransport(received batch: RaftBatchRecord, from node: UInt64) { receive(batch, from: node) }
+
+    public func peerTransport(lost node: UInt64) { lost(node) }
 
     public func peerTransport(handle request: PeerRequest, from node: UInt64) async -> PeerResponse {
         var response = PeerResponse()

@@ -16,6 +16,8 @@ public protocol PeerTransportDelegate: AnyObject, Sendable {
     func peerTransport(received batch: RaftBatchRecord, from node: UInt64)
     /// A request from `node` (0 when the peer has not joined yet); the answer goes back on the same connection.
     func peerTransport(handle request: PeerRequest, from node: UInt64) async -> PeerResponse
+    /// The connection `node` opened to this node closed (it stopped, crashed or was cut off).
+    func peerTransport(lost node: UInt64)
 }
 
 /// A peer request that did not get an answer.
@@ -120,9 +122,12 @@ public final class PeerTransport: Sendable {
     func registerInbound(_ channel: any Channel, from node: UInt64) { inbound.withLock { $0[node] = channel } }
 
     func unregisterInbound(_ channel: any Channel, from node: UInt64) {
-        inbound.withLock { routes in
-            if let current = routes[node], current === channel { routes.removeValue(forKey: node) }
+        let lost = inbound.withLock { routes -> Bool in
+            guard let current = routes[node], current === channel else { return false }
+            routes.removeValue(forKey: node)
+            return true
         }
+        if lost { currentDelegate?.peerTransport(lost: node) }
     }
 
     /// Sends `body` to `node` and waits for the answer.

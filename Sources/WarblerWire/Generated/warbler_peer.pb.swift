@@ -141,12 +141,17 @@ public nonisolated struct Warbler_Peer_V1_Hello: Sendable {
 }
 
 /// Raft messages of many groups, coalesced per peer per scheduling round.
+/// Also sent empty every tick as the node's liveness heartbeat (one frame per peer, whatever the number of
+/// groups): followers of a quiesced group rely on it instead of per-group heartbeats.
 public nonisolated struct Warbler_Peer_V1_RaftBatch: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var messages: [Warbler_Peer_V1_GroupMessage] = []
+
+  /// the sender's start time (ms); a new value means the sender restarted
+  public var incarnation: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -498,6 +503,9 @@ public nonisolated struct Warbler_Peer_V1_GroupStatus: Sendable {
   /// Leader's view: how far each member's log lags its last index.
   public var lag: Dictionary<UInt64,UInt64> = [:]
 
+  /// Idle: the leader stopped heartbeating, or this follower stopped ticking (its leader's node is alive).
+  public var quiet: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -798,7 +806,7 @@ nonisolated extension Warbler_Peer_V1_Hello: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Warbler_Peer_V1_RaftBatch: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RaftBatch"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}messages\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}messages\0\u{1}incarnation\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -807,6 +815,7 @@ nonisolated extension Warbler_Peer_V1_RaftBatch: SwiftProtobuf.Message, SwiftPro
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeRepeatedMessageField(value: &self.messages) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.incarnation) }()
       default: break
       }
     }
@@ -816,11 +825,15 @@ nonisolated extension Warbler_Peer_V1_RaftBatch: SwiftProtobuf.Message, SwiftPro
     if !self.messages.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.messages, fieldNumber: 1)
     }
+    if self.incarnation != 0 {
+      try visitor.visitSingularUInt64Field(value: self.incarnation, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Warbler_Peer_V1_RaftBatch, rhs: Warbler_Peer_V1_RaftBatch) -> Bool {
     if lhs.messages != rhs.messages {return false}
+    if lhs.incarnation != rhs.incarnation {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1507,7 +1520,7 @@ nonisolated extension Warbler_Peer_V1_StatusRequest: SwiftProtobuf.Message, Swif
 
 nonisolated extension Warbler_Peer_V1_GroupStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GroupStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}group\0\u{1}leader\0\u{1}term\0\u{1}commit\0\u{1}applied\0\u{1}voters\0\u{1}learners\0\u{1}lag\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}group\0\u{1}leader\0\u{1}term\0\u{1}commit\0\u{1}applied\0\u{1}voters\0\u{1}learners\0\u{1}lag\0\u{1}quiet\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1523,6 +1536,7 @@ nonisolated extension Warbler_Peer_V1_GroupStatus: SwiftProtobuf.Message, SwiftP
       case 6: try { try decoder.decodeRepeatedUInt64Field(value: &self.voters) }()
       case 7: try { try decoder.decodeRepeatedUInt64Field(value: &self.learners) }()
       case 8: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufUInt64,SwiftProtobuf.ProtobufUInt64>.self, value: &self.lag) }()
+      case 9: try { try decoder.decodeSingularBoolField(value: &self.quiet) }()
       default: break
       }
     }
@@ -1553,6 +1567,9 @@ nonisolated extension Warbler_Peer_V1_GroupStatus: SwiftProtobuf.Message, SwiftP
     if !self.lag.isEmpty {
       try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufUInt64,SwiftProtobuf.ProtobufUInt64>.self, value: self.lag, fieldNumber: 8)
     }
+    if self.quiet != false {
+      try visitor.visitSingularBoolField(value: self.quiet, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1565,6 +1582,7 @@ nonisolated extension Warbler_Peer_V1_GroupStatus: SwiftProtobuf.Message, SwiftP
     if lhs.voters != rhs.voters {return false}
     if lhs.learners != rhs.learners {return false}
     if lhs.lag != rhs.lag {return false}
+    if lhs.quiet != rhs.quiet {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
