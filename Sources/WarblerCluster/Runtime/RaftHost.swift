@@ -585,7 +585,12 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         let soft = group.node.softState
         if soft.role == .leader {
             group.suspended = false
-            group.quietTicks = isQuiet(group) ? group.quietTicks + 1 : 0
+            // A leader that cannot hear a quorum's nodes ticks, so that check-quorum makes it step down: a node
+            // cut off from the others must not go on calling itself leader.
+            let voters = group.node.confState.voters
+            let alive = voters.filter { $0 == nodeID || live[$0].map { now - $0.heard < window } == true }.count
+            let quiet = isQuiet(group) && alive * 2 > voters.count
+            group.quietTicks = quiet ? group.quietTicks + 1 : 0
             return group.quietTicks < 3 ? 1 : 0
         }
         guard soft.role == .follower, soft.lead != noneNode, soft.lead != nodeID else {

@@ -33,14 +33,28 @@ final class NodeProcess: @unchecked Sendable {
         peerPort = sorted[2]
     }
 
-    var peerAddress: String { "127.0.0.1:\(peerPort)" }
+    /// The network namespace the node runs in (`ip netns exec`), if any.
+    var namespace: String?
+    /// Where clients and peers reach the node (loopback unless it runs in a namespace).
+    var clientHost = "127.0.0.1"
+    var peerHost = "127.0.0.1"
+
+    var peerAddress: String { "\(peerHost):\(peerPort)" }
+    /// Where `warbler cluster status` asks (inside the node's namespace: its loopback, reachable even when the
+    /// node is cut off).
+    var statusAddress: String { namespace == nil ? peerAddress : "127.0.0.1:\(peerPort)" }
 
     /// Runs the `warbler` CLI and returns what it printed; throws when it fails.
     @discardableResult
-    static func cli(_ arguments: [String]) throws -> String {
+    static func cli(_ arguments: [String], namespace: String? = nil) throws -> String {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = arguments
+        if let namespace {
+            process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+            process.arguments = ["netns", "exec", namespace, binary] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: binary)
+            process.arguments = arguments
+        }
         let output = Pipe()
         process.standardOutput = output
         process.standardError = output
@@ -61,9 +75,11 @@ final class NodeProcess: @unchecked Sendable {
 
     /// `warbler cluster status --json` as this node answers it.
     func clusterStatus() throws -> Warbler_Peer_V1_ClusterStatus {
-        let json = try Self.cli([
-            "cluster", "status", "--json", "--peer", peerAddress, "--certs", dataDirectory + "/certs",
-        ])
+        // From inside the node's namespace, so that the answer comes even when the node is cut off.
+        let json = try Self.cli(
+            ["cluster", "status", "--json", "--peer", statusAddress, "--certs", dataDirectory + "/certs"],
+            namespace: namespace
+        )
         return try Warbler_Peer_V1_ClusterStatus(jsonString: json)
     }
 
@@ -100,9 +116,9 @@ final class NodeProcess: @unchecked Sendable {
 
     func start(join: String? = nil, region: String = "") async throws {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.executableURL = URL(fileURLWithPath: namespace == nil ? Self.binary : "/usr/sbin/ip")
         process.arguments =
-            [
+            (namespace.map { ["netns", "exec", $0, Self.binary] } ?? []) + [
                 "serve", "--data", dataDirectory, "--port", "\(port)", "--websocket-port", "\(webSocketPort)",
                 "--peer-port", "\(peerPort)", "--node-id", "\(nodeID)", "--log-level", "notice",
             ] + (join.map { ["--join", $0] } ?? []) + (region.isEmpty ? [] : ["--region", region]) + serveArguments
@@ -116,7 +132,9 @@ final class NodeProcess: @unchecked Sendable {
         try process.run()
         self.process = process
         for _ in 0..<400 {
-            if Self.canConnect(port: port) && Self.canConnect(port: webSocketPort) { return }
+            if Self.canConnect(host: clientHost, port: port) && Self.canConnect(host: clientHost, port: webSocketPort) {
+                return
+            }
             guard process.isRunning else { throw TestFailure("warbler serve exited: \(self.log)") }
             try await Task.sleep(nanoseconds: 50_000_000)
         }
@@ -156,7 +174,7 @@ final class NodeProcess: @unchecked Sendable {
     var isRunning: Bool { process?.isRunning ?? false }
 
     func client(reconnect: Bool = true) -> WarblerClient {
-        var configuration = WarblerClient.Configuration(host: "127.0.0.1", port: port)
+        var configuration = WarblerClient.Configuration(host: clientHost, port: port)
         configuration.reconnect = reconnect
         return WarblerClient(configuration: configuration)
     }
@@ -188,12 +206,12 @@ final class NodeProcess: @unchecked Sendable {
         return Int(UInt16(bigEndian: address.sin_port))
     }
 
-    static func canConnect(port: Int) -> Bool {
+    static func canConnect(host: String = "127.0.0.1", port: Int) -> Bool {
         let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(socket) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_addr.s_addr = inet_addr(host)
         address.sin_port = in_port_t(UInt16(port).bigEndian)
         return withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
