@@ -41,15 +41,23 @@ struct PeerTransportTests {
         try ClusterCertificates.initCA(in: root + "/ca")
         #expect(throws: CertificateError.self) { try ClusterCertificates.initCA(in: root + "/ca") }
         let loops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let server = try transport(1, ca: root + "/ca", loops: loops)
-        server.setDelegate(EchoDelegate(nodeID: 1))
+        // Node 2 listens; node 1 (the lower id) dials it: one connection for the pair, used both ways.
+        let server = try transport(2, ca: root + "/ca", loops: loops)
+        server.setDelegate(EchoDelegate(nodeID: 2))
         let channel = try await server.bind(host: "127.0.0.1", port: 0)
         let address = "127.0.0.1:\(channel.localAddress!.port!)"
-        let client = try transport(2, ca: root + "/ca", loops: loops)
-        client.setAddress(address, for: 1)
-        let response = try await client.request(.status(.init()), to: 1, timeout: .seconds(120))
-        #expect(response.status.nodeID == 1)
-        #expect(response.status.clusterID == "asked by 2")
+        let client = try transport(1, ca: root + "/ca", loops: loops)
+        client.setDelegate(EchoDelegate(nodeID: 1))
+        client.setAddress(address, for: 2)
+        let response = try await client.request(.status(.init()), to: 2, timeout: .seconds(120))
+        #expect(response.status.nodeID == 2)
+        #expect(response.status.clusterID == "asked by 1")
+        // Node 2 never dials node 1 (it does not even know its address): it answers and asks over node 1's
+        // connection.
+        let back = try await server.request(.status(.init()), to: 1, timeout: .seconds(120))
+        #expect(back.status.nodeID == 1)
+        #expect(back.status.clusterID == "asked by 2")
+        #expect(server.addresses[1] == "")
 
         // A node whose certificate comes from another CA is refused during the handshake.
         try ClusterCertificates.initCA(in: root + "/other-ca")

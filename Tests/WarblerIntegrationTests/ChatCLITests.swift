@@ -58,8 +58,19 @@ struct ChatCLITests {
             return output
         }
 
+        /// Waits (without blocking a thread) until the process exits; false if it is still running at the
+        /// deadline.
+        func waitForExit(seconds: Double = 30) async -> Bool {
+            let deadline = Date().addingTimeInterval(seconds)
+            while process.isRunning && Date() < deadline {
+                _ = drain()
+                try? await Task.sleep(nanoseconds: 50_000_000)
+            }
+            return !process.isRunning
+        }
+
         /// Waits until the output contains `text`.
-        func expect(_ text: String, seconds: Double = 10) async -> Bool {
+        func expect(_ text: String, seconds: Double = 30) async -> Bool {
             let deadline = Date().addingTimeInterval(seconds)
             while Date() < deadline {
                 if drain().contains(text) { return true }
@@ -125,8 +136,9 @@ struct ChatCLITests {
         #expect(await session.expect("Password for ada:"))
         session.type("wrong password\r")
         #expect(await session.expect("auth.invalid_credentials"))
-        session.process.waitUntilExit()
-        #expect(session.process.terminationStatus != 0)
+        let exited = await session.waitForExit()
+        #expect(exited, "warbler chat did not exit after a wrong password: \(session.drain())")
+        if exited { #expect(session.process.terminationStatus != 0) }
         node.stop()
     }
 }

@@ -3,6 +3,10 @@ import Testing
 import WarblerClient
 import WarblerWire
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Network namespaces for a real network partition on one machine: each node gets a namespace with two
 /// links — one to a "peer" bridge (Raft traffic), one to a "client" bridge — so that a node can be cut off from
 /// the other nodes while its clients still reach it. Needs root (`ip netns`), as CI on this machine has.
@@ -36,7 +40,70 @@ final class PartitionNetwork {
         }
     }
 
+    /// Delay proxies (`cluster/delay-proxy.py`) started by ``addDelays(_:peerPorts:)``.
+    private var proxies: [Process] = []
+
+    /// Emulates wide-area round trips between nodes: inside node i's namespace, node j's advertised peer
+    /// address becomes a local proxy that forwards to j's listener (reached on `10.93.0.j`) after
+    /// `oneWayMilliseconds[i][j]` in each direction. (This VM's kernel has no sch_netem for `tc netem`.)
+    func addDelays(_ oneWayMilliseconds: [[Int]], peerPorts: [Int]) throws {
+        let script = NodeProcess.packageRoot.appendingPathComponent("cluster/delay-proxy.py").path
+        for node in 1...size {
+            let ns = namespace(node)
+            try ip("-n", ns, "addr", "add", "10.93.0.\(node)/24", "dev", "peer0")
+            // Answer ARP only for addresses on the asking interface: the aliases below must stay local.
+            try run(
+                "/usr/sbin/ip",
+                "netns",
+                "exec",
+                ns,
+                "sh",
+                "-c",
+                "echo 1 >/proc/sys/net/ipv4/conf/all/arp_ignore; echo 2 >/proc/sys/net/ipv4/conf/all/arp_announce"
+            )
+        }
+        for from in 1...size {
+            for to in 1...size where to != from {
+                try ip("-n", namespace(from), "addr", "add", peerAddress(to) + "/32", "dev", "lo")
+                let proxy = Process()
+                proxy.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+                proxy.arguments = [
+                    "netns", "exec", namespace(from), "python3", script, "\(peerAddress(to)):\(peerPorts[to - 1])",
+                    "10.93.0.\(to):\(peerPorts[to - 1])", "\(oneWayMilliseconds[from - 1][to - 1])",
+                ]
+                proxy.standardOutput = FileHandle.nullDevice
+                proxy.standardError = FileHandle.nullDevice
+                try proxy.run()
+                proxies.append(proxy)
+            }
+        }
+        // Wait until every proxy listens.
+        for from in 1...size {
+            for to in 1...size where to != from {
+                var ready = false
+                for _ in 0..<100 where !ready {
+                    ready =
+                        (try? run(
+                            "/usr/sbin/ip",
+                            "netns",
+                            "exec",
+                            namespace(from),
+                            "python3",
+                            "-c",
+                            "import socket; socket.create_connection(('\(peerAddress(to))', \(peerPorts[to - 1])), 1)"
+                        )) != nil
+                    if !ready { usleep(50_000) }
+                }
+            }
+        }
+    }
+
     deinit {
+        for proxy in proxies where proxy.isRunning {
+            // SIGKILL: the test runner ignores SIGTERM, and ignored signals are inherited by children.
+            kill(proxy.processIdentifier, SIGKILL)
+            proxy.waitUntilExit()
+        }
         for node in 1...size {
             try? ip("netns", "del", namespace(node))
             try? ip("link", "del", peerLink(node))
@@ -50,10 +117,14 @@ final class PartitionNetwork {
     func isolate(_ node: Int) throws { try ip("link", "set", peerLink(node), "down") }
     func heal(_ node: Int) throws { try ip("link", "set", peerLink(node), "up") }
 
-    func ip(_ arguments: String...) throws {
+    func ip(_ arguments: String...) throws { try run(["/usr/sbin/ip"] + arguments) }
+
+    func run(_ arguments: String...) throws { try run(arguments) }
+
+    func run(_ arguments: [String]) throws {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-        process.arguments = arguments
+        process.executableURL = URL(fileURLWithPath: arguments[0])
+        process.arguments = Array(arguments.dropFirst())
         let output = Pipe()
         process.standardOutput = output
         process.standardError = output
@@ -61,7 +132,7 @@ final class PartitionNetwork {
         let data = output.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
         guard process.terminationStatus == 0 else {
-            throw TestFailure("ip \(arguments.joined(separator: " ")): \(String(decoding: data, as: UTF8.self))")
+            throw TestFailure("\(arguments.joined(separator: " ")): \(String(decoding: data, as: UTF8.self))")
         }
     }
 }
@@ -70,27 +141,76 @@ final class PartitionNetwork {
 struct NetworkPartitionTests {
     static let password = ClusterTests.password
 
-    @Test func aCutOffNodeKeepsNoLeaderAndAcceptsNoWriteWhileTheMajorityCarriesOn() async throws {
-        let network = try PartitionNetwork(size: 3)
-        let nodes = try (1...3).map { index -> NodeProcess in
+    /// Three nodes, each in its own namespace of `network`, with regions when given.
+    static func nodes(in network: PartitionNetwork, regions: [String] = []) throws -> [NodeProcess] {
+        try (1...network.size).map { index -> NodeProcess in
             let node = try NodeProcess(nodeID: UInt64(index))
             node.namespace = network.namespace(index)
             node.clientHost = network.clientAddress(index)
             node.peerHost = network.peerAddress(index)
-            node.serveArguments = [
-                "--host", network.clientAddress(index), "--peer-host", "0.0.0.0", "--advertise",
-                network.peerAddress(index),
-            ]
+            node.serveArguments =
+                [
+                    "--host", network.clientAddress(index), "--peer-host", "0.0.0.0", "--advertise",
+                    network.peerAddress(index),
+                ] + (regions.isEmpty ? [] : ["--region", regions[index - 1]])
             return node
         }
-        for user in ["ada", "bob"] { try nodes[0].addUser(user, password: Self.password) }
+    }
+
+    /// Starts node 1 (with the accounts), joins the others, waits for every group to have all three.
+    static func form(_ nodes: [NodeProcess], users: [String]) async throws {
+        for user in users { try nodes[0].addUser(user, password: password) }
         try await nodes[0].start()
         for node in nodes[1...] {
             try node.issueCertificate(caDirectory: nodes[0].dataDirectory + "/ca")
             try await node.start(join: nodes[0].peerAddress)
         }
+        try await ClusterTests().waitForMembership(Set(nodes.map(\.nodeID)), asSeenBy: nodes[0])
+    }
+
+    @Test func acrossRegionsMessagesCommitAndDeliverAtTheTopologysLatency() async throws {
+        let network = try PartitionNetwork(size: 3)
+        let nodes = try Self.nodes(in: network, regions: ["eu", "us", "ap"])
+        // Round trips eu–us 40 ms, eu–ap 90 ms, us–ap 150 ms.
+        let oneWay = [[0, 20, 45], [20, 0, 75], [45, 75, 0]]
+        try network.addDelays(oneWay, peerPorts: nodes.map(\.peerPort))
+        try await Self.form(nodes, users: ["ada", "bob"])
+        let (ada, _) = try await nodes[0].login("ada", password: Self.password)
+        let direct = try await ada.createDirect(with: "bob")
+        await ada.close()
+        let (bob, bobEvents) = try await nodes[2].login("bob", password: Self.password)
+        let partition = ClusterTests.partition(of: direct.conversationID)
+        let leaderID = ClusterTests().leader(of: partition, among: nodes)
+        try #require(leaderID != 0)
+        var sent = 0
+        var medians: [String: Double] = [:]
+        for (index, region) in ["eu", "us", "ap"].enumerated() {
+            let (sender, _) = try await nodes[index].login("ada", password: Self.password)
+            var latencies: [Double] = []
+            for message in 1...10 {
+                let start = Date()
+                _ = try await sender.send(Data("\(region) \(message)".utf8), to: direct.conversationID)
+                latencies.append(Date().timeIntervalSince(start) * 1000)
+                sent += 1
+            }
+            await sender.close()
+            medians[region] = latencies.sorted()[latencies.count / 2]
+        }
+        print("cluster: cross-region ack p50 (leader of the partition: node \(leaderID)): \(medians)")
+        // A commit needs the leader and its nearest follower: never less than the shortest round trip (40 ms).
+        for (region, median) in medians { #expect(median >= 38, "\(region): \(median) ms is faster than the network") }
+        // Messages sent through every region reach bob in ap, in order.
+        #expect(await bobEvents.waitForMessages(sent, seconds: 20))
+        #expect(bobEvents.messages.map(\.seq) == Array(1...UInt64(sent)))
+        await bob.close()
+        for node in nodes { node.stop() }
+    }
+
+    @Test func aCutOffNodeKeepsNoLeaderAndAcceptsNoWriteWhileTheMajorityCarriesOn() async throws {
+        let network = try PartitionNetwork(size: 3)
+        let nodes = try Self.nodes(in: network)
+        try await Self.form(nodes, users: ["ada", "bob"])
         let tests = ClusterTests()
-        try await tests.waitForMembership([1, 2, 3], asSeenBy: nodes[0])
         let (ada, _) = try await nodes[0].login("ada", password: Self.password)
         let direct = try await ada.createDirect(with: "bob")
         let acknowledged = AcknowledgedBySeq()

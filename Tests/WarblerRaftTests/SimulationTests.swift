@@ -2,6 +2,9 @@ import Testing
 import WarblerSimulation
 
 /// The seeded fault-injection simulation: every seed must hold every invariant.
+/// Serialized: hundreds of CPU-bound seeds would otherwise take every thread of the shared pool, and the
+/// integration tests running beside them (real processes, timeouts) would starve.
+@Suite(.serialized)
 struct SimulationTests {
     /// 300 seeds in CI: 150 three-node and 150 five-node groups. `make soak` runs thousands more.
     @Test(arguments: 1...150)

@@ -564,7 +564,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
             var ping = RaftBatchRecord()
             ping.incarnation = incarnation
             for node in view.nodes.keys where node != nodeID && view.nodes[node]?.state != .removed {
-                transport.send(ping, to: node)
+                transport.sendIfConnected(ping, to: node)
             }
         }
         runRound()

@@ -27,8 +27,9 @@ public struct PeerTransportError: Error, CustomStringConvertible, Sendable {
 }
 
 /// The node-to-node transport: SwiftNIO over mutual TLS (cluster CA), length-prefixed ``PeerFrame``s, a
-/// version handshake, one outbound connection per peer that reconnects with backoff, and bounded send queues
-/// (Raft messages beyond the bound are dropped, which Raft tolerates; requests beyond it fail at once).
+/// version handshake, and **one connection per pair of members**, opened by the member with the lower node id
+/// (which reconnects with backoff) and used in both directions; bounded send queues while it is down (Raft
+/// messages beyond the bound are dropped, which Raft tolerates; requests beyond it fail at once).
 public final class PeerTransport: Sendable {
     /// The peer protocol version this build speaks.
     public static let version: UInt32 = 1
@@ -45,9 +46,6 @@ public final class PeerTransport: Sendable {
     let logger: Logger
     private let delegate: Mutex<(any PeerTransportDelegate)?> = Mutex(nil)
     private let peers = Mutex<[UInt64: PeerConnection]>([:])
-    /// Authenticated connections peers opened to this node: a way back to a peer whose address this node does
-    /// not know (yet), or knows wrong (its metadata record predates a restart on another port).
-    private let inbound = Mutex<[UInt64: any Channel]>([:])
     private let pending = Mutex<[UInt64: CheckedContinuation<PeerResponse, any Error>]>([:])
     private let nextRequestID = Atomic<UInt64>(1)
 
@@ -90,16 +88,23 @@ public final class PeerTransport: Sendable {
             .bind(host: host, port: port).get()
     }
 
-    /// Tells the transport where `node` listens. A changed address drops the old connection.
+    /// Tells the transport where `node` listens. This node dials members with a higher id (now, and again
+    /// whenever the connection drops); members with a lower id dial it.
     public func setAddress(_ address: String, for node: UInt64) {
         guard node != nodeID, !address.isEmpty else { return }
-        let old = peers.withLock { peers -> PeerConnection? in
-            if let existing = peers[node], existing.address == address { return nil }
+        let passive = node < nodeID
+        let (old, new) = peers.withLock { peers -> (PeerConnection?, PeerConnection?) in
+            if let existing = peers[node], existing.passive || existing.address == address {
+                existing.update(address: address)
+                return (nil, nil)
+            }
+            let connection = PeerConnection(transport: self, node: node, address: address, passive: passive)
             let previous = peers[node]
-            peers[node] = PeerConnection(transport: self, node: node, address: address)
-            return previous
+            peers[node] = connection
+            return (previous, connection)
         }
         old?.close()
+        new?.start()
     }
 
     /// The addresses the transport knows.
@@ -107,28 +112,39 @@ public final class PeerTransport: Sendable {
 
     /// Sends Raft messages to `node`, queued while it is unreachable; dropped if it is unknown.
     public func send(_ batch: RaftBatchRecord, to node: UInt64) {
+        guard let connection = peers.withLock({ $0[node] }) else { return }
         var frame = PeerFrame()
         frame.raft = batch
-        let connection = peers.withLock { $0[node] }
-        if let connection, connection.isConnected {
-            connection.send(frame, droppable: true)
-        } else if let channel = inbound.withLock({ $0[node] }) {
-            channel.writeAndFlush(Self.encode(frame, allocator: channel.allocator), promise: nil)
-        } else {
-            connection?.send(frame, droppable: true)
-        }
+        connection.send(frame, droppable: true)
     }
 
-    func registerInbound(_ channel: any Channel, from node: UInt64) { inbound.withLock { $0[node] = channel } }
-
-    func unregisterInbound(_ channel: any Channel, from node: UInt64) {
-        let lost = inbound.withLock { routes -> Bool in
-            guard let current = routes[node], current === channel else { return false }
-            routes.removeValue(forKey: node)
-            return true
-        }
-        if lost { currentDelegate?.peerTransport(lost: node) }
+    /// Sends `batch` only if the connection to `node` is up (liveness frames are worthless once stale).
+    public func sendIfConnected(_ batch: RaftBatchRecord, to node: UInt64) {
+        guard let connection = peers.withLock({ $0[node] }), connection.isConnected else { return }
+        var frame = PeerFrame()
+        frame.raft = batch
+        connection.send(frame, droppable: true)
     }
+
+    /// A member with a lower id connected: its connection becomes this node's way to it.
+    func adopt(_ channel: any Channel, from node: UInt64) {
+        let connection = peers.withLock { peers -> PeerConnection? in
+            guard node < nodeID else { return nil }
+            if let existing = peers[node] { return existing.passive ? existing : nil }
+            // Its address is not in this node's metadata yet: it is known by its connection.
+            let connection = PeerConnection(transport: self, node: node, address: "", passive: true)
+            peers[node] = connection
+            return connection
+        }
+        connection?.adopt(channel)
+    }
+
+    /// The connection a lower member opened closed.
+    func release(_ channel: any Channel, from node: UInt64) {
+        peers.withLock { $0[node] }?.release(channel)
+    }
+
+    func lost(_ node: UInt64) { currentDelegate?.peerTransport(lost: node) }
 
     /// Sends `body` to `node` and waits for the answer.
     public func request(
@@ -152,7 +168,7 @@ public final class PeerTransport: Sendable {
     )
         async throws -> PeerResponse
     {
-        let connection = PeerConnection(transport: self, node: 0, address: address)
+        let connection = PeerConnection(transport: self, node: 0, address: address, passive: false)
         defer { connection.close() }
         return try await request(body, over: connection, timeout: timeout)
     }
@@ -230,7 +246,9 @@ public final class PeerTransport: Sendable {
     }
 }
 
-/// The outbound connection to one peer: connects on demand, queues while down, reconnects with backoff.
+/// The connection to one peer. An active one (to a member with a higher id, or a one-off) dials, queues while
+/// down and reconnects with backoff; a passive one (to a member with a lower id) waits for that member to
+/// connect and adopts its connection.
 final class PeerConnection: Sendable {
     private enum State {
         case idle
@@ -246,17 +264,63 @@ final class PeerConnection: Sendable {
         var backoffMilliseconds: Int64 = 0
         /// Requests sent over this connection and not answered yet: they fail when it closes.
         var requests: Set<UInt64> = []
+        var address: String
     }
 
     let node: UInt64
-    let address: String
+    /// This side waits for the peer to connect (one connection per pair: the lower id dials).
+    let passive: Bool
     private unowned let transport: PeerTransport
-    private let locked = Mutex(Locked())
+    private let locked: Mutex<Locked>
 
-    init(transport: PeerTransport, node: UInt64, address: String) {
+    init(transport: PeerTransport, node: UInt64, address: String, passive: Bool) {
         self.transport = transport
         self.node = node
-        self.address = address
+        self.passive = passive
+        self.locked = Mutex(Locked(address: address))
+    }
+
+    var address: String { locked.withLock { $0.address } }
+
+    func update(address: String) { locked.withLock { $0.address = address } }
+
+    /// Dials a member at once (and keeps the connection up); passive and one-off connections wait.
+    func start() {
+        guard !passive, node != 0 else { return }
+        let dial = locked.withLock { locked -> Bool in
+            guard case .idle = locked.state else { return false }
+            locked.state = .connecting
+            return true
+        }
+        if dial { connect(after: 0) }
+    }
+
+    /// The peer connected (passive side): its channel carries everything queued, then all traffic.
+    func adopt(_ channel: any Channel) {
+        let queued = locked.withLock { locked -> [ByteBuffer]? in
+            if case .closed = locked.state { return nil }
+            locked.state = .connected(channel)
+            defer {
+                locked.queue = []
+                locked.queuedBytes = 0
+            }
+            return locked.queue
+        }
+        guard let queued else { return }
+        for buffer in queued { channel.write(buffer, promise: nil) }
+        channel.flush()
+    }
+
+    /// The peer's connection closed (passive side): wait for the next one.
+    func release(_ channel: any Channel) {
+        let released = locked.withLock { locked -> Bool in
+            guard case .connected(let current) = locked.state, current === channel else { return false }
+            locked.state = .idle
+            return true
+        }
+        guard released else { return }
+        failRequests("the connection from node \(node) closed")
+        transport.lost(node)
     }
 
     /// Remembers a request sent over this connection (answered ones are forgotten when it closes).
@@ -296,7 +360,7 @@ final class PeerConnection: Sendable {
                 if locked.queuedBytes + buffer.readableBytes > PeerTransport.maxQueuedBytes { return .full }
                 locked.queue.append(buffer)
                 locked.queuedBytes += buffer.readableBytes
-                if case .idle = locked.state {
+                if case .idle = locked.state, !passive {
                     locked.state = .connecting
                     return .connect
                 }
@@ -315,6 +379,7 @@ final class PeerConnection: Sendable {
 
     private func connect(after delay: Int64) {
         let (host, port) = Self.split(address)
+        precondition(!passive, "a passive peer connection never dials")
         let transport = self.transport
         let eventLoop = transport.group.next()
         eventLoop.scheduleTask(in: .milliseconds(delay)) {
@@ -339,6 +404,7 @@ final class PeerConnection: Sendable {
         hello.hello.version = PeerTransport.version
         hello.hello.nodeID = transport.nodeID
         hello.hello.clusterID = transport.currentClusterID
+        hello.hello.oneOff = node == 0
         let helloBuffer = PeerTransport.encode(hello, allocator: channel.allocator)
         let queued = locked.withLock { locked -> [ByteBuffer]? in
             if case .closed = locked.state { return nil }
@@ -375,13 +441,16 @@ final class PeerConnection: Sendable {
         connect(after: delay)
     }
 
-    /// The channel closed: reconnect when something is queued, else on the next send.
+    /// The channel this side dialled closed: a member's is dialled again at once (with backoff), a one-off's
+    /// only when something is queued.
     func channelClosed() {
         failRequests("the connection to node \(node) at \(address) closed")
+        if node != 0 { transport.lost(node) }
         let reconnect = locked.withLock { locked -> Bool in
             if case .closed = locked.state { return false }
-            locked.state = locked.queue.isEmpty ? .idle : .connecting
-            return !locked.queue.isEmpty
+            let again = node != 0 || !locked.queue.isEmpty
+            locked.state = again ? .connecting : .idle
+            return again
         }
         if reconnect { connect(after: 100) }
     }
@@ -416,6 +485,8 @@ final class PeerChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     private let outbound: PeerConnection?
     /// The authenticated peer (inbound connections, after its hello).
     private var peer: UInt64 = 0
+    /// An inbound member connection this node uses to reach that member.
+    private var adopted = false
     private var greeted: Bool
 
     init(transport: PeerTransport, outbound: PeerConnection?) {
@@ -496,7 +567,10 @@ final class PeerChannelHandler: ChannelInboundHandler, @unchecked Sendable {
         }
         peer = hello.nodeID
         greeted = true
-        transport.registerInbound(context.channel, from: peer)
+        if !hello.oneOff {
+            adopted = true
+            transport.adopt(context.channel, from: peer)
+        }
     }
 
     private func refuse(_ context: ChannelHandlerContext, _ reason: String) {
@@ -509,7 +583,7 @@ final class PeerChannelHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func channelInactive(context: ChannelHandlerContext) {
         outbound?.channelClosed()
-        if peer != 0 { transport.unregisterInbound(context.channel, from: peer) }
+        if adopted { transport.release(context.channel, from: peer) }
         context.fireChannelInactive()
     }
 

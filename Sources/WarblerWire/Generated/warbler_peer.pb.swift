@@ -10,7 +10,9 @@
 
 /// Warbler's peer protocol: what nodes of one cluster say to each other over their mutual-TLS connections.
 /// Each frame is a 4-byte big-endian length followed by one encoded `Frame`. The first frame in each direction
-/// is a `Hello`; a peer whose version is not understood is disconnected. Field numbers never change meaning.
+/// is a `Hello`; a peer whose version is not understood is disconnected. Between two members there is one
+/// connection, opened by the member with the lower node id and used in both directions. Field numbers never
+/// change meaning.
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -134,6 +136,9 @@ public nonisolated struct Warbler_Peer_V1_Hello: Sendable {
 
   /// empty while a node has not joined a cluster yet
   public var clusterID: String = String()
+
+  /// A short-lived connection (an operator command, a join request): not the node's connection to its peer.
+  public var oneOff: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -766,7 +771,7 @@ nonisolated extension Warbler_Peer_V1_Frame: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Warbler_Peer_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Hello"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{3}node_id\0\u{3}cluster_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}version\0\u{3}node_id\0\u{3}cluster_id\0\u{3}one_off\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -777,6 +782,7 @@ nonisolated extension Warbler_Peer_V1_Hello: SwiftProtobuf.Message, SwiftProtobu
       case 1: try { try decoder.decodeSingularUInt32Field(value: &self.version) }()
       case 2: try { try decoder.decodeSingularUInt64Field(value: &self.nodeID) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.clusterID) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.oneOff) }()
       default: break
       }
     }
@@ -792,6 +798,9 @@ nonisolated extension Warbler_Peer_V1_Hello: SwiftProtobuf.Message, SwiftProtobu
     if !self.clusterID.isEmpty {
       try visitor.visitSingularStringField(value: self.clusterID, fieldNumber: 3)
     }
+    if self.oneOff != false {
+      try visitor.visitSingularBoolField(value: self.oneOff, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -799,6 +808,7 @@ nonisolated extension Warbler_Peer_V1_Hello: SwiftProtobuf.Message, SwiftProtobu
     if lhs.version != rhs.version {return false}
     if lhs.nodeID != rhs.nodeID {return false}
     if lhs.clusterID != rhs.clusterID {return false}
+    if lhs.oneOff != rhs.oneOff {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
