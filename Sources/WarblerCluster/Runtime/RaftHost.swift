@@ -6,38 +6,6 @@ import WarblerRaft
 import WarblerStorage
 import WarblerWire
 
-/// Why a proposal or a read through the ``RaftHost`` did not produce a result.
-public struct ClusterError: Error, Sendable, Hashable, CustomStringConvertible {
-    public struct Code: Sendable, Hashable, RawRepresentable, CustomStringConvertible {
-        public var rawValue: String
-        public init(rawValue: String) { self.rawValue = rawValue }
-        public var description: String { rawValue }
-
-        /// No leader could take the proposal in time (election, minority side of a partition). Nothing was
-        /// appended; retry later.
-        public static let unavailable = Code(rawValue: "group.unavailable")
-        /// The entry was appended but leadership changed before it committed: it may or may not commit.
-        public static let outcomeUnknown = Code(rawValue: "group.outcome_unknown")
-        /// The node is shutting down, or storage failed and the node stopped.
-        public static let stopped = Code(rawValue: "group.stopped")
-        /// The command was refused by the cluster metadata (a bad join, removing the last node, …).
-        public static let refused = Code(rawValue: "cluster.refused")
-    }
-
-    public var code: Code
-    public var message: String
-    /// The leader this node knows of, when the error is a redirect.
-    public var leaderHint: UInt64?
-
-    public init(_ code: Code, _ message: String, leaderHint: UInt64? = nil) {
-        self.code = code
-        self.message = message
-        self.leaderHint = leaderHint
-    }
-
-    public var description: String { "\(code): \(message)" }
-}
-
 /// The multi-Raft node runtime: every Raft group this node replicates (the metadata group 0 and partitions),
 /// driven by **one** scheduler.
 ///
@@ -115,7 +83,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         var completion: @Sendable (Result<Void, any Error>) -> Void
     }
 
-    private struct Inbox {
+    struct Inbox {
         var proposals: [(group: UInt32, data: [UInt8], waiter: Waiter)] = []
         var messages: [(group: UInt32, message: Message)] = []
         var tasks: [@Sendable () -> Void] = []
@@ -130,25 +98,25 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     let clusterFamily: ColumnFamily
     let transport: PeerTransport?
     let logger: Logger
-    private let makeMachine: @Sendable (UInt32) throws -> Machine
-    private let appliedHandler: @Sendable (UInt32, [Machine.Outcome]) -> Void
+    let makeMachine: @Sendable (UInt32) throws -> Machine
+    let appliedHandler: @Sendable (UInt32, [Machine.Outcome]) -> Void
     let queue = DispatchQueue(label: "warbler.raft")
-    private let inbox = Mutex(Inbox())
-    private let published = Mutex<(leaders: [UInt32: UInt64], view: ClusterView)>(([:], ClusterView()))
-    private let syncedBatches = Atomic<Int>(0)
-    private let appliedEntries = Atomic<Int>(0)
-    private let readContext = Atomic<UInt64>(1)
+    let inbox = Mutex(Inbox())
+    let published = Mutex<(leaders: [UInt32: UInt64], view: ClusterView)>(([:], ClusterView()))
+    let syncedBatches = Atomic<Int>(0)
+    let appliedEntries = Atomic<Int>(0)
+    let readContext = Atomic<UInt64>(1)
     /// Per peer: its incarnation and when a frame last arrived from it (written on event loops).
-    private let liveness = Mutex<[UInt64: (incarnation: UInt64, heard: ContinuousClock.Instant)]>([:])
+    let liveness = Mutex<[UInt64: (incarnation: UInt64, heard: ContinuousClock.Instant)]>([:])
     /// This process's incarnation, sent in every Raft batch.
     let incarnation = UInt64(Date().timeIntervalSince1970 * 1000)
 
     // Confined to `queue`.
-    private var groups: [UInt32: Group] = [:]
-    private var view: ClusterView
-    private var ticks = 0
-    private var timer: DispatchSourceTimer?
-    private var failed = false
+    var groups: [UInt32: Group] = [:]
+    var view: ClusterView
+    var ticks = 0
+    var timer: DispatchSourceTimer?
+    var failed = false
 
     /// Opens every group stored in `database`.
     ///
@@ -183,7 +151,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         publishView()
     }
 
-    private func openGroup(_ id: UInt32) throws -> Group {
+    func openGroup(_ id: UInt32) throws -> Group {
         let log = try RaftLogStore(database: database, family: raftFamily, group: id)
         let machine = try makeMachine(id)
         var config = Config(id: nodeID)
@@ -193,91 +161,6 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         config.randomSeed = UInt64.random(in: 1...UInt64.max)
         config.maxUncommittedEntriesSize = 64 << 20
         return Group(id: id, node: try RawNode(config: config, storage: log), log: log, machine: machine)
-    }
-
-    // MARK: - Bootstrap
-
-    /// Writes the first state of a new cluster whose only member is `node`: the metadata group (holding the
-    /// cluster's info and this node) and `partitionCount` partition groups, each a one-voter group.
-    ///
-    /// - Throws: ``StorageError`` `invalidArgument` when the database already belongs to a cluster.
-    public static func initializeCluster(
-        database: Database,
-        raftFamily: ColumnFamily,
-        clusterFamily: ColumnFamily,
-        node: NodeInfo,
-        partitionCount: UInt32,
-        replicationFactor: UInt32
-    ) throws -> String {
-        if try identity(database: database, clusterFamily: clusterFamily) != nil
-            || !(try RaftLogStore.groups(in: database, family: raftFamily)).isEmpty
-        {
-            throw StorageError(.invalidArgument, "this data directory already belongs to a cluster")
-        }
-        guard (1...4096).contains(partitionCount), (1...7).contains(replicationFactor) else {
-            throw StorageError(.invalidArgument, "partitions must be 1…4096 and the replication factor 1…7")
-        }
-        var info = ClusterInfo()
-        info.clusterID = UUID().uuidString.lowercased()
-        info.partitionCount = partitionCount
-        info.replicationFactor = replicationFactor
-        var member = node
-        member.state = .active
-        let view = ClusterView(info: info, nodes: [member.nodeID: member])
-        let batch = WriteBatch()
-        let conf = ConfState(voters: [node.nodeID])
-        var metadataSnapshot = Warbler_Peer_V1_GroupSnapshot()
-        metadataSnapshot.cluster = view.records.map(\.record)
-        let metadataLog = try RaftLogStore(database: database, family: raftFamily, group: 0)
-        try metadataLog.bootstrap(conf, data: try metadataSnapshot.serializedBytes(), into: batch)
-        for record in view.records { batch.put(record.key, record.value, in: clusterFamily) }
-        for partition in 1...partitionCount {
-            let log = try RaftLogStore(database: database, family: raftFamily, group: partition)
-            try log.bootstrap(conf, into: batch)
-        }
-        try writeIdentity(node: member, clusterID: info.clusterID, database: database, family: clusterFamily, batch)
-        try database.write(batch, sync: true)
-        return info.clusterID
-    }
-
-    /// Records that this data directory belongs to `clusterID` as `node` (a node that joined).
-    public static func recordMembership(
-        node: NodeInfo,
-        clusterID: String,
-        database: Database,
-        clusterFamily: ColumnFamily
-    ) throws {
-        let batch = WriteBatch()
-        try writeIdentity(node: node, clusterID: clusterID, database: database, family: clusterFamily, batch)
-        try database.write(batch, sync: true)
-    }
-
-    private static func writeIdentity(
-        node: NodeInfo,
-        clusterID: String,
-        database: Database,
-        family: ColumnFamily,
-        _ batch: WriteBatch
-    ) throws {
-        var identity = Warbler_Peer_V1_JoinAccepted()
-        identity.clusterID = clusterID
-        identity.nodes = [node]
-        batch.put(ClusterView.identityKey, try identity.serializedBytes(), in: family)
-    }
-
-    /// This data directory's node and cluster, or nil when it never joined or initialised one.
-    public static func identity(
-        database: Database,
-        clusterFamily: ColumnFamily
-    ) throws -> (
-        node: NodeInfo, clusterID: String
-    )? {
-        guard let bytes = try database.get(ClusterView.identityKey, in: clusterFamily) else { return nil }
-        let identity = try Warbler_Peer_V1_JoinAccepted(serializedBytes: bytes)
-        guard let node = identity.nodes.first else {
-            throw StorageError(.corruption, "the node identity record names no node")
-        }
-        return (node, identity.clusterID)
     }
 
     // MARK: - Lifecycle
@@ -366,7 +249,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
     }
 
-    private func route(_ tagged: [UInt8], to group: UInt32) async throws -> AppliedResult {
+    func route(_ tagged: [UInt8], to group: UInt32) async throws -> AppliedResult {
         let deadline = ContinuousClock.now + options.requestTimeout
         var lastError: any Error = ClusterError(.unavailable, "group \(group) has no leader")
         while ContinuousClock.now < deadline {
@@ -389,7 +272,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         throw lastError
     }
 
-    private func forward(
+    func forward(
         _ tagged: [UInt8],
         to group: UInt32,
         leader: UInt64,
@@ -451,7 +334,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         return record
     }
 
-    private func submit(_ tagged: [UInt8], to group: UInt32, waiter: @escaping Waiter) {
+    func submit(_ tagged: [UInt8], to group: UInt32, waiter: @escaping Waiter) {
         let schedule = inbox.withLock { inbox -> Bool? in
             if inbox.stopped { return nil }
             inbox.proposals.append((group, tagged, waiter))
@@ -464,7 +347,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
     }
 
-    private func scheduleLocked(_ inbox: inout Inbox) -> Bool {
+    func scheduleLocked(_ inbox: inout Inbox) -> Bool {
         if inbox.scheduled { return false }
         inbox.scheduled = true
         return true
@@ -548,7 +431,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
 
     // MARK: - The loop (on `queue`)
 
-    private func tick() {
+    func tick() {
         ticks += 1
         let live = liveness.withLock { $0 }
         let now = ContinuousClock.now
@@ -570,75 +453,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         runRound()
     }
 
-    /// Quiescence: how many times to tick `group` now. A leader with nothing in flight for 3 ticks stops
-    /// ticking (no heartbeats); a follower does not tick while its leader's node is alive and has not restarted
-    /// — the node's liveness frames stand in for the group's heartbeats. When a suspended follower's leader goes
-    /// silent, it catches up the ticks since the leader was last heard, so an election starts as soon as it would
-    /// have without quiescence.
-    private func ticksDue(
-        _ group: Group,
-        live: [UInt64: (incarnation: UInt64, heard: ContinuousClock.Instant)],
-        now: ContinuousClock.Instant,
-        window: Duration
-    ) -> Int {
-        guard options.quiesce else { return 1 }
-        let soft = group.node.softState
-        if soft.role == .leader {
-            group.suspended = false
-            // A leader that cannot hear a quorum's nodes ticks, so that check-quorum makes it step down: a node
-            // cut off from the others must not go on calling itself leader.
-            let voters = group.node.confState.voters
-            let alive = voters.filter { $0 == nodeID || live[$0].map { now - $0.heard < window } == true }.count
-            let quiet = isQuiet(group) && alive * 2 > voters.count
-            group.quietTicks = quiet ? group.quietTicks + 1 : 0
-            return group.quietTicks < 3 ? 1 : 0
-        }
-        guard soft.role == .follower, soft.lead != noneNode, soft.lead != nodeID else {
-            group.suspended = false
-            return 1
-        }
-        let peer = live[soft.lead]
-        if let peer, now - peer.heard < window, peer.incarnation == group.leaderIncarnation {
-            group.suspended = true
-            return 0
-        }
-        guard group.suspended else { return 1 }
-        group.suspended = false
-        let silent = peer.map { Int((now - $0.heard) / options.tickInterval) } ?? options.livenessTicks
-        return 1 + min(max(silent - 1, 0), options.electionTicks - 1)
-    }
-
-    /// A learner never campaigns, so one that restarted into a quiet group would not learn its leader until the
-    /// group is busy again. It asks the voters for a read barrier instead: that wakes the leader, whose
-    /// heartbeats then reach the learner.
-    private func wakeLeaderlessLearners(_ transport: PeerTransport) {
-        for group in groups.values
-        where group.node.softState.lead == noneNode && group.node.confState.learners.contains(nodeID) {
-            var read = Warbler_Peer_V1_ReadIndex()
-            read.group = group.id
-            let request = PeerRequest.OneOf_Body.readIndex(read)
-            for voter in group.node.confState.voters {
-                Task { [request] in _ = try? await transport.request(request, to: voter, timeout: .seconds(2)) }
-            }
-        }
-    }
-
-    private func isQuiet(_ group: Group) -> Bool {
-        let node = group.node
-        guard group.waiting.isEmpty, group.readRequests.isEmpty, group.readsAwaitingApply.isEmpty,
-            node.leadTransferee == noneNode, node.hardState.commit == node.lastIndex,
-            node.appliedIndex == node.lastIndex
-        else { return false }
-        let last = node.lastIndex
-        return node.progress.values.allSatisfy { $0.match == last }
-    }
-
-    /// A peer's connection closed: its groups' followers stop relying on its liveness at once.
-    func lost(_ peer: UInt64) {
-        liveness.withLock { _ = $0.removeValue(forKey: peer) }
-    }
-
-    private func runRound() {
+    func runRound() {
         while !failed {
             let (proposals, messages, tasks) = inbox.withLock { inbox in
                 defer {
@@ -662,7 +477,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
     }
 
-    private func step(_ message: Message, into id: UInt32) {
+    func step(_ message: Message, into id: UInt32) {
         let group: Group
         if let existing = groups[id] {
             group = existing
@@ -694,7 +509,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
     }
 
-    private func propose(_ batch: [(data: [UInt8], waiter: Waiter)], to id: UInt32) {
+    func propose(_ batch: [(data: [UInt8], waiter: Waiter)], to id: UInt32) {
         guard let group = groups[id] else {
             let error = ClusterError(.unavailable, "this node does not replicate group \(id)")
             for proposal in batch { proposal.waiter(.failure(error)) }
@@ -724,7 +539,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
     }
 
-    private struct Prepared {
+    struct Prepared {
         let group: Group
         let ready: Ready
         let results: [UInt64: AppliedResult]
@@ -734,7 +549,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
 
     /// Persists every group's Ready in one batch (one fsync), then advances, sends and completes. Returns false
     /// when no group had anything to do.
-    private func processReadies() -> Bool {
+    func processReadies() -> Bool {
         var prepared: [Prepared] = []
         let batch = WriteBatch()
         var sync = false
@@ -851,7 +666,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         return true
     }
 
-    private func complete(_ group: Group, _ ready: Ready, _ results: [UInt64: AppliedResult]) {
+    func complete(_ group: Group, _ ready: Ready, _ results: [UInt64: AppliedResult]) {
         for entry in ready.committedEntries {
             guard let waiter = group.waiting.removeValue(forKey: entry.index) else { continue }
             if waiter.term == entry.term, let result = results[entry.index] {
@@ -862,7 +677,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
     }
 
-    private func roleChanged(_ group: Group, _ soft: SoftState) {
+    func roleChanged(_ group: Group, _ soft: SoftState) {
         published.withLock { $0.leaders[group.id] = soft.lead }
         if group.id == 0 || soft.role == .leader {
             logger.info(
@@ -881,7 +696,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
     }
 
-    private func releaseReads(_ group: Group) {
+    func releaseReads(_ group: Group) {
         guard !group.readsAwaitingApply.isEmpty else { return }
         let applied = group.node.appliedIndex
         group.readsAwaitingApply.removeAll { read in
@@ -893,14 +708,14 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
 
     /// Hands a read to Raft; without a known leader it stays pending and is tried again on later ticks (a
     /// node that just restarted learns its leaders within a heartbeat or an election).
-    private func issueRead(_ context: UInt64, in group: Group) {
+    func issueRead(_ context: UInt64, in group: Group) {
         var bytes: [UInt8] = []
         appendBigEndian(context, to: &bytes)
         guard (try? group.node.readIndex(context: bytes)) != nil else { return }
         group.readRequests[context]?.issuedAt = max(ticks, 1)
     }
 
-    private func expireReads(_ group: Group) {
+    func expireReads(_ group: Group) {
         for (context, request) in group.readRequests {
             if request.deadline <= ticks {
                 group.readRequests.removeValue(forKey: context)
@@ -914,7 +729,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
     }
 
-    private func failAll(_ group: Group, _ error: any Error) {
+    func failAll(_ group: Group, _ error: any Error) {
         let waiters = group.waiting
         group.waiting = [:]
         for waiter in waiters.values { waiter.waiter(.failure(error)) }
@@ -928,7 +743,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
 
     // MARK: - Snapshots
 
-    private func restore(_ snapshot: Snapshot, group: Group, view: inout ClusterView, into batch: WriteBatch) throws {
+    func restore(_ snapshot: Snapshot, group: Group, view: inout ClusterView, into batch: WriteBatch) throws {
         let decoded: Warbler_Peer_V1_GroupSnapshot
         do { decoded = try Warbler_Peer_V1_GroupSnapshot(serializedBytes: snapshot.data) } catch {
             throw StorageError(.corruption, "snapshot of group \(group.id) cannot be decoded", cause: "\(error)")
@@ -948,7 +763,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
 
     /// Compacts a group's log once enough applied entries follow its last snapshot: the snapshot holds the
     /// group's state at the applied index, so a member that falls behind the log catches up from it.
-    private func maybeCompact(_ group: Group) {
+    func maybeCompact(_ group: Group) {
         let applied = group.node.appliedIndex
         guard let first = try? group.log.firstIndex(), applied >= first + options.compactionEntries else { return }
         do {
@@ -969,7 +784,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
     }
 
-    private func destroy(_ group: Group) {
+    func destroy(_ group: Group) {
         let batch = WriteBatch()
         group.log.stageDestroy(into: batch)
         group.machine.destroy(into: batch)
@@ -983,7 +798,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         logger.notice("left a group; its replica here is deleted", metadata: ["raft.group": "\(group.id)"])
     }
 
-    private func publishView() {
+    func publishView() {
         published.withLock { $0.view = view }
         guard let transport else { return }
         if let id = view.info?.clusterID { transport.setClusterID(id) }
@@ -992,239 +807,4 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
     }
 
-    // MARK: - Placement (on `queue`)
-
-    /// Leaders move their groups toward the desired placement, one membership change at a time: add missing
-    /// replicas as learners, promote learners that caught up, demote or remove what should not vote, and hand
-    /// leadership to a less loaded node when this one leads more than its share.
-    ///
-    /// The placement chooses each group's **voters**; every other active node holds a **learner** replica, so
-    /// that every node serves reads and delivers messages from local state. Nodes that are leaving hold nothing.
-    private func reconcile() {
-        guard let info = view.info else { return }
-        let active = view.activeNodes
-        guard !active.isEmpty else { return }
-        let ledByMe = groups.values.filter { $0.node.softState.role == .leader }.count
-        let fairShare = (groups.count + active.count - 1) / active.count
-        var transferred = false
-        for group in groups.values where group.node.softState.role == .leader {
-            let count =
-                group.id == 0 ? min(Placement.maxMetadataVoters, active.count) : Int(info.replicationFactor)
-            let region = info.preferredLeaderRegion[group.id] ?? ""
-            let voters = Placement.replicas(of: group.id, among: active, count: count, leaderRegion: region)
-            var changed = reconcileMembers(group, voters: voters, members: Set(active.map(\.nodeID)))
-            if !changed, !region.isEmpty { changed = moveLeader(group, toRegion: region, preferred: voters[0]) }
-            if !changed, !transferred, ledByMe > fairShare + 1 { transferred = balanceLeader(group) }
-        }
-    }
-
-    private func reconcileMembers(_ group: Group, voters desired: [UInt64], members: Set<UInt64>) -> Bool {
-        let conf = group.node.confState
-        let progress = group.node.progress
-        let lastIndex = group.node.lastIndex
-        let present = conf.voters.union(conf.learners)
-        var change: ConfChange?
-        if let missing = desired.first(where: { !present.contains($0) })
-            ?? members.sorted().first(where: { !present.contains($0) })
-        {
-            change = ConfChange(.addLearner, nodeID: missing)
-        } else if let ready = conf.learners.sorted().first(where: {
-            desired.contains($0) && (progress[$0]?.match ?? 0) + 100 >= lastIndex
-        }) {
-            change = ConfChange(.addNode, nodeID: ready)
-        } else if desired.allSatisfy({ conf.voters.contains($0) }),
-            let extra = conf.voters.sorted().first(where: { !desired.contains($0) })
-        {
-            if extra == nodeID {
-                // Hand the group to a desired voter first; the new leader demotes or removes this node.
-                if let target = desired.first(where: { (progress[$0]?.match ?? 0) >= lastIndex }) {
-                    try? group.node.transferLeadership(to: target)
-                }
-                return true
-            }
-            change = ConfChange(members.contains(extra) ? .addLearner : .removeNode, nodeID: extra)
-        } else if let gone = conf.learners.sorted().first(where: { !members.contains($0) }) {
-            change = ConfChange(.removeNode, nodeID: gone)
-        }
-        guard let change else { return false }
-        do {
-            try group.node.proposeConfChange(change)
-            logger.info(
-                "moving a replica",
-                metadata: ["raft.group": "\(group.id)", "change": "\(change.kind)", "raft.node": "\(change.nodeID)"]
-            )
-        } catch {
-            // One change at a time: the previous one is still pending.
-        }
-        return true
-    }
-
-    /// Hands leadership to `preferred` when this node is outside the group's leader region and it caught up.
-    private func moveLeader(_ group: Group, toRegion region: String, preferred: UInt64) -> Bool {
-        guard view.nodes[nodeID]?.region != region, view.nodes[preferred]?.region == region,
-            group.node.confState.voters.contains(preferred),
-            (group.node.progress[preferred]?.match ?? 0) >= group.node.lastIndex
-        else { return false }
-        try? group.node.transferLeadership(to: preferred)
-        logger.info("moving a leader to its region", metadata: ["raft.group": "\(group.id)", "region": "\(region)"])
-        return true
-    }
-
-    private func balanceLeader(_ group: Group) -> Bool {
-        let leaders = published.withLock { $0.leaders }
-        var load: [UInt64: Int] = [:]
-        for leader in leaders.values where leader != 0 { load[leader, default: 0] += 1 }
-        let progress = group.node.progress
-        let lastIndex = group.node.lastIndex
-        let region = view.info?.preferredLeaderRegion[group.id] ?? ""
-        let candidates = group.node.confState.voters.filter {
-            $0 != nodeID && (progress[$0]?.match ?? 0) >= lastIndex
-                && (region.isEmpty || view.nodes[$0]?.region == region)
-        }
-        guard let target = candidates.min(by: { (load[$0] ?? 0, $0) < (load[$1] ?? 0, $1) }),
-            (load[target] ?? 0) + 1 < (load[nodeID] ?? 0)
-        else { return false }
-        try? group.node.transferLeadership(to: target)
-        return true
-    }
-
-    // MARK: - Administration
-
-    /// Hands leadership of `group` to `target` (forwarded to the group's leader when needed).
-    public func transferLeader(group id: UInt32, to target: UInt64) async throws {
-        let leader = leader(of: id)
-        if leader == nodeID || leader == 0 {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                enqueue {
-                    guard let group = self.groups[id], group.node.softState.role == .leader else {
-                        continuation.resume(
-                            throwing: ClusterError(.unavailable, "node \(self.nodeID) does not lead group \(id)")
-                        )
-                        return
-                    }
-                    do {
-                        try group.node.transferLeadership(to: target)
-                        continuation.resume()
-                    } catch {
-                        continuation.resume(throwing: ClusterError(.refused, "\(error)"))
-                    }
-                }
-            }
-            return
-        }
-        guard let transport else { throw ClusterError(.unavailable, "no transport") }
-        var request = Warbler_Peer_V1_TransferLeader()
-        request.group = id
-        request.to = target
-        let response = try await transport.request(.transferLeader(request), to: leader)
-        if case .error(let error) = response.body {
-            throw ClusterError(ClusterError.Code(rawValue: error.code), error.message)
-        }
-    }
-
-    /// Every group this node replicates, as it sees them.
-    public func status() async -> ClusterStatus {
-        await withCheckedContinuation { (continuation: CheckedContinuation<ClusterStatus, Never>) in
-            enqueue {
-                var status = ClusterStatus()
-                status.nodeID = self.nodeID
-                status.clusterID = self.view.info?.clusterID ?? ""
-                status.partitionCount = self.view.info?.partitionCount ?? 0
-                status.replicationFactor = self.view.info?.replicationFactor ?? 0
-                status.nodes = self.view.nodes.values.sorted { $0.nodeID < $1.nodeID }
-                status.preferredLeaderRegion = self.view.info?.preferredLeaderRegion ?? [:]
-                for group in self.groups.values.sorted(by: { $0.id < $1.id }) {
-                    var record = Warbler_Peer_V1_GroupStatus()
-                    record.group = group.id
-                    record.leader = group.node.softState.lead
-                    record.term = group.node.hardState.term
-                    record.commit = group.node.hardState.commit
-                    record.applied = group.node.appliedIndex
-                    record.voters = group.node.confState.voters.sorted()
-                    record.learners = group.node.confState.learners.sorted()
-                    record.quiet = group.quietTicks >= 3 || group.suspended
-                    let last = group.node.lastIndex
-                    for (peer, progress) in group.node.progress { record.lag[peer] = last - min(last, progress.match) }
-                    status.groups.append(record)
-                }
-                continuation.resume(returning: status)
-            }
-        }
-    }
-}
-
-extension RaftHost: PeerTransportDelegate {
-    public func peerTransport(received batch: RaftBatchRecord, from node: UInt64) { receive(batch, from: node) }
-
-    public func peerTransport(lost node: UInt64) { lost(node) }
-
-    public func peerTransport(handle request: PeerRequest, from node: UInt64) async -> PeerResponse {
-        var response = PeerResponse()
-        switch request.body {
-        case .propose(let propose):
-            return await handleForwarded(propose)
-        case .join(let join):
-            do {
-                var command = ClusterCommand()
-                command.addNode = join
-                try await propose(command)
-                // Wait until this node's metadata shows the new node, so the answer lists it.
-                var accepted = Warbler_Peer_V1_JoinAccepted()
-                accepted.clusterID = clusterView.info?.clusterID ?? ""
-                accepted.nodes = clusterView.nodes.values.sorted { $0.nodeID < $1.nodeID }
-                response.joinAccepted = accepted
-            } catch {
-                response.error = Self.peerError(error)
-            }
-        case .removeNode(let remove):
-            do {
-                var command = ClusterCommand()
-                command.removeNode = remove
-                try await propose(command)
-                response.done = Warbler_Peer_V1_Done()
-            } catch {
-                response.error = Self.peerError(error)
-            }
-        case .transferLeader(let transfer):
-            do {
-                try await transferLeader(group: transfer.group, to: transfer.to)
-                response.done = Warbler_Peer_V1_Done()
-            } catch {
-                response.error = Self.peerError(error)
-            }
-        case .status:
-            response.status = await status()
-        case .setPreferredRegion(let preference):
-            do {
-                var command = ClusterCommand()
-                command.setPreferredRegion = preference
-                try await propose(command)
-                response.done = Warbler_Peer_V1_Done()
-            } catch {
-                response.error = Self.peerError(error)
-            }
-        case .readIndex(let read):
-            do {
-                try await readBarrier(group: read.group)
-                response.done = Warbler_Peer_V1_Done()
-            } catch {
-                response.error = Self.peerError(error)
-            }
-        case nil:
-            response.error.code = "peer.unknown_request"
-            response.error.message = "empty or unknown request"
-        }
-        return response
-    }
-}
-
-extension StateRecord {
-    init(_ record: Warbler_Peer_V1_KeyValue) { self.init(key: [UInt8](record.key), value: [UInt8](record.value)) }
-
-    var record: Warbler_Peer_V1_KeyValue {
-        var record = Warbler_Peer_V1_KeyValue()
-        record.key = Data(key)
-        record.value = Data(value)
-        return record
-    }
 }

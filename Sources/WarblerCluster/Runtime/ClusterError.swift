@@ -1,17 +1,19 @@
-/// Why a proposal through a ``GroupDriver`` did not produce an outcome.
-public struct GroupDriverError: Error, Sendable, Hashable, CustomStringConvertible {
+/// Why a proposal or a read through the ``RaftHost`` did not produce a result.
+public struct ClusterError: Error, Sendable, Hashable, CustomStringConvertible {
     public struct Code: Sendable, Hashable, RawRepresentable, CustomStringConvertible {
         public var rawValue: String
         public init(rawValue: String) { self.rawValue = rawValue }
         public var description: String { rawValue }
 
-        /// This node cannot accept proposals now (not the leader, no quorum, too much in flight). Nothing was
-        /// appended; retry, possibly elsewhere.
+        /// No leader could take the proposal in time (election, minority side of a partition). Nothing was
+        /// appended; retry later.
         public static let unavailable = Code(rawValue: "group.unavailable")
         /// The entry was appended but leadership changed before it committed: it may or may not commit.
         public static let outcomeUnknown = Code(rawValue: "group.outcome_unknown")
-        /// The driver stopped (shutdown, or a storage failure that stops the group).
+        /// The node is shutting down, or storage failed and the node stopped.
         public static let stopped = Code(rawValue: "group.stopped")
+        /// The command was refused by the cluster metadata (a bad join, removing the last node, …).
+        public static let refused = Code(rawValue: "cluster.refused")
     }
 
     public var code: Code
