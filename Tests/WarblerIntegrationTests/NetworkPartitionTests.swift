@@ -137,10 +137,9 @@ final class PartitionNetwork {
     }
 }
 
-@Suite(.serialized)
-struct NetworkPartitionTests {
-    static let password = ClusterTests.password
-
+/// Part of ``ClusterTests`` so that multi-node tests run one at a time (two clusters at once on two cores made
+/// timing-sensitive assertions flaky).
+extension ClusterTests {
     /// Three nodes, each in its own namespace of `network`, with regions when given.
     static func nodes(in network: PartitionNetwork, regions: [String] = []) throws -> [NodeProcess] {
         try (1...network.size).map { index -> NodeProcess in

@@ -52,7 +52,7 @@ extension RaftHost {
         {
             if extra == nodeID {
                 // Hand the group to a desired voter first; the new leader demotes or removes this node.
-                if let target = desired.first(where: { (progress[$0]?.match ?? 0) >= lastIndex }) {
+                if let target = desired.first(where: { (progress[$0]?.match ?? 0) >= lastIndex && isAlive($0) }) {
                     try? group.node.transferLeadership(to: target)
                 }
                 return true
@@ -78,7 +78,7 @@ extension RaftHost {
     func moveLeader(_ group: Group, toRegion region: String, preferred: UInt64) -> Bool {
         guard view.nodes[nodeID]?.region != region, view.nodes[preferred]?.region == region,
             group.node.confState.voters.contains(preferred),
-            (group.node.progress[preferred]?.match ?? 0) >= group.node.lastIndex
+            (group.node.progress[preferred]?.match ?? 0) >= group.node.lastIndex, isAlive(preferred)
         else { return false }
         try? group.node.transferLeadership(to: preferred)
         logger.info("moving a leader to its region", metadata: ["raft.group": "\(group.id)", "region": "\(region)"])
@@ -93,7 +93,7 @@ extension RaftHost {
         let lastIndex = group.node.lastIndex
         let region = view.info?.preferredLeaderRegion[group.id] ?? ""
         let candidates = group.node.confState.voters.filter {
-            $0 != nodeID && (progress[$0]?.match ?? 0) >= lastIndex
+            $0 != nodeID && (progress[$0]?.match ?? 0) >= lastIndex && isAlive($0)
                 && (region.isEmpty || view.nodes[$0]?.region == region)
         }
         guard let target = candidates.min(by: { (load[$0] ?? 0, $0) < (load[$1] ?? 0, $1) }),
@@ -101,5 +101,14 @@ extension RaftHost {
         else { return false }
         try? group.node.transferLeadership(to: target)
         return true
+    }
+
+    /// True when `node`'s frames arrived within the liveness window: leadership is only ever handed to a node
+    /// that is up (a dead node's log can look caught up in a lull, and a transfer to it would stall the group
+    /// until the transfer times out — again and again).
+    func isAlive(_ node: UInt64) -> Bool {
+        let window = options.tickInterval * options.livenessTicks
+        let now = ContinuousClock.now
+        return liveness.withLock { $0[node].map { now - $0.heard < window } ?? false }
     }
 }
