@@ -117,7 +117,8 @@ let package = Package(
         .testTarget(
             name: "WarblerIntegrationTests",
             dependencies: [
-                "WarblerClient", "WarblerWire", "warbler", .product(name: "NIOCore", package: "swift-nio"),
+                "WarblerClient", "WarblerWire", "WarblerChat", "warbler",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),

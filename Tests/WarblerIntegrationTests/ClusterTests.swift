@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import Testing
+import WarblerChat
 import WarblerClient
 import WarblerWire
 
@@ -71,12 +72,7 @@ struct ClusterTests {
     }
 
     static func partition(of conversation: String) -> UInt32 {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in conversation.utf8 {
-            hash ^= UInt64(byte)
-            hash = hash &* 0x0000_0100_0000_01b3
-        }
-        return UInt32(1 + hash % 64)
+        ChatPartitioning.partition(of: conversation, count: 64)
     }
 
     /// Sends until acknowledged, resending the same client message id (never a second message).

@@ -237,13 +237,30 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
     }
 
-    /// Submits `data` locally when this node leads `group` (proposals keep their submission order); else
-    /// completes with `unavailable` at once. The hot path of a single node.
-    public func submitLocally(_ data: [UInt8], to group: UInt32, completion: @escaping Completion) {
-        submit([Self.applicationTag] + data, to: group) { result in
+    /// Proposes application `data` to `group` and calls `completion` with its outcome, like
+    /// ``propose(_:to:)``. When this node leads the group the proposal goes straight into the scheduler's next
+    /// round (no task; proposals keep their submission order) — the hot path of a partition's leader; when it
+    /// does not, or leadership just moved and nothing was appended, the proposal is routed to the leader.
+    public func submit(_ data: [UInt8], to group: UInt32, completion: @escaping Completion) {
+        let tagged = [Self.applicationTag] + data
+        let routed: @Sendable () -> Void = {
+            Task {
+                do {
+                    switch try await self.route(tagged, to: group) {
+                    case .application(let outcome): completion(.success(outcome))
+                    case .cluster: completion(.failure(ClusterError(.refused, "unexpected cluster outcome")))
+                    }
+                } catch {
+                    completion(.failure(error))
+                }
+            }
+        }
+        guard leader(of: group) == nodeID else { return routed() }
+        submit(tagged, to: group) { result in
             switch result {
             case .success(.application(let outcome)): completion(.success(outcome))
             case .success(.cluster): completion(.failure(ClusterError(.refused, "unexpected cluster outcome")))
+            case .failure(let error as ClusterError) where error.code == .unavailable: routed()
             case .failure(let error): completion(.failure(error))
             }
         }
@@ -465,7 +482,10 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
                 return (inbox.proposals, inbox.messages, inbox.tasks)
             }
             for task in tasks { task() }
-            for (id, message) in messages { step(message, into: id) }
+            if !messages.isEmpty {
+                let incarnations = liveness.withLock { $0.mapValues(\.incarnation) }
+                for (id, message) in messages { step(message, into: id, incarnations: incarnations) }
+            }
             var byGroup: [UInt32: [(data: [UInt8], waiter: Waiter)]] = [:]
             for proposal in proposals { byGroup[proposal.group, default: []].append((proposal.data, proposal.waiter)) }
             for (id, batch) in byGroup { propose(batch, to: id) }
@@ -477,7 +497,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
     }
 
-    func step(_ message: Message, into id: UInt32) {
+    func step(_ message: Message, into id: UInt32, incarnations: [UInt64: UInt64]) {
         let group: Group
         if let existing = groups[id] {
             group = existing
@@ -498,7 +518,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
         if [.app, .heartbeat, .snap].contains(message.type) {
             // The sender leads the group (in its term): remember which incarnation of its node that is.
-            group.leaderIncarnation = liveness.withLock { $0[message.from]?.incarnation ?? 0 }
+            group.leaderIncarnation = incarnations[message.from] ?? 0
         }
         if ![.heartbeatResp, .appResp].contains(message.type) {
             // Anything but the answers to its own traffic wakes a quiet leader (a vote, a read, a transfer).

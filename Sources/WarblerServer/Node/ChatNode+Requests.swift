@@ -357,8 +357,7 @@ extension ChatNode {
         do { group = try self.group(of: body) } catch {
             return reply(.failure(WireError(.unavailable, "\(error)")))
         }
-        let data = Self.encode(body)
-        let complete: @Sendable (Result<ApplyOutcome, any Error>) -> Void = { [self] result in
+        host.submit(Self.encode(body), to: group) { [self] result in
             switch result {
             case .success(.refused(let error)): reply(.failure(WireError(error.code, error.message)))
             case .success where answerDone: reply(.success(.with { $0.done = .init() }))
@@ -369,25 +368,6 @@ extension ChatNode {
                 )
             case .failure(let error):
                 reply(.failure(WireError(.unavailable, "the cluster cannot commit now: \(error)")))
-            }
-        }
-        if host.leader(of: group) == nodeID {
-            // The common case on a partition's leader: no task, straight into the scheduler's next round. When
-            // leadership just moved (nothing was appended), route it like any other proposal.
-            host.submitLocally(data, to: group) { [host] result in
-                if case .failure(let error as ClusterError) = result, error.code == .unavailable {
-                    Task {
-                        do { complete(.success(try await host.propose(data, to: group))) } catch {
-                            complete(.failure(error))
-                        }
-                    }
-                } else {
-                    complete(result)
-                }
-            }
-        } else {
-            Task { [host] in
-                do { complete(.success(try await host.propose(data, to: group))) } catch { complete(.failure(error)) }
             }
         }
     }
