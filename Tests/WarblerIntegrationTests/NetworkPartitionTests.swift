@@ -274,6 +274,13 @@ extension ClusterTests {
             )
         }
         await sender.close()
+        // The healed node first hears from the leader again: its stalled TCP connection resumes on the kernel's
+        // retransmission schedule, which can take several seconds after a long cut.
+        let rejoined = try await tests.eventually(seconds: 60) {
+            let record = try cutOff.clusterStatus().groups.first { $0.group == partition }
+            return record?.leader == newLeader
+        }
+        #expect(rejoined, "the healed node did not hear from the leader of partition \(partition)")
         try await tests.verify(direct.conversationID, on: nodes, acknowledged: acknowledged)
         let (reader, _) = try await cutOff.login("bob", password: Self.password)
         let page = try await reader.history(of: direct.conversationID, limit: 100)
