@@ -274,13 +274,14 @@ extension ClusterTests {
             )
         }
         await sender.close()
-        // The healed node first hears from the leader again: its stalled TCP connection resumes on the kernel's
-        // retransmission schedule, which can take several seconds after a long cut.
-        let rejoined = try await tests.eventually(seconds: 60) {
+        // The healed node hears from the leader again within seconds: a member connection that went silent during
+        // the cut was closed and is dialled again (rather than waiting for TCP's retransmission schedule).
+        let rejoined = try await tests.eventually(seconds: 10) {
             let record = try cutOff.clusterStatus().groups.first { $0.group == partition }
             return record?.leader == newLeader
         }
-        #expect(rejoined, "the healed node did not hear from the leader of partition \(partition)")
+        #expect(rejoined, "the healed node did not hear from the leader of partition \(partition) within 10 s")
+        #expect(cutOff.log.contains("peer connection silent"), "no silent member connection was closed")
         try await tests.verify(direct.conversationID, on: nodes, acknowledged: acknowledged)
         let (reader, _) = try await cutOff.login("bob", password: Self.password)
         let page = try await reader.history(of: direct.conversationID, limit: 100)

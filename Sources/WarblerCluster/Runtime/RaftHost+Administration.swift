@@ -58,7 +58,7 @@ extension RaftHost {
                     record.leader = group.node.softState.lead
                     record.term = group.node.hardState.term
                     record.commit = group.node.hardState.commit
-                    record.applied = group.node.appliedIndex
+                    record.applied = group.applier.appliedIndex
                     record.voters = group.node.confState.voters.sorted()
                     record.learners = group.node.confState.learners.sorted()
                     record.quiet = group.quietTicks >= 3 || group.suspended

@@ -63,9 +63,9 @@ extension RaftHost {
 
     func isQuiet(_ group: Group) -> Bool {
         let node = group.node
-        guard group.waiting.isEmpty, group.readRequests.isEmpty, group.readsAwaitingApply.isEmpty,
+        guard group.waiting.isEmpty, group.readRequests.isEmpty, !group.applier.hasPendingReads,
             node.leadTransferee == noneNode, node.hardState.commit == node.lastIndex,
-            node.appliedIndex == node.lastIndex
+            group.applier.appliedIndex == node.lastIndex
         else { return false }
         let last = node.lastIndex
         return node.progress.values.allSatisfy { $0.match == last }

@@ -10,12 +10,13 @@ import WarblerWire
 /// driven by **one** scheduler.
 ///
 /// Each scheduling round steps incoming messages and proposals into their groups, then persists every
-/// group's Ready — log entries, hard states, snapshots **and** the state their committed entries produce — in
-/// **one write batch with one fsync**, and only then sends the round's messages, coalesced into one frame per
-/// peer. Proposals that arrive during a round join the next one (group commit across all groups). Groups
-/// that have nothing to do cost nothing but a tick.
+/// group's Ready — log entries, hard states, snapshots — in **one write batch with one fsync**, and only then
+/// sends the round's messages, coalesced into one frame per peer. Proposals that arrive during a round join the
+/// next one (group commit across all groups). Groups that have nothing to do cost nothing but a tick.
 ///
-/// All Raft and storage work runs on one serial queue, never on an event loop or the cooperative pool.
+/// Committed entries are applied off the scheduler, by each group's ``Applier`` on its own serial queue (in
+/// index order; proposers get their outcomes from there): a slow apply never holds up another group's
+/// replication. Raft and log work runs on one serial queue, never on an event loop or the cooperative pool.
 public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     /// Tuning of the runtime; the defaults suit a LAN or a few regions.
     public struct Options: Sendable {
@@ -53,10 +54,9 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         let id: UInt32
         var node: RawNode
         let log: RaftLogStore
-        let machine: Machine
         var waiting: [UInt64: (term: UInt64, waiter: Waiter)] = [:]
         var readRequests: [UInt64: ReadRequest] = [:]
-        var readsAwaitingApply: [(index: UInt64, completion: @Sendable (Result<Void, any Error>) -> Void)] = []
+        let applier: Applier
         var wasMember: Bool
         /// The tick at which this replica last heard from the group's leader (bounded-stale reads).
         var leaderContactTick = -1
@@ -67,11 +67,11 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         /// This follower stopped ticking because its leader's node is alive.
         var suspended = false
 
-        init(id: UInt32, node: RawNode, log: RaftLogStore, machine: Machine) {
+        init(id: UInt32, node: RawNode, log: RaftLogStore, applier: Applier) {
             self.id = id
             self.node = node
             self.log = log
-            self.machine = machine
+            self.applier = applier
             self.wasMember = node.confState.voters.contains(node.id) || node.confState.learners.contains(node.id)
         }
     }
@@ -101,6 +101,8 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     let makeMachine: @Sendable (UInt32) throws -> Machine
     let appliedHandler: @Sendable (UInt32, [Machine.Outcome]) -> Void
     let queue = DispatchQueue(label: "warbler.raft")
+    /// Where the groups' appliers run (each on its own serial queue).
+    let applyPool = DispatchQueue(label: "warbler.apply", attributes: .concurrent)
     let inbox = Mutex(Inbox())
     let published = Mutex<(leaders: [UInt32: UInt64], view: ClusterView)>(([:], ClusterView()))
     let syncedBatches = Atomic<Int>(0)
@@ -117,6 +119,8 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     var ticks = 0
     var timer: DispatchSourceTimer?
     var failed = false
+    /// Groups this node left whose replica is being deleted (messages for them are ignored meanwhile).
+    var destroying: Set<UInt32> = []
 
     /// Opens every group stored in `database`.
     ///
@@ -144,23 +148,38 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         self.logger = logger
         self.makeMachine = makeMachine
         self.appliedHandler = onApplied
-        view = try ClusterView.load(from: database, family: clusterFamily)
+        view = ClusterView()
         for id in try RaftLogStore.groups(in: database, family: raftFamily) {
             groups[id] = try openGroup(id)
         }
+        view = try ClusterView.load(from: database, family: clusterFamily)
         publishView()
     }
 
     func openGroup(_ id: UInt32) throws -> Group {
-        let log = try RaftLogStore(database: database, family: raftFamily, group: id)
+        var log = try RaftLogStore(database: database, family: raftFamily, group: id)
         let machine = try makeMachine(id)
+        if try recover(id, log: log, machine: machine) {
+            log = try RaftLogStore(database: database, family: raftFamily, group: id)
+        }
         var config = Config(id: nodeID)
         config.electionTick = options.electionTicks
         config.heartbeatTick = options.heartbeatTicks
         config.applied = max(try machine.appliedIndex(), try log.firstIndex() - 1)
         config.randomSeed = UInt64.random(in: 1...UInt64.max)
         config.maxUncommittedEntriesSize = 64 << 20
-        return Group(id: id, node: try RawNode(config: config, storage: log), log: log, machine: machine)
+        let applier = Applier(
+            id: id,
+            machine: machine,
+            confState: try log.initialState().1,
+            applied: config.applied,
+            compactedThrough: try log.firstIndex() - 1,
+            view: id == 0 ? try ClusterView.load(from: database, family: clusterFamily) : ClusterView(),
+            pool: applyPool
+        )
+        applier.host = self
+        let node = try RawNode(config: config, storage: log)
+        return Group(id: id, node: node, log: log, applier: applier)
     }
 
     // MARK: - Lifecycle
@@ -193,11 +212,15 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
         let stopped = ClusterError(.stopped, "the node is stopping")
         for proposal in pending { proposal.waiter(.failure(stopped)) }
-        queue.sync {
+        let appliers = queue.sync {
             timer?.cancel()
             timer = nil
+            failed = true
             for group in groups.values { failAll(group, stopped) }
+            return groups.values.map(\.applier)
         }
+        // Whatever was handed to the appliers is written before the caller closes the database.
+        for applier in appliers { applier.queue.sync {} }
     }
 
     /// Batches written (each one fsync) and application entries applied since start.
@@ -459,8 +482,9 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
         if ticks % options.reconcileTicks == 0 { reconcile() }
         if options.quiesce, let transport, ticks % options.electionTicks == 0 { wakeLeaderlessLearners(transport) }
-        if options.quiesce, let transport {
-            // One liveness frame per peer per tick (Raft messages of this round go in their own frames).
+        if let transport {
+            // One liveness frame per peer per tick (Raft messages of this round go in their own frames): it
+            // stands in for quiet groups' heartbeats and keeps member connections from being closed as silent.
             var ping = RaftBatchRecord()
             ping.incarnation = incarnation
             for node in view.nodes.keys where node != nodeID && view.nodes[node]?.state != .removed {
@@ -502,6 +526,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         if let existing = groups[id] {
             group = existing
         } else {
+            guard !destroying.contains(id) else { return }
             // A leader replicates a group to this node: it starts empty and catches up (snapshot, then log).
             guard [.app, .snap, .heartbeat].contains(message.type) else { return }
             do {
@@ -559,100 +584,34 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
     }
 
-    struct Prepared {
-        let group: Group
-        let ready: Ready
-        let results: [UInt64: AppliedResult]
-        let outcomes: [Machine.Outcome]
-        let viewChanged: Bool
-    }
-
-    /// Persists every group's Ready in one batch (one fsync), then advances, sends and completes. Returns false
-    /// when no group had anything to do.
+    /// Persists every group's Ready in one batch (one fsync when anything must be durable), then advances,
+    /// sends, and hands committed entries to the groups' appliers. Returns false when no group had anything
+    /// to do.
     func processReadies() -> Bool {
-        var prepared: [Prepared] = []
+        var readies: [(group: Group, ready: Ready)] = []
         let batch = WriteBatch()
         var sync = false
-        var newView = view
+        for group in groups.values where group.node.hasReady {
+            let ready = group.node.ready()
+            group.log.stage(ready, into: batch)
+            // Only new entries, a new term or vote, and snapshots must be synced before anything is sent or
+            // acknowledged; a round that only commits needs no fsync.
+            sync = sync || ready.mustSync || ready.snapshot != nil
+            readies.append((group, ready))
+        }
+        if readies.isEmpty { return false }
         do {
-            for group in groups.values where group.node.hasReady {
-                let ready = group.node.ready()
-                group.log.stage(ready, into: batch)
-                var viewChanged = false
-                if let snapshot = ready.snapshot, !snapshot.isEmpty {
-                    try restore(snapshot, group: group, view: &newView, into: batch)
-                    viewChanged = group.id == 0
-                }
-                var results: [UInt64: AppliedResult] = [:]
-                var application: [Entry] = []
-                for entry in ready.committedEntries where entry.kind == .normal && !entry.data.isEmpty {
-                    if entry.data[0] == Self.clusterTag {
-                        guard group.id == 0,
-                            let command = try? ClusterCommand(serializedBytes: Array(entry.data[1...]))
-                        else {
-                            results[entry.index] = .cluster("not a cluster command")
-                            continue
-                        }
-                        results[entry.index] = .cluster(newView.apply(command, into: batch, family: clusterFamily))
-                        viewChanged = true
-                    } else {
-                        application.append(
-                            Entry(term: entry.term, index: entry.index, kind: .normal, data: Array(entry.data[1...]))
-                        )
-                    }
-                }
-                let outcomes = try group.machine.apply(application, into: batch)
-                if ready.committedEntries.contains(where: { $0.kind == .confChange }) {
-                    // The membership after these changes is stored with the applied state (same batch).
-                    var conf = ready.snapshot.map(\.metadata.confState) ?? group.node.confState
-                    for entry in ready.committedEntries where entry.kind == .confChange {
-                        guard let change = try? ConfChange(decoding: entry.data) else { continue }
-                        switch change.kind {
-                        case .addNode:
-                            conf.voters.insert(change.nodeID)
-                            conf.learners.remove(change.nodeID)
-                        case .addLearner:
-                            conf.learners.insert(change.nodeID)
-                            conf.voters.remove(change.nodeID)
-                        case .removeNode:
-                            conf.voters.remove(change.nodeID)
-                            conf.learners.remove(change.nodeID)
-                        }
-                    }
-                    group.log.stage(confState: conf, into: batch)
-                }
-                for (entry, outcome) in zip(application, outcomes) { results[entry.index] = .application(outcome) }
-                // Only new entries, a new term or vote, and snapshots must be synced before anything is sent or
-                // acknowledged. Applying committed entries need not be: they are already durable on a quorum's
-                // logs, and after a crash the state is rebuilt by replaying them from the stored applied index.
-                sync = sync || ready.mustSync || ready.snapshot != nil
-                prepared.append(
-                    Prepared(group: group, ready: ready, results: results, outcomes: outcomes, viewChanged: viewChanged)
-                )
-            }
-            if prepared.isEmpty { return false }
             try database.write(batch, sync: sync)
         } catch {
-            // A write that may or may not be on disk leaves the logs in an unknown state: stop the node's groups.
-            logger.critical("storage failed; stopping every group", metadata: ["error": "\(error)"])
-            failed = true
-            timer?.cancel()
-            for group in groups.values { failAll(group, error) }
-            inbox.withLock { $0.stopped = true }
+            storageFailed(error)
             return false
         }
         if sync { syncedBatches.add(1, ordering: .relaxed) }
-        if prepared.contains(where: \.viewChanged) {
-            view = newView
-            publishView()
-        }
         var outgoing: [UInt64: RaftBatchRecord] = [:]
         var destroyed: [Group] = []
-        for item in prepared {
-            let group = item.group
-            group.node.advance(item.ready)
-            appliedEntries.add(item.outcomes.count, ordering: .relaxed)
-            for message in item.ready.messages {
+        for (group, ready) in readies {
+            group.node.advance(ready)
+            for message in ready.messages {
                 var record = Warbler_Peer_V1_GroupMessage()
                 record.group = group.id
                 record.message = Warbler_Raft_V1_Message(message)
@@ -662,19 +621,16 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
                     enqueue { [weak group] in group?.node.reportSnapshot(peer, succeeded: true) }
                 }
             }
-            if let soft = item.ready.softState { roleChanged(group, soft) }
-            if !item.outcomes.isEmpty { appliedHandler(group.id, item.outcomes) }
-            complete(group, item.ready, item.results)
-            for state in item.ready.readStates {
+            handOff(ready, of: group)
+            if let soft = ready.softState { roleChanged(group, soft) }
+            for state in ready.readStates {
                 let context = state.requestContext.reduce(0) { $0 << 8 | UInt64($1) }
                 guard let request = group.readRequests.removeValue(forKey: context) else { continue }
-                group.readsAwaitingApply.append((state.index, request.completion))
+                group.applier.whenApplied(state.index, request.completion)
             }
-            releaseReads(group)
             let conf = group.node.confState
             let member = conf.voters.contains(nodeID) || conf.learners.contains(nodeID)
             if member { group.wasMember = true } else if group.wasMember { destroyed.append(group) }
-            maybeCompact(group)
         }
         if let transport {
             for (peer, var batch) in outgoing {
@@ -686,15 +642,31 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         return true
     }
 
-    func complete(_ group: Group, _ ready: Ready, _ results: [UInt64: AppliedResult]) {
+    /// Gives a Ready's snapshot and committed entries, with their proposers, to the group's applier (they are
+    /// on disk now).
+    func handOff(_ ready: Ready, of group: Group) {
+        let snapshot = ready.snapshot.flatMap { $0.isEmpty ? nil : $0 }
+        guard snapshot != nil || !ready.committedEntries.isEmpty else { return }
+        var waiters: [UInt64: Waiter] = [:]
         for entry in ready.committedEntries {
-            guard let waiter = group.waiting.removeValue(forKey: entry.index) else { continue }
-            if waiter.term == entry.term, let result = results[entry.index] {
-                waiter.waiter(.success(result))
+            guard let waiting = group.waiting.removeValue(forKey: entry.index) else { continue }
+            if waiting.term == entry.term {
+                waiters[entry.index] = waiting.waiter
             } else {
-                waiter.waiter(.failure(ClusterError(.outcomeUnknown, "entry \(entry.index) was replaced")))
+                waiting.waiter(.failure(ClusterError(.outcomeUnknown, "entry \(entry.index) was replaced")))
             }
         }
+        group.applier.submit(ApplyJob(snapshot: snapshot, entries: ready.committedEntries, waiters: waiters))
+    }
+
+    /// A write that may or may not be on disk leaves the logs in an unknown state: stop the node's groups.
+    func storageFailed(_ error: any Error) {
+        guard !failed else { return }
+        logger.critical("storage failed; stopping every group", metadata: ["error": "\(error)"])
+        failed = true
+        timer?.cancel()
+        for group in groups.values { failAll(group, error) }
+        inbox.withLock { $0.stopped = true }
     }
 
     func roleChanged(_ group: Group, _ soft: SoftState) {
@@ -713,16 +685,6 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
             let waiters = group.waiting
             group.waiting = [:]
             for waiter in waiters.values { waiter.waiter(.failure(error)) }
-        }
-    }
-
-    func releaseReads(_ group: Group) {
-        guard !group.readsAwaitingApply.isEmpty else { return }
-        let applied = group.node.appliedIndex
-        group.readsAwaitingApply.removeAll { read in
-            guard read.index <= applied else { return false }
-            read.completion(.success(()))
-            return true
         }
     }
 
@@ -756,66 +718,26 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         let reads = group.readRequests
         group.readRequests = [:]
         for read in reads.values { read.completion(.failure(error)) }
-        let awaiting = group.readsAwaitingApply
-        group.readsAwaitingApply = []
-        for read in awaiting { read.completion(.failure(error)) }
+        group.applier.failReads(error)
     }
 
-    // MARK: - Snapshots
-
-    func restore(_ snapshot: Snapshot, group: Group, view: inout ClusterView, into batch: WriteBatch) throws {
-        let decoded: Warbler_Peer_V1_GroupSnapshot
-        do { decoded = try Warbler_Peer_V1_GroupSnapshot(serializedBytes: snapshot.data) } catch {
-            throw StorageError(.corruption, "snapshot of group \(group.id) cannot be decoded", cause: "\(error)")
-        }
-        if group.id == 0 {
-            let range = ClusterView.replicatedRange
-            batch.deleteRange(from: range.start, to: range.end, in: clusterFamily)
-            for record in decoded.cluster { batch.put([UInt8](record.key), [UInt8](record.value), in: clusterFamily) }
-            view = try ClusterView(records: decoded.cluster.map(StateRecord.init))
-        }
-        try group.machine.restore(decoded.state.map(StateRecord.init), index: snapshot.metadata.index, into: batch)
-        logger.notice(
-            "installed a snapshot",
-            metadata: ["raft.group": "\(group.id)", "raft.index": "\(snapshot.metadata.index)"]
-        )
-    }
-
-    /// Compacts a group's log once enough applied entries follow its last snapshot: the snapshot holds the
-    /// group's state at the applied index, so a member that falls behind the log catches up from it.
-    func maybeCompact(_ group: Group) {
-        let applied = group.node.appliedIndex
-        guard let first = try? group.log.firstIndex(), applied >= first + options.compactionEntries else { return }
-        do {
-            var snapshot = Warbler_Peer_V1_GroupSnapshot()
-            if group.id == 0 { snapshot.cluster = view.records.map(\.record) }
-            snapshot.state = try group.machine.snapshotState().map(\.record)
-            let batch = WriteBatch()
-            try group.log.stageCompaction(
-                at: applied,
-                confState: group.node.confState,
-                data: try snapshot.serializedBytes(),
-                into: batch
-            )
-            try database.write(batch, sync: false)
-            logger.debug("compacted a group log", metadata: ["raft.group": "\(group.id)", "raft.index": "\(applied)"])
-        } catch {
-            logger.error("compaction failed", metadata: ["raft.group": "\(group.id)", "error": "\(error)"])
-        }
-    }
-
+    /// This node left `group`: its replica is deleted once its applier finished what it was given.
     func destroy(_ group: Group) {
-        let batch = WriteBatch()
-        group.log.stageDestroy(into: batch)
-        group.machine.destroy(into: batch)
-        do { try database.write(batch, sync: true) } catch {
-            logger.error("cannot delete a group this node left", metadata: ["raft.group": "\(group.id)"])
-            return
-        }
         failAll(group, ClusterError(.unavailable, "this node left group \(group.id)"))
         groups.removeValue(forKey: group.id)
+        destroying.insert(group.id)
         published.withLock { _ = $0.leaders.removeValue(forKey: group.id) }
-        logger.notice("left a group; its replica here is deleted", metadata: ["raft.group": "\(group.id)"])
+        group.applier.destroy { deleted in
+            self.enqueue {
+                self.destroying.remove(group.id)
+                if deleted {
+                    self.logger.notice(
+                        "left a group; its replica here is deleted",
+                        metadata: ["raft.group": "\(group.id)"]
+                    )
+                }
+            }
+        }
     }
 
     func publishView() {

@@ -37,6 +37,10 @@ public final class PeerTransport: Sendable {
     public static let maxFrameBytes = 256 << 20
     /// Bytes queued for one peer while it is unreachable, beyond which frames are dropped.
     public static let maxQueuedBytes = 64 << 20
+    /// A member connection on which nothing arrived for this long is closed (and dialled again): members send
+    /// a liveness frame every tick, so silence means the path is broken, and a fresh connection recovers far
+    /// sooner than TCP's retransmission schedule once the network heals.
+    public static let memberSilenceTimeout: TimeAmount = .seconds(3)
 
     let nodeID: UInt64
     private let clusterID: Mutex<String>
@@ -497,6 +501,27 @@ final class PeerChannelHandler: ChannelInboundHandler, @unchecked Sendable {
         self.greeted = outbound != nil
     }
 
+    func handlerAdded(context: ChannelHandlerContext) {
+        if let outbound, outbound.node != 0 { watchForSilence(context) }
+    }
+
+    /// Closes a member connection that went silent (see ``PeerTransport/memberSilenceTimeout``).
+    private func watchForSilence(_ context: ChannelHandlerContext) {
+        let watchdog = IdleStateHandler(readTimeout: PeerTransport.memberSilenceTimeout)
+        try? context.pipeline.syncOperations.addHandler(watchdog, position: .before(self))
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read else {
+            return context.fireUserInboundEventTriggered(event)
+        }
+        transport.logger.notice(
+            "peer connection silent; closing it to reconnect",
+            metadata: ["peer.node": "\(peer)", "remote": "\(context.remoteAddress.map { "\($0)" } ?? "?")"]
+        )
+        context.close(promise: nil)
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let body = unwrapInboundIn(data)
         let frame: PeerFrame
@@ -570,6 +595,7 @@ final class PeerChannelHandler: ChannelInboundHandler, @unchecked Sendable {
         if !hello.oneOff {
             adopted = true
             transport.adopt(context.channel, from: peer)
+            watchForSilence(context)
         }
     }
 

@@ -15,8 +15,9 @@ public final class RaftLogStore: RaftStorage {
     private let family: ColumnFamily
     private var hard: HardState
     private var snap: Snapshot
-    /// The membership as of the applied index, when a change was applied after the snapshot.
-    private var appliedConfState: ConfState?
+    /// The membership as of the applied index, as stored when the log was opened (see
+    /// ``stage(appliedConfState:group:family:into:)``).
+    private let appliedConfState: ConfState?
     /// The newest entries, contiguous and ending at the last index: a leader replicates what it just appended
     /// without reading it back from RocksDB. Bounded by ``entryCacheBytes``.
     private var cache: [Entry] = []
@@ -52,6 +53,8 @@ public final class RaftLogStore: RaftStorage {
             do { appliedConfState = try RaftRecordCodec.decodeConfState(bytes) } catch {
                 throw StorageError(.corruption, "membership of group \(group) cannot be decoded", cause: "\(error)")
             }
+        } else {
+            appliedConfState = nil
         }
         terms = [snap.metadata.term]
         let iterator = database.makeIterator(
@@ -102,9 +105,9 @@ public final class RaftLogStore: RaftStorage {
         return groups.sorted()
     }
 
-    /// Stages the deletion of everything this group stored (the node left the group). The object must not be
-    /// used afterwards.
-    public func stageDestroy(into batch: WriteBatch) {
+    /// Stages the deletion of everything `group` stored in `family` (the node left the group). A log object of
+    /// the group must not be used afterwards.
+    public static func stageDestroy(group: UInt32, family: ColumnFamily, into batch: WriteBatch) {
         batch.deleteRange(
             from: RaftLogKeys.entry(group: group, index: 0),
             to: RaftLogKeys.entry(group: group, index: .max),
@@ -114,7 +117,6 @@ public final class RaftLogStore: RaftStorage {
         batch.delete(RaftLogKeys.hardState(group: group), in: family)
         batch.delete(RaftLogKeys.snapshot(group: group), in: family)
         batch.delete(RaftLogKeys.confState(group: group), in: family)
-        cacheClear()
     }
 
     /// True when the group has no state at all (never bootstrapped, never received a snapshot).
@@ -126,12 +128,12 @@ public final class RaftLogStore: RaftStorage {
         (hard, appliedConfState ?? snap.metadata.confState)
     }
 
-    /// Stages the membership that results from applying conf changes, in the batch that records the applied
-    /// state: a restart must come back with the membership of its applied index, not of its last snapshot
-    /// (a one-voter bootstrap snapshot would otherwise let a restarted member elect itself alone).
-    public func stage(confState: ConfState, into batch: WriteBatch) {
-        batch.put(RaftLogKeys.confState(group: group), RaftRecordCodec.encode(confState), in: family)
-        appliedConfState = confState
+    /// Stages the membership that results from applying conf changes (or installing a snapshot), in the batch
+    /// that records the applied state: a restart must come back with the membership of its applied index, not
+    /// of its last snapshot (a one-voter bootstrap snapshot would otherwise let a restarted member elect itself
+    /// alone). Written by the group's applier, not by the log's owner, so it changes nothing in a loaded log.
+    public static func stage(appliedConfState: ConfState, group: UInt32, family: ColumnFamily, into batch: WriteBatch) {
+        batch.put(RaftLogKeys.confState(group: group), RaftRecordCodec.encode(appliedConfState), in: family)
     }
 
     public func entries(from low: UInt64, to high: UInt64, maxSize: Int) throws(RaftError) -> [Entry] {
@@ -282,8 +284,6 @@ public final class RaftLogStore: RaftStorage {
             in: family
         )
         batch.put(RaftLogKeys.snapshot(group: group), RaftRecordCodec.encode(snapshot), in: family)
-        batch.delete(RaftLogKeys.confState(group: group), in: family)
-        appliedConfState = nil
         cacheClear()
         snap = snapshot
         terms = [snapshot.metadata.term]

@@ -20,6 +20,7 @@ final class NodeProcess: @unchecked Sendable {
     let nodeID: UInt64
     private var process: Process?
     let logPath: String
+    static let logSequence = Atomic<Int>(0)
 
     init(nodeID: UInt64 = 1) throws {
         self.nodeID = nodeID
@@ -89,6 +90,12 @@ final class NodeProcess: @unchecked Sendable {
             process.waitUntilExit()
         }
         try? FileManager.default.removeItem(atPath: dataDirectory)
+        // WARBLER_KEEP_LOGS=DIR keeps every node's log there (for a failure that is hard to reproduce).
+        if let keep = ProcessInfo.processInfo.environment["WARBLER_KEEP_LOGS"] {
+            try? FileManager.default.createDirectory(atPath: keep, withIntermediateDirectories: true)
+            let name = "\(keep)/\(Self.logSequence.add(1, ordering: .relaxed).oldValue)-node\(nodeID).log"
+            try? FileManager.default.moveItem(atPath: logPath, toPath: name)
+        }
         try? FileManager.default.removeItem(atPath: logPath)
     }
 
@@ -120,7 +127,8 @@ final class NodeProcess: @unchecked Sendable {
         process.arguments =
             (namespace.map { ["netns", "exec", $0, Self.binary] } ?? []) + [
                 "serve", "--data", dataDirectory, "--port", "\(port)", "--websocket-port", "\(webSocketPort)",
-                "--peer-port", "\(peerPort)", "--node-id", "\(nodeID)", "--log-level", "notice",
+                "--peer-port", "\(peerPort)", "--node-id", "\(nodeID)", "--log-level",
+                ProcessInfo.processInfo.environment["WARBLER_IT_LOG_LEVEL"] ?? "notice",
             ] + (join.map { ["--join", $0] } ?? []) + (region.isEmpty ? [] : ["--region", region]) + serveArguments
         if !FileManager.default.fileExists(atPath: logPath) {
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
