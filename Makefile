@@ -61,6 +61,7 @@ proto:
 bench:
 	$(SWIFT) build -c release
 	./.build/release/warbler-raft-bench
+	./.build/release/warbler-micro-bench
 	./.build/release/warbler-bench --spawn single --senders 32 --window 1 --seconds 10
 
 clean:

@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "warbler-sim", targets: ["warbler-sim"]),
         .executable(name: "warbler-raft-bench", targets: ["warbler-raft-bench"]),
         .executable(name: "warbler-bench", targets: ["warbler-bench"]),
+        .executable(name: "warbler-micro-bench", targets: ["warbler-micro-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -87,10 +88,20 @@ let package = Package(
                 "WarblerClient", "WarblerWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             path: "bench/WarblerBench"
         ),
         .executableTarget(name: "warbler-raft-bench", dependencies: ["WarblerRaft"], path: "bench/RaftBench"),
+        .executableTarget(
+            name: "warbler-micro-bench",
+            dependencies: [
+                "WarblerRaft", "WarblerStorage", "WarblerWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            path: "bench/MicroBench"
+        ),
         .target(
             name: "WarblerServer",
             dependencies: [

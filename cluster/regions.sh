@@ -62,9 +62,9 @@ start_node() {
       --host "10.77.0.$i" >/dev/null
     [ -d "$data/db" ] || join=(--join 10.78.0.1:7500)
   elif [ ! -d "$data/db" ]; then
-    for user in $(seq 0 7 | sed 's/^/bench-/') bench-sink; do
-      echo "bench-password-not-secret" | "$BIN" user add "$user" --data "$data" >/dev/null
-    done
+    # The accounts warbler-bench's pairs scenario logs in as (senders bench-s<i>, recipients bench-r<i>).
+    echo "bench-password-not-secret" | "$BIN" user add $(for k in $(seq 0 7); do echo "bench-s$k bench-r$k"; done) \
+      --data "$data" >/dev/null
   fi
   ip netns exec "wn$i" "$BIN" serve --data "$data" --node-id "$i" --host "10.77.0.$i" --peer-host "10.78.0.$i" \
     --region "${REGION[$i]}" "${join[@]}" >>"$DIR/n$i.log" 2>&1 &

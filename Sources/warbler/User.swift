@@ -13,11 +13,14 @@ struct User: AsyncParsableCommand {
 
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Create an account in a node's data (the node must be stopped).",
-            discussion: "The password is read from standard input (one line), or prompted for on a terminal."
+            abstract: "Create accounts in a node's data (the node must be stopped).",
+            discussion: """
+                The password is read from standard input (one line), or prompted for on a terminal. Several names \
+                create several accounts with that password (for test and benchmark fleets).
+                """
         )
 
-        @Argument(help: "The user name (letters, digits, '.', '_', '-'); it never changes.") var name: String
+        @Argument(help: "The user name (letters, digits, '.', '_', '-'); it never changes.") var names: [String]
         @Option(help: "owner, admin, auditor, member, guest or bot.") var role = "member"
         @Option(help: "Data directory.") var data = "./data"
 
@@ -26,6 +29,7 @@ struct User: AsyncParsableCommand {
                 "owner": .owner, "admin": .admin, "auditor": .auditor, "member": .member, "guest": .guest, "bot": .bot,
             ]
             guard let chosen = roles[role] else { throw ValidationError("unknown role '\(role)'") }
+            guard !names.isEmpty else { throw ValidationError("give at least one user name") }
             let password = try readPassword()
             var logger = Logger(label: "warbler")
             logger.logLevel = .warning
@@ -40,8 +44,10 @@ struct User: AsyncParsableCommand {
             defer { node.stop() }
             do {
                 try await node.start(listen: false)
-                let account = try await node.createAccount(name: name, password: password, role: chosen)
-                print("created user \(account.name) (\(role))")
+                for name in names {
+                    let account = try await node.createAccount(name: name, password: password, role: chosen)
+                    print("created user \(account.name) (\(role))")
+                }
             } catch let error as ChatError {
                 throw CommandFailure(error.message)
             }
@@ -49,7 +55,8 @@ struct User: AsyncParsableCommand {
 
         private func readPassword() throws -> String {
             if isatty(STDIN_FILENO) != 0 {
-                guard let first = getpass("Password for \(name): ").map({ String(cString: $0) }),
+                guard
+                    let first = getpass("Password for \(names.joined(separator: ", ")): ").map({ String(cString: $0) }),
                     let second = getpass("Repeat: ").map({ String(cString: $0) })
                 else { throw ValidationError("no password given") }
                 guard first == second else { throw ValidationError("the passwords differ") }

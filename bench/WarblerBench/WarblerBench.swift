@@ -1,7 +1,5 @@
 import ArgumentParser
 import Foundation
-import Histogram
-import Synchronization
 import WarblerClient
 import WarblerWire
 
@@ -9,39 +7,102 @@ import WarblerWire
 import Glibc
 #endif
 
-/// `warbler-bench`: drives a real Warbler node or cluster over the client protocol and reports acknowledged
-/// messages per second and ack latency percentiles. This first version runs the `pairs` scenario (each sender posts into its
-/// own direct conversation) in closed loop with a window of unacknowledged sends per connection.
+/// `warbler-bench`: drives a real Warbler node or cluster over the client protocol — scenarios `pairs`,
+/// `group`, `connections`, `sync` and `mixed`, in closed loop (a window of unacknowledged sends per connection)
+/// or open loop (a fixed rate, latency from each send's intended time) — and reports sends, acks, deliveries
+/// and errors per second, ack and end-to-end delivery latency percentiles (HdrHistogram), and the CPU and
+/// memory of local server processes; as a table, as JSON (`--json`), and as an SVG percentile plot (`--svg`).
 @main
 struct WarblerBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "warbler-bench",
-        abstract: "Measure a Warbler node: acknowledged messages per second and ack latency."
+        abstract: "Measure a Warbler node or cluster over the real client protocol.",
+        discussion: """
+            Scenarios:
+              pairs        P direct conversations (--senders P), one sender each, each recipient online
+              group        G groups (--groups) of M members (--members), S senders each (--senders), all online
+              connections  C idle authenticated connections (--connections) from several 127.0.0.x addresses,
+                           plus light traffic; reports connect rate and server memory per connection
+              sync         a member comes back to a backlog of N messages (--backlog) and syncs it
+              mixed        U users (--users), Zipf-popular direct and group conversations; sends, receipts,
+                           history reads
+            With --spawn the bench starts the nodes itself and creates the accounts it needs. With --target the
+            accounts must exist (password --password): pairs bench-s<i>/bench-r<i>, group bench-g<g>-m<m>,
+            connections bench-c0…bench-c19, sync bench-s0/bench-r0, mixed bench-u<i>.
+            """
     )
 
-    @Option(help: "HOST:PORT[,HOST:PORT…] of running nodes (users bench-0… and bench-sink must exist).")
+    enum Scenario: String, ExpressibleByArgument, CaseIterable {
+        case pairs, group, connections, sync, mixed
+    }
+
+    @Option(help: "pairs, group, connections, sync or mixed.") var scenario: Scenario = .pairs
+    @Option(help: "HOST:PORT[,HOST:PORT…] of running nodes (connections are spread over them round-robin).")
     var target: String?
-    @Option(
-        help: "'single' or 'cluster:N': start nodes from the built binary with fresh data folders, stop them after."
-    )
+    @Option(help: "'single' or 'cluster:N': start nodes from the built binary with fresh data folders.")
     var spawn: String?
-    @Option(help: "Concurrent senders, one connection each.") var senders = 32
-    @Option(help: "Unacknowledged sends per connection.") var window = 1
-    @Option(help: "Measured seconds (after a one-second warm-up).") var seconds = 10.0
-    @Option(help: "Payload bytes.") var payload = 128
+    @Option(help: "pairs: conversations, one sender each (default 32); group: senders per group (default 1).")
+    var senders: Int?
+    @Option(help: "group: number of groups.") var groups = 1
+    @Option(help: "group: members per group (every member online).") var members = 11
+    @Option(help: "mixed: users, one connection each.") var users = 40
+    @Option(help: "connections: idle authenticated connections.") var connections = 10_000
+    @Option(help: "connections: 127.0.0.x source addresses to spread them over (default: one per 20,000).")
+    var sourceAddresses: Int?
+    @Option(help: "sync: messages waiting for the returning member.") var backlog = 10_000
+    @Option(help: "Closed loop: unacknowledged sends per sending connection.") var window = 1
+    @Option(help: "Open loop: total sends (mixed: operations) per second; replaces the window.") var rate: Double?
+    @Option(help: "Measured seconds.") var seconds = 10.0
+    @Option(help: "Warm-up seconds before measuring.") var warmUp = 1.0
+    @Option(help: "Payload bytes (at least 8: the send time travels in the payload).") var payload = 128
+    @Option(help: "Seed of every random choice (mixed scenario, conversation shapes).") var seed: UInt64 = 1
     @Option(help: "Password of the bench users.") var password = "bench-password-not-secret"
+    @Option(help: "Local server process ids to report CPU and memory of (with --target).") var serverPid: [Int32] = []
     @Flag(help: "Print the result as JSON.") var json = false
+    @Option(help: "Write a latency percentile plot (SVG) to this file.") var svg: String?
+    @Flag(help: "No progress line on standard error.") var quiet = false
     @Flag(
         help: """
-            Chaos mode: retry failed sends with the same client message id until acknowledged, then check that every \
-            node holds every acknowledged message at its seq, gap-free and in one order (exit 1 if not).
+            pairs only: retry failed sends with the same client message id until acknowledged, then check that \
+            every node holds every acknowledged message at its seq, gap-free and in one order (exit 1 if not).
             """
     )
     var verify = false
 
+    func validate() throws {
+        guard payload >= 8 else { throw ValidationError("--payload must be at least 8 bytes") }
+        guard window >= 1 else { throw ValidationError("--window must be at least 1") }
+        if let rate, rate <= 0 { throw ValidationError("--rate must be positive") }
+        if verify && scenario != .pairs { throw ValidationError("--verify applies to the pairs scenario") }
+    }
+
+    var pairCount: Int { senders ?? 32 }
+    var sendersPerGroup: Int { senders ?? 1 }
+    var shape: LoadShape { rate.map { .open(ratePerSecond: $0) } ?? .closed(window: window) }
+
+    var loadDescription: String {
+        switch scenario {
+        case .sync: "closed loop, window \(window)"
+        case .connections: "idle connections + open loop, 50 msgs/s"
+        default: shape.description
+        }
+    }
+
+    /// The accounts the scenario logs in as.
+    var accounts: [String] {
+        switch scenario {
+        case .pairs: PairsScenario.users(pairs: pairCount)
+        case .group: GroupScenario.users(groups: groups, members: members)
+        case .connections: ConnectionsScenario.users
+        case .sync: SyncScenario.users
+        case .mixed: MixedScenario.users(count: users)
+        }
+    }
+
     func run() async throws {
+        raiseFileLimit()
         var spawned: SpawnedCluster?
-        var targets: [(host: String, port: Int)] = []
+        var targets: [Fleet.Target] = []
         if let spawn {
             let size: Int
             if spawn == "single" {
@@ -51,304 +112,143 @@ struct WarblerBench: AsyncParsableCommand {
             } else {
                 throw ValidationError("--spawn is 'single' or 'cluster:N'")
             }
-            let cluster = try SpawnedCluster(
-                size: size,
-                users: (0..<senders).map { "bench-\($0)" } + ["bench-sink"],
-                password: password
-            )
+            progress("starting \(size) node(s) and creating \(accounts.count) accounts…")
+            let cluster = try SpawnedCluster(size: size, users: accounts, password: password)
             spawned = cluster
-            targets = cluster.ports.map { ("127.0.0.1", $0) }
+            targets = cluster.ports.map { Fleet.Target(host: "127.0.0.1", port: $0) }
         } else if let target {
             for address in target.split(separator: ",") {
                 guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...])
                 else { throw ValidationError("--target takes HOST:PORT[,HOST:PORT…]") }
-                targets.append((String(address[..<colon]), port))
+                targets.append(Fleet.Target(host: String(address[..<colon]), port: port))
             }
         }
         guard !targets.isEmpty else { throw ValidationError("give --target HOST:PORT[,…] or --spawn single|cluster:N") }
         defer { spawned?.stop() }
-
-        var clients: [(WarblerClient, String)] = []
-        for index in 0..<senders {
-            // Senders spread over the nodes round-robin: every node is a gateway.
-            let (host, port) = targets[index % targets.count]
-            let client = WarblerClient(host: host, port: port)
-            try await client.connect()
-            try await client.login(user: "bench-\(index)", password: password)
-            let conversation = try await client.createDirect(with: "bench-sink")
-            clients.append((client, conversation.conversationID))
+        let fleet = Fleet(targets: targets, password: password)
+        let pids = spawned?.pids ?? serverPid
+        let report = try await measure(fleet: fleet, pids: pids)
+        if json { print(report.json) } else { print(report.table) }
+        if let svg {
+            try report.svg.write(toFile: svg, atomically: true, encoding: .utf8)
+            progress("latency plot written to \(svg)")
         }
-        let body = Data(repeating: 0x61, count: payload)
-        let recorder = LatencyRecorder()
-        let acknowledged = AcknowledgedMessages()
-        let start = Date()
-        let warmUpEnd = start.addingTimeInterval(1)
-        let end = warmUpEnd.addingTimeInterval(seconds)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for (client, conversation) in clients {
-                for _ in 0..<window {
-                    group.addTask { [verify] in
-                        while true {
-                            let sent = Date()
-                            if sent >= end { return }
-                            if verify {
-                                let id = UUID().uuidString
-                                var unique = Data(id.utf8)
-                                unique.append(body.prefix(max(0, body.count - unique.count)))
-                                let ack = try await sendUntilAcknowledged(
-                                    unique,
-                                    id: id,
-                                    to: conversation,
-                                    with: client
-                                )
-                                acknowledged.record(conversation: conversation, seq: ack.seq, payload: unique)
-                            } else {
-                                _ = try await client.send(body, to: conversation)
-                            }
-                            // In verify mode: the latency until acknowledged, retries included.
-                            let acked = Date()
-                            if sent >= warmUpEnd && acked <= end {
-                                recorder.record(microseconds: UInt64(acked.timeIntervalSince(sent) * 1_000_000))
-                            }
-                        }
-                    }
-                }
+    }
+
+    func measure(fleet: Fleet, pids: [Int32]) async throws -> BenchReport {
+        progress("connecting \(accounts.count) client(s)…")
+        // The window opens once the scenario is set up: counters are created right before the load starts.
+        var counters = RunCounters(warmUpSeconds: warmUp, seconds: seconds)
+        var extras = ScenarioExtras()
+        var measuredSeconds = seconds
+        let sampler = ServerSampler(pids: pids)
+        let sampleServers: (RunCounters) -> Void = { sampler.schedule(start: $0.window.start, end: $0.window.end) }
+        let verified = verify ? AcknowledgedMessages() : nil
+        switch scenario {
+        case .pairs:
+            counters = try await PairsScenario.prepareAndRun(
+                fleet: fleet,
+                pairs: pairCount,
+                shape: shape,
+                payloadBytes: payload,
+                warmUp: warmUp,
+                seconds: seconds,
+                progress: !quiet,
+                verify: verified,
+                onStart: sampleServers
+            )
+            if let verified {
+                try await check(verified, fleet: fleet)
             }
-            try await group.waitForAll()
-        }
-        for (client, _) in clients { await client.close() }
-        let result = recorder.result(seconds: seconds)
-        if verify {
-            try await check(acknowledged, targets: targets, conversations: clients.map(\.1))
-        }
-        if json {
-            print(
-                "{\"nodes\":\(targets.count),\"senders\":\(senders),\"window\":\(window),\"payload\":\(payload),\"acks_per_second\":\(Int(result.rate)),"
-                    + "\"p50_us\":\(result.p50),\"p90_us\":\(result.p90),\"p99_us\":\(result.p99),\"p999_us\":\(result.p999),"
-                    + "\"max_us\":\(result.max)}"
+        case .group:
+            counters = try await GroupScenario.prepareAndRun(
+                fleet: fleet,
+                groups: groups,
+                members: members,
+                sendersPerGroup: sendersPerGroup,
+                shape: shape,
+                payloadBytes: payload,
+                warmUp: warmUp,
+                seconds: seconds,
+                progress: !quiet,
+                onStart: sampleServers
             )
-        } else {
-            print(
-                "pairs: \(senders) senders over \(targets.count) node(s), window \(window), \(payload)-byte payloads, "
-                    + "\(Int(seconds)) s"
+        case .mixed:
+            counters = try await MixedScenario.prepareAndRun(
+                fleet: fleet,
+                userCount: users,
+                shape: shape,
+                payloadBytes: payload,
+                seed: seed,
+                warmUp: warmUp,
+                seconds: seconds,
+                progress: !quiet,
+                onStart: sampleServers
             )
-            print("acknowledged messages/s: \(Int(result.rate))")
-            print(
-                "ack latency µs: p50 \(result.p50)  p90 \(result.p90)  p99 \(result.p99)  p99.9 \(result.p999)  max \(result.max)"
+        case .connections:
+            (counters, extras) = try await ConnectionsScenario.run(
+                fleet: fleet,
+                connections: connections,
+                sourceAddresses: sourceAddresses ?? (connections / 20_000 + 1),
+                serverPIDs: pids,
+                payloadBytes: payload,
+                warmUp: warmUp,
+                seconds: seconds,
+                progress: !quiet,
+                onStart: sampleServers
             )
-        }
-    }
-}
-
-extension WarblerBench {
-    /// Every node holds every acknowledged message at its seq, gap-free, and the same sequence as the others.
-    func check(
-        _ acknowledged: AcknowledgedMessages,
-        targets: [(host: String, port: Int)],
-        conversations: [String]
-    )
-        async throws
-    {
-        let expected = acknowledged.all
-        var total = 0
-        for conversation in conversations {
-            var reference: [Data]?
-            for (host, port) in targets {
-                let reader = WarblerClient(host: host, port: port)
-                try await reader.connect()
-                try await reader.login(user: "bench-sink", password: password)
-                var payloads: [Data] = []
-                var before: UInt64 = 0
-                while true {
-                    let page = try await reader.history(of: conversation, before: before, limit: 500)
-                    payloads = page.messages.map(\.payload) + payloads
-                    guard let first = page.messages.first, page.more else { break }
-                    before = first.seq
-                }
-                await reader.close()
-                for (seq, payload) in expected[conversation] ?? [:] {
-                    guard payloads.indices.contains(Int(seq) - 1), payloads[Int(seq) - 1] == payload else {
-                        throw VerificationFailure("\(host):\(port) lacks acknowledged \(conversation)/\(seq)")
-                    }
-                }
-                if let reference, reference != payloads {
-                    throw VerificationFailure("\(host):\(port) holds another sequence of \(conversation)")
-                }
-                reference = payloads
-            }
-            total += expected[conversation]?.count ?? 0
-        }
-        print("verified: \(total) acknowledged messages present, gap-free and in one order on \(targets.count) node(s)")
-    }
-}
-
-/// Sends until acknowledged, resending the same client message id (which never creates a second message).
-func sendUntilAcknowledged(
-    _ payload: Data,
-    id: String,
-    to conversation: String,
-    with client: WarblerClient
-)
-    async throws -> Warbler_V1_Ack
-{
-    let deadline = Date().addingTimeInterval(120)
-    while true {
-        do { return try await client.send(payload, to: conversation, clientMessageID: id) } catch {
-            if Date() > deadline { throw VerificationFailure("\(id) not acknowledged within 120 s: \(error)") }
-            try await Task.sleep(nanoseconds: 100_000_000)
-        }
-    }
-}
-
-/// What the nodes acknowledged, per conversation and seq.
-final class AcknowledgedMessages: Sendable {
-    private let messages = Mutex<[String: [UInt64: Data]]>([:])
-    func record(conversation: String, seq: UInt64, payload: Data) {
-        messages.withLock { $0[conversation, default: [:]][seq] = payload }
-    }
-    var all: [String: [UInt64: Data]] { messages.withLock { $0 } }
-}
-
-struct VerificationFailure: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
-}
-
-/// Ack latencies from many tasks, in an HdrHistogram.
-final class LatencyRecorder: Sendable {
-    private let histogram = Mutex(
-        Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
-    )
-    private let count = Atomic<Int>(0)
-
-    func record(microseconds: UInt64) {
-        histogram.withLock { _ = $0.record(max(microseconds, 1)) }
-        count.add(1, ordering: .relaxed)
-    }
-
-    func result(seconds: Double) -> (rate: Double, p50: UInt64, p90: UInt64, p99: UInt64, p999: UInt64, max: UInt64) {
-        histogram.withLock { histogram in
-            (
-                Double(count.load(ordering: .relaxed)) / seconds,
-                histogram.valueAtPercentile(50), histogram.valueAtPercentile(90), histogram.valueAtPercentile(99),
-                histogram.valueAtPercentile(99.9), histogram.max
+        case .sync:
+            sampler.schedule(start: monotonicNanoseconds(), end: nil)
+            let started = monotonicNanoseconds()
+            extras = try await SyncScenario.run(
+                fleet: fleet,
+                backlog: backlog,
+                window: window,
+                payloadBytes: payload,
+                counters: counters
             )
+            measuredSeconds = Double(monotonicNanoseconds() - started) / 1e9
         }
-    }
-}
-
-/// `warbler serve` processes started from the binary next to this one, on free ports, with fresh data folders:
-/// node 1 initialises the cluster (and holds the bench accounts), the others join it.
-final class SpawnedCluster {
-    var ports: [Int] = []
-    let directory: String
-    var processes: [Process] = []
-    let binary: URL
-
-    init(size: Int, users: [String], password: String) throws {
-        binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(
-            "warbler"
+        let servers = await sampler.finish()
+        let date = ISO8601DateFormatter().string(from: Date())
+        return BenchReport(
+            scenario: scenario.rawValue,
+            date: date,
+            nodes: fleet.targets.count,
+            load: loadDescription,
+            seconds: measuredSeconds,
+            payloadBytes: payload,
+            seed: seed,
+            clientConnections: scenario == .connections ? ConnectionsScenario.tokenUsers : accounts.count,
+            sendsPerSecond: Double(counters.sends.load(ordering: .relaxed)) / measuredSeconds,
+            acksPerSecond: Double(counters.acks.load(ordering: .relaxed)) / measuredSeconds,
+            deliveriesPerSecond: Double(counters.deliveries.load(ordering: .relaxed)) / measuredSeconds,
+            readsPerSecond: Double(counters.reads.load(ordering: .relaxed)) / measuredSeconds,
+            receiptsPerSecond: Double(counters.receipts.load(ordering: .relaxed)) / measuredSeconds,
+            errors: counters.errors.load(ordering: .relaxed),
+            firstError: counters.firstErrorDescription,
+            ack: counters.ack.summary,
+            delivery: counters.delivery.summary,
+            read: counters.read.summary,
+            servers: servers,
+            extras: extras
         )
-        directory = NSTemporaryDirectory() + "warbler-bench-\(UUID().uuidString)"
-        let first = directory + "/n1"
-        for user in users {
-            let add = Process()
-            add.executableURL = binary
-            add.arguments = ["user", "add", user, "--data", first]
-            let input = Pipe()
-            add.standardInput = input
-            add.standardOutput = FileHandle.nullDevice
-            try add.run()
-            input.fileHandleForWriting.write(Data((password + "\n").utf8))
-            try input.fileHandleForWriting.close()
-            add.waitUntilExit()
-            guard add.terminationStatus == 0 else { throw ValidationError("could not create user \(user)") }
+    }
+
+    func progress(_ line: String) {
+        if !quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) }
+    }
+
+    /// Many connections need many descriptors (the spawned nodes inherit the limit).
+    func raiseFileLimit() {
+        var limit = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        let wanted: rlim_t = 1_048_576
+        var raised = rlimit(rlim_cur: wanted, rlim_max: max(wanted, limit.rlim_max))
+        if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) != 0 {
+            // Not root: as far as the hard limit goes.
+            raised = rlimit(rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max)
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised)
         }
-        let base = Int.random(in: 200...390) * 100
-        var firstPeer = ""
-        for node in 1...size {
-            let data = directory + "/n\(node)"
-            let (client, webSocket, peer) = (base + node * 3, base + node * 3 + 1, base + node * 3 + 2)
-            var arguments = [
-                "serve", "--data", data, "--node-id", "\(node)", "--port", "\(client)", "--websocket-port",
-                "\(webSocket)", "--peer-port", "\(peer)", "--log-level", "warning",
-            ]
-            if node == 1 {
-                firstPeer = "127.0.0.1:\(peer)"
-            } else {
-                try run(["cert", "issue", "--node", "\(node)", "--ca", first + "/ca", "--out", data + "/certs"])
-                arguments += ["--join", firstPeer]
-            }
-            let process = Process()
-            process.executableURL = binary
-            process.arguments = arguments
-            process.standardOutput = FileHandle.nullDevice
-            try process.run()
-            processes.append(process)
-            ports.append(client)
-            try waitUntilListening(client)
-        }
-        if size > 1 { try waitUntilFormed(size: size, peer: firstPeer, certificates: first + "/certs") }
     }
-
-    private func waitUntilListening(_ port: Int) throws {
-        for _ in 0..<200 {
-            let client = WarblerClient(host: "127.0.0.1", port: port)
-            if (try? await_(client)) != nil { return }
-            usleep(50_000)
-        }
-        throw ValidationError("a spawned node did not start")
-    }
-
-    /// Waits until every group has all nodes as members (the placement's voters, learners elsewhere).
-    private func waitUntilFormed(size: Int, peer: String, certificates: String) throws {
-        for _ in 0..<240 {
-            if let json = try? run(["cluster", "status", "--json", "--peer", peer, "--certs", certificates]),
-                let object = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
-                let groups = object["groups"] as? [[String: Any]], groups.count > 1,
-                groups.allSatisfy({ group in
-                    let voters = group["voters"] as? [Any] ?? []
-                    let learners = group["learners"] as? [Any] ?? []
-                    return voters.count + learners.count == size && (group["leader"] as? Int ?? 0) != 0
-                })
-            {
-                return
-            }
-            usleep(500_000)
-        }
-        throw ValidationError("the spawned cluster did not form")
-    }
-
-    @discardableResult
-    private func run(_ arguments: [String]) throws -> String {
-        let process = Process()
-        process.executableURL = binary
-        process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else { throw ValidationError("warbler \(arguments.first ?? "") failed") }
-        return String(decoding: data, as: UTF8.self)
-    }
-
-    func stop() {
-        for process in processes { process.terminate() }
-        for process in processes { process.waitUntilExit() }
-        try? FileManager.default.removeItem(atPath: directory)
-    }
-}
-
-/// Connect synchronously (used only while waiting for the spawned node to listen).
-private func await_(_ client: WarblerClient) throws {
-    let done = DispatchSemaphore(value: 0)
-    let outcome = Mutex<(any Error)?>(nil)
-    Task {
-        do { try await client.connect() } catch { outcome.withLock { $0 = error } }
-        await client.close()
-        done.signal()
-    }
-    done.wait()
-    if let error = outcome.withLock({ $0 }) { throw error }
 }

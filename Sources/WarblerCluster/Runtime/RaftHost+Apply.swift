@@ -19,23 +19,25 @@ extension RaftHost {
         var waiters: [UInt64: Waiter]
     }
 
-    /// Applies one group's committed entries to its state machine on the group's own serial queue, so that a
-    /// slow apply (a large batch, a snapshot restore, a compaction) never delays the scheduler — and so never
-    /// another group's replication.
+    /// Applies one group's committed entries to its state machine, in index order: in the scheduler's round (into
+    /// the round's batch, with the log entries), or — for heavy work (a snapshot to install, a large catch-up,
+    /// a compaction snapshot), and for every job of the group that follows it until that is done — on the
+    /// group's own serial queue, in its own batch. The two never run at once for one group, so its state here
+    /// needs no lock.
     ///
-    /// The applier writes the state its entries produce, the applied membership (`0x04|group`) and, for the
-    /// metadata group, the cluster records in its own unsynced batch. That is safe because the scheduler wrote
-    /// (and synced) the entries before handing them over: RocksDB's write-ahead log is replayed in order, so a
-    /// crash can lose a suffix of applied state but never keep state whose entries it lost; on restart the
-    /// group replays its committed entries from the stored applied index, and a snapshot persisted but not yet
-    /// installed is installed when the group opens (``RaftHost/recover(_:log:)``).
+    /// A detached job writes the state its entries produce, the applied membership (`0x04|group`) and, for the
+    /// metadata group, the cluster records, without fsync. That is safe because the scheduler wrote (and
+    /// synced) the entries before handing them over: RocksDB's write-ahead log is replayed in order, so a crash
+    /// can lose a suffix of applied state but never keep state whose entries it lost; on restart the group
+    /// replays its committed entries from the stored applied index, and a snapshot persisted but not yet
+    /// installed is installed when the group opens (``RaftHost/recover(_:log:machine:)``).
     final class Applier: @unchecked Sendable {
         let id: UInt32
         let machine: Machine
         let queue: DispatchQueue
         weak var host: RaftHost?
 
-        // Confined to `queue`.
+        // Confined to the scheduler, or to `queue` while `detached` is above zero.
         private var confState: ConfState
         private var compactedThrough: UInt64
         /// The metadata group's view of the cluster as of its applied index (group 0 only).
@@ -88,31 +90,62 @@ extension RaftHost {
             for read in reads { read.completion(.failure(error)) }
         }
 
-        func submit(_ job: ApplyJob) {
-            queue.async { self.run(job) }
-        }
-
-        func run(_ job: ApplyJob) {
-            guard let host else {
-                return Self.fail(job, ClusterError(.stopped, "the node is stopping"))
-            }
-            if let failure { return Self.fail(job, failure) }
-            let batch = WriteBatch()
+        /// The result of staging one job, until its batch is written.
+        struct Staged {
+            var job: ApplyJob
             var results: [UInt64: AppliedResult] = [:]
             var outcomes: [Machine.Outcome] = []
+            var last: UInt64
             var viewChanged = false
+        }
+
+        /// Jobs handed to this group's own queue and not finished: while any are, the group's later jobs go
+        /// there too (their order is the log's).
+        let detached = Atomic<Int>(0)
+
+        /// A job with a snapshot to install, or many entries, runs on the group's own queue.
+        static func isHeavy(_ job: ApplyJob) -> Bool { job.snapshot != nil || job.entries.count > 1_024 }
+
+        /// True while heavy work (or a job behind it) runs on the group's own queue.
+        var isDetached: Bool { detached.load(ordering: .sequentiallyConsistent) > 0 }
+
+        /// Runs `job` on this group's own queue, in its own batch (called on the scheduler, once the job's entries
+        /// are on disk).
+        func detach(_ job: ApplyJob) {
+            detached.add(1, ordering: .sequentiallyConsistent)
+            queue.async {
+                defer { self.detached.subtract(1, ordering: .sequentiallyConsistent) }
+                guard let host = self.host else {
+                    return Self.fail(job, ClusterError(.stopped, "the node is stopping"))
+                }
+                let batch = WriteBatch()
+                guard let staged = self.stage(job, into: batch, host: host) else { return }
+                do { try host.database.write(batch, sync: false) } catch {
+                    self.failed(error, [staged], host: host)
+                    return
+                }
+                self.finish(staged, host: host)
+            }
+        }
+
+        /// Stages `job` into `batch`; nil (and the job failed) when this applier already failed or staging did.
+        func stage(_ job: ApplyJob, into batch: WriteBatch, host: RaftHost) -> Staged? {
+            if let failure {
+                Self.fail(job, failure)
+                return nil
+            }
+            var staged = Staged(job: job, last: appliedIndex)
             var confChanged = false
-            var last = appliedIndex
             do {
                 if let snapshot = job.snapshot {
                     try install(snapshot, into: batch, host: host)
-                    viewChanged = id == 0
+                    staged.viewChanged = id == 0
                     confChanged = true
-                    last = max(last, snapshot.metadata.index)
+                    staged.last = max(staged.last, snapshot.metadata.index)
                 }
                 var application: [Entry] = []
                 for entry in job.entries {
-                    last = max(last, entry.index)
+                    staged.last = max(staged.last, entry.index)
                     switch entry.kind {
                     case .confChange:
                         guard let change = try? ConfChange(decoding: entry.data) else { continue }
@@ -121,11 +154,13 @@ extension RaftHost {
                     case .normal where entry.data.first == RaftHost.clusterTag:
                         guard id == 0, let command = try? ClusterCommand(serializedBytes: Array(entry.data[1...]))
                         else {
-                            results[entry.index] = .cluster("not a cluster command")
+                            staged.results[entry.index] = .cluster("not a cluster command")
                             continue
                         }
-                        results[entry.index] = .cluster(view.apply(command, into: batch, family: host.clusterFamily))
-                        viewChanged = true
+                        staged.results[entry.index] = .cluster(
+                            view.apply(command, into: batch, family: host.clusterFamily)
+                        )
+                        staged.viewChanged = true
                     case .normal where !entry.data.isEmpty:
                         application.append(
                             Entry(term: entry.term, index: entry.index, kind: .normal, data: Array(entry.data[1...]))
@@ -134,39 +169,59 @@ extension RaftHost {
                         continue
                     }
                 }
-                outcomes = try machine.apply(application, into: batch)
-                for (entry, outcome) in zip(application, outcomes) { results[entry.index] = .application(outcome) }
+                staged.outcomes = try machine.apply(application, into: batch)
+                for (entry, outcome) in zip(application, staged.outcomes) {
+                    staged.results[entry.index] = .application(outcome)
+                }
                 if confChanged {
                     RaftLogStore.stage(appliedConfState: confState, group: id, family: host.raftFamily, into: batch)
                 }
-                try host.database.write(batch, sync: false)
             } catch {
-                failure = error
-                Self.fail(job, error)
-                host.enqueue { host.storageFailed(error) }
-                return
+                failed(error, [staged], host: host)
+                return nil
             }
+            return staged
+        }
+
+        /// Staging or writing failed: the node's groups stop (a state that may or may not be written cannot be
+        /// reasoned about; a restart replays from what is on disk).
+        func failed(_ error: any Error, _ staged: [Staged], host: RaftHost) {
+            failure = error
+            for item in staged { Self.fail(item.job, error) }
+            host.enqueue { host.storageFailed(error) }
+        }
+
+        /// After the batch holding `staged` is written: publishes the applied index, delivers, completes.
+        func finish(_ staged: Staged, host: RaftHost) {
+            let last = staged.last
             let released = progress.withLock { progress in
                 progress.applied = last
                 let ready = progress.reads.filter { $0.index <= last }
                 progress.reads.removeAll { $0.index <= last }
                 return ready
             }
-            host.appliedEntries.add(outcomes.count, ordering: .relaxed)
-            if viewChanged {
+            host.appliedEntries.add(staged.outcomes.count, ordering: .relaxed)
+            if staged.viewChanged {
                 let view = self.view
                 host.enqueue { host.adopt(view) }
             }
-            if !outcomes.isEmpty { host.appliedHandler(id, outcomes) }
-            for (index, waiter) in job.waiters {
-                if let result = results[index] {
+            if !staged.outcomes.isEmpty { host.appliedHandler(id, staged.outcomes) }
+            for (index, waiter) in staged.job.waiters {
+                if let result = staged.results[index] {
                     waiter(.success(result))
                 } else {
                     waiter(.failure(ClusterError(.outcomeUnknown, "entry \(index) produced no outcome")))
                 }
             }
             for read in released { read.completion(.success(())) }
-            maybeCompact(at: last, host: host)
+            if last >= compactedThrough + host.options.compactionEntries {
+                compactedThrough = last
+                detached.add(1, ordering: .sequentiallyConsistent)
+                queue.async {
+                    defer { self.detached.subtract(1, ordering: .sequentiallyConsistent) }
+                    self.compact(at: last, host: host)
+                }
+            }
         }
 
         static func fail(_ job: ApplyJob, _ error: any Error) {
@@ -187,17 +242,15 @@ extension RaftHost {
             )
         }
 
-        /// Once enough applied entries follow the last snapshot, takes a snapshot of the state at the applied
-        /// index (here, where that state is exact) and asks the scheduler to compact the log up to it.
-        func maybeCompact(at applied: UInt64, host: RaftHost) {
-            guard applied >= compactedThrough + host.options.compactionEntries else { return }
+        /// Takes a snapshot of the state at the applied index `applied` (on the group's own queue, where nothing
+        /// else of the group runs meanwhile) and asks the scheduler to compact the log up to it.
+        func compact(at applied: UInt64, host: RaftHost) {
             do {
                 var snapshot = Warbler_Peer_V1_GroupSnapshot()
                 if id == 0 { snapshot.cluster = view.records.map(\.record) }
                 snapshot.state = try machine.snapshotState().map(\.record)
                 let data: [UInt8] = try snapshot.serializedBytes()
                 let confState = self.confState
-                compactedThrough = applied
                 let id = self.id
                 host.enqueue { host.compact(id, at: applied, confState: confState, data: data) }
             } catch {

@@ -14,9 +14,10 @@ import WarblerWire
 /// sends the round's messages, coalesced into one frame per peer. Proposals that arrive during a round join the
 /// next one (group commit across all groups). Groups that have nothing to do cost nothing but a tick.
 ///
-/// Committed entries are applied off the scheduler, by each group's ``Applier`` on its own serial queue (in
-/// index order; proposers get their outcomes from there): a slow apply never holds up another group's
-/// replication. Raft and log work runs on one serial queue, never on an event loop or the cooperative pool.
+/// A round's committed entries are applied in the same batch (the state they produce is bounded by what the
+/// round persists); heavy apply work — installing a snapshot, a large catch-up, taking a compaction snapshot —
+/// runs on the group's own queue (``Applier``), together with the group's later entries until it is done, so it
+/// never holds up another group's replication or applies. Raft and log work runs on one serial queue, never on an event loop or the cooperative pool.
 public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     /// Tuning of the runtime; the defaults suit a LAN or a few regions.
     public struct Options: Sendable {
@@ -101,8 +102,8 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     let makeMachine: @Sendable (UInt32) throws -> Machine
     let appliedHandler: @Sendable (UInt32, [Machine.Outcome]) -> Void
     let queue = DispatchQueue(label: "warbler.raft")
-    /// Where the groups' appliers run (each on its own serial queue).
-    let applyPool = DispatchQueue(label: "warbler.apply", attributes: .concurrent)
+    /// Where groups' heavy apply work runs (each group on its own serial queue).
+    let applyPool = DispatchQueue(label: "warbler.apply.pool", attributes: .concurrent)
     let inbox = Mutex(Inbox())
     let published = Mutex<(leaders: [UInt32: UInt64], view: ClusterView)>(([:], ClusterView()))
     let syncedBatches = Atomic<Int>(0)
@@ -584,11 +585,13 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
     }
 
-    /// Persists every group's Ready in one batch (one fsync when anything must be durable), then advances,
-    /// sends, and hands committed entries to the groups' appliers. Returns false when no group had anything
-    /// to do.
+    /// Persists every group's Ready in one batch (one fsync when anything must be durable) — with the state
+    /// that the round's committed entries produce, except for groups whose apply is detached (heavy work on
+    /// their own queue) — then advances, sends, and completes. Returns false when no group had anything to do.
     func processReadies() -> Bool {
         var readies: [(group: Group, ready: Ready)] = []
+        var inline: [(applier: Applier, staged: Applier.Staged)] = []
+        var detached: [(applier: Applier, job: ApplyJob)] = []
         let batch = WriteBatch()
         var sync = false
         for group in groups.values where group.node.hasReady {
@@ -598,15 +601,25 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
             // acknowledged; a round that only commits needs no fsync.
             sync = sync || ready.mustSync || ready.snapshot != nil
             readies.append((group, ready))
+            guard let job = handOff(ready, of: group) else { continue }
+            if group.applier.isDetached || Applier.isHeavy(job) {
+                detached.append((group.applier, job))
+            } else if let staged = group.applier.stage(job, into: batch, host: self) {
+                inline.append((group.applier, staged))
+            }
         }
         if readies.isEmpty { return false }
         do {
             try database.write(batch, sync: sync)
         } catch {
+            for (applier, staged) in inline { applier.failed(error, [staged], host: self) }
+            for (_, job) in detached { Applier.fail(job, error) }
             storageFailed(error)
             return false
         }
         if sync { syncedBatches.add(1, ordering: .relaxed) }
+        // The entries are on disk: heavy work may start on the groups' own queues.
+        for (applier, job) in detached { applier.detach(job) }
         var outgoing: [UInt64: RaftBatchRecord] = [:]
         var destroyed: [Group] = []
         for (group, ready) in readies {
@@ -621,7 +634,15 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
                     enqueue { [weak group] in group?.node.reportSnapshot(peer, succeeded: true) }
                 }
             }
-            handOff(ready, of: group)
+        }
+        if let transport {
+            for (peer, var batch) in outgoing {
+                batch.incarnation = incarnation
+                transport.send(batch, to: peer)
+            }
+        }
+        for (applier, staged) in inline { applier.finish(staged, host: self) }
+        for (group, ready) in readies {
             if let soft = ready.softState { roleChanged(group, soft) }
             for state in ready.readStates {
                 let context = state.requestContext.reduce(0) { $0 << 8 | UInt64($1) }
@@ -632,21 +653,15 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
             let member = conf.voters.contains(nodeID) || conf.learners.contains(nodeID)
             if member { group.wasMember = true } else if group.wasMember { destroyed.append(group) }
         }
-        if let transport {
-            for (peer, var batch) in outgoing {
-                batch.incarnation = incarnation
-                transport.send(batch, to: peer)
-            }
-        }
         for group in destroyed { destroy(group) }
         return true
     }
 
-    /// Gives a Ready's snapshot and committed entries, with their proposers, to the group's applier (they are
-    /// on disk now).
-    func handOff(_ ready: Ready, of group: Group) {
+    /// What the group's applier must do with a Ready's snapshot and committed entries (on disk now), with their
+    /// proposers.
+    func handOff(_ ready: Ready, of group: Group) -> ApplyJob? {
         let snapshot = ready.snapshot.flatMap { $0.isEmpty ? nil : $0 }
-        guard snapshot != nil || !ready.committedEntries.isEmpty else { return }
+        guard snapshot != nil || !ready.committedEntries.isEmpty else { return nil }
         var waiters: [UInt64: Waiter] = [:]
         for entry in ready.committedEntries {
             guard let waiting = group.waiting.removeValue(forKey: entry.index) else { continue }
@@ -656,7 +671,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
                 waiting.waiter(.failure(ClusterError(.outcomeUnknown, "entry \(entry.index) was replaced")))
             }
         }
-        group.applier.submit(ApplyJob(snapshot: snapshot, entries: ready.committedEntries, waiters: waiters))
+        return ApplyJob(snapshot: snapshot, entries: ready.committedEntries, waiters: waiters)
     }
 
     /// A write that may or may not be on disk leaves the logs in an unknown state: stop the node's groups.
@@ -727,6 +742,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         groups.removeValue(forKey: group.id)
         destroying.insert(group.id)
         published.withLock { _ = $0.leaders.removeValue(forKey: group.id) }
+        // On the group's own queue: after any detached work it still has.
         group.applier.destroy { deleted in
             self.enqueue {
                 self.destroying.remove(group.id)

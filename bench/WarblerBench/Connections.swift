@@ -1,0 +1,213 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import Synchronization
+import WarblerClient
+import WarblerWire
+
+/// C idle authenticated connections, spread over several 127.0.0.x source addresses (each address has its
+/// own ~28,000 ephemeral ports), each resuming a session of one of a few bench users; then light traffic on
+/// top. Reports the connect rate and the server memory each connection costs.
+enum ConnectionsScenario {
+    static let tokenUsers = 20
+    static var users: [String] { (0..<tokenUsers).map { "bench-c\($0)" } }
+
+    static func run(
+        fleet: Fleet,
+        connections: Int,
+        sourceAddresses: Int,
+        serverPIDs: [Int32],
+        payloadBytes: Int,
+        warmUp: Double,
+        seconds: Double,
+        progress: Bool,
+        onStart: (RunCounters) -> Void
+    ) async throws -> (RunCounters, ScenarioExtras) {
+        // A few real logins; their session tokens authenticate every idle connection (no password hashing).
+        let names = users
+        let clients = try await fleet.connectAll(names.enumerated().map { ($1, $0) })
+        var tokens: [String] = []
+        for name in names {
+            // The SDK keeps its own token private: a short extra login hands one over.
+            let target = fleet.targets[tokens.count % fleet.targets.count]
+            let probe = WarblerClient(host: target.host, port: target.port)
+            try await probe.connect()
+            tokens.append(try await probe.login(user: name, password: fleet.password).sessionToken)
+            await probe.close()
+        }
+        let memoryBefore = serverPIDs.compactMap(ProcessSample.residentBytes).reduce(0, +)
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let opened = IdleConnections()
+        let started = monotonicNanoseconds()
+        var failures = 0
+        var next = 0
+        try await withThrowingTaskGroup(of: Bool.self) { tasks in
+            func start() {
+                guard next < connections else { return }
+                let index = next
+                next += 1
+                let target = fleet.targets[index % fleet.targets.count]
+                let source = "127.0.0.\(1 + index % max(1, min(sourceAddresses, 250)))"
+                let token = tokens[index % tokens.count]
+                tasks.addTask {
+                    do {
+                        let channel = try await IdleConnections.open(
+                            from: source,
+                            to: target,
+                            token: token,
+                            group: group
+                        )
+                        opened.add(channel)
+                        return true
+                    } catch {
+                        return false
+                    }
+                }
+            }
+            for _ in 0..<256 { start() }
+            while let succeeded = try await tasks.next() {
+                if !succeeded { failures += 1 }
+                if progress && next % 5_000 == 0 {
+                    FileHandle.standardError.write(Data("\r\(next) connections opened   ".utf8))
+                }
+                start()
+            }
+        }
+        let connectSeconds = Double(monotonicNanoseconds() - started) / 1e9
+        if progress { FileHandle.standardError.write(Data("\n".utf8)) }
+        if failures > 0 { FileHandle.standardError.write(Data("\(failures) connections failed\n".utf8)) }
+        try await Task.sleep(nanoseconds: 2_000_000_000)
+        let memoryAfter = serverPIDs.compactMap(ProcessSample.residentBytes).reduce(0, +)
+        let established = connections - failures
+
+        // Light traffic while every connection stays open: one pair at 50 msgs/s.
+        let conversation = try await clients[0].createDirect(with: names[1]).conversationID
+        let counters = RunCounters(warmUpSeconds: warmUp, seconds: seconds)
+        counters.errors.add(failures, ordering: .relaxed)
+        onStart(counters)
+        await measure(
+            senders: [Sender(client: clients[0], conversation: conversation)],
+            clients: Array(zip(clients, names)),
+            shape: .open(ratePerSecond: 50),
+            payloadBytes: payloadBytes,
+            counters: counters,
+            progress: progress
+        )
+        let stillOpen = opened.closeAll()
+        try await group.shutdownGracefully()
+        if stillOpen < established {
+            FileHandle.standardError.write(Data("\(established - stillOpen) idle connections were closed\n".utf8))
+        }
+        let extras = ScenarioExtras(
+            connections: established,
+            connectsPerSecond: Double(established) / connectSeconds,
+            serverBytesPerConnection: serverPIDs.isEmpty || established == 0
+                ? nil : Double(Int64(memoryAfter) - Int64(memoryBefore)) / Double(established)
+        )
+        return (counters, extras)
+    }
+}
+
+/// Raw client connections that say hello, resume a session, and then stay idle.
+final class IdleConnections: Sendable {
+    private let channels = Mutex<[any Channel]>([])
+
+    func add(_ channel: any Channel) { channels.withLock { $0.append(channel) } }
+
+    /// Closes every connection; returns how many were still open.
+    func closeAll() -> Int {
+        let all = channels.withLock { $0 }
+        var open = 0
+        for channel in all where channel.isActive {
+            open += 1
+            channel.close(promise: nil)
+        }
+        return open
+    }
+
+    static func open(
+        from source: String,
+        to target: Fleet.Target,
+        token: String,
+        group: any EventLoopGroup
+    ) async throws -> any Channel {
+        let promise = group.next().makePromise(of: Void.self)
+        let channel = try await ClientBootstrap(group: group)
+            .bind(to: try SocketAddress(ipAddress: source, port: 0))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        ByteToMessageHandler(FrameDecoder(maxFrameBytes: 1 << 20))
+                    )
+                    try channel.pipeline.syncOperations.addHandler(ResumeHandler(token: token, authenticated: promise))
+                }
+            }
+            .connect(host: target.host, port: target.port)
+            .get()
+        do {
+            try await promise.futureResult.get()
+        } catch {
+            try? await channel.close()
+            throw error
+        }
+        return channel
+    }
+}
+
+/// Sends Hello and ResumeSession, completes when LoggedIn arrives, then ignores everything.
+final class ResumeHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+
+    private let token: String
+    private let authenticated: EventLoopPromise<Void>
+    private var done = false
+
+    init(token: String, authenticated: EventLoopPromise<Void>) {
+        self.token = token
+        self.authenticated = authenticated
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        var hello = Warbler_V1_ClientFrame()
+        hello.requestID = 1
+        hello.hello.protocolVersion = ProtocolLimits.currentVersion
+        hello.hello.clientName = "warbler-bench"
+        var resume = Warbler_V1_ClientFrame()
+        resume.requestID = 2
+        resume.resumeSession.sessionToken = token
+        context.write(NIOAny(FrameCodec.lengthPrefixed(hello, allocator: context.channel.allocator)), promise: nil)
+        context.writeAndFlush(
+            NIOAny(FrameCodec.lengthPrefixed(resume, allocator: context.channel.allocator)),
+            promise: nil
+        )
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !done else { return }
+        let frame = try? FrameCodec.decodeServerFrame(unwrapInboundIn(data))
+        switch frame?.body {
+        case .loggedIn?:
+            done = true
+            authenticated.succeed(())
+        case .error(let error)?:
+            done = true
+            authenticated.fail(BenchFailure("resume refused: \(error.message)"))
+        default:
+            break
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !done {
+            done = true
+            authenticated.fail(BenchFailure("connection closed before it was authenticated"))
+        }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}

@@ -1,0 +1,376 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import Synchronization
+import WarblerClient
+import WarblerWire
+
+/// The nodes a run talks to.
+struct Fleet: Sendable {
+    var targets: [Target]
+    var password: String
+
+    struct Target: Sendable {
+        var host: String
+        var port: Int
+    }
+
+    /// A logged-in connection of `user` to node `index % targets.count`.
+    func connect(_ user: String, node index: Int) async throws -> WarblerClient {
+        let target = targets[index % targets.count]
+        let client = WarblerClient(host: target.host, port: target.port)
+        try await client.connect()
+        do { try await client.login(user: user, password: password) } catch {
+            await client.close()
+            throw BenchFailure("cannot log in as \(user) on \(target.host):\(target.port): \(error)")
+        }
+        return client
+    }
+
+    /// Connects every `(user, node)` with at most `concurrency` logins in flight (logins hash a password).
+    func connectAll(_ users: [(user: String, node: Int)], concurrency: Int = 8) async throws -> [WarblerClient] {
+        var clients = [WarblerClient?](repeating: nil, count: users.count)
+        try await withThrowingTaskGroup(of: (Int, WarblerClient).self) { group in
+            var next = 0
+            func start() {
+                guard next < users.count else { return }
+                let index = next
+                next += 1
+                group.addTask { (index, try await connect(users[index].user, node: users[index].node)) }
+            }
+            for _ in 0..<concurrency { start() }
+            while let (index, client) = try await group.next() {
+                clients[index] = client
+                start()
+            }
+        }
+        return clients.map { $0! }
+    }
+}
+
+struct BenchFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Counts `client`'s pushes of messages sent by others as deliveries, until cancelled.
+func receive(_ client: WarblerClient, as user: String, counters: RunCounters) -> Task<Void, Never> {
+    Task {
+        for await event in client.events {
+            guard case .message(let message) = event, message.sender != user,
+                let stamp = StampedPayload.stamp(of: message.payload)
+            else { continue }
+            counters.totalDeliveries.add(1, ordering: .relaxed)
+            counters.delivered(sent: stamp, received: monotonicNanoseconds())
+        }
+    }
+}
+
+/// What a scenario reports beyond the shared counters.
+struct ScenarioExtras: Codable, Sendable {
+    var connections: Int?
+    var connectsPerSecond: Double?
+    var serverBytesPerConnection: Double?
+    var backlog: Int?
+    var syncSeconds: Double?
+    var syncedPerSecond: Double?
+
+    enum CodingKeys: String, CodingKey {
+        case connections
+        case connectsPerSecond = "connects_per_second"
+        case serverBytesPerConnection = "server_bytes_per_connection"
+        case backlog
+        case syncSeconds = "sync_seconds"
+        case syncedPerSecond = "synced_per_second"
+    }
+}
+
+/// Runs a measured load over prepared senders and recipients, then stops receiving and closes everything.
+func measure(
+    senders: [Sender],
+    clients: [(client: WarblerClient, user: String)],
+    shape: LoadShape,
+    payloadBytes: Int,
+    counters: RunCounters,
+    progress: Bool,
+    verify: AcknowledgedMessages? = nil
+) async {
+    let receivers = clients.map { receive($0.client, as: $0.user, counters: counters) }
+    let printer = progress ? reportProgress(counters) : nil
+    await drive(senders, shape: shape, payloadBytes: payloadBytes, counters: counters, verify: verify)
+    // Deliveries of the last sends are still on their way.
+    try? await Task.sleep(nanoseconds: 500_000_000)
+    printer?.cancel()
+    for receiver in receivers { receiver.cancel() }
+    for (client, _) in clients { await client.close() }
+}
+
+// MARK: - pairs
+
+/// P direct conversations, one sender each; each pair's recipient is online on its own connection (on another
+/// node than its sender when there are several).
+enum PairsScenario {
+    static func users(pairs: Int) -> [String] { (0..<pairs).flatMap { ["bench-s\($0)", "bench-r\($0)"] } }
+
+    static func prepareAndRun(
+        fleet: Fleet,
+        pairs: Int,
+        shape: LoadShape,
+        payloadBytes: Int,
+        warmUp: Double,
+        seconds: Double,
+        progress: Bool,
+        verify: AcknowledgedMessages?,
+        onStart: (RunCounters) -> Void
+    ) async throws -> RunCounters {
+        let users = (0..<pairs).flatMap { [("bench-s\($0)", $0), ("bench-r\($0)", $0 + 1)] }
+        let clients = try await fleet.connectAll(users)
+        var senders: [Sender] = []
+        for index in 0..<pairs {
+            let conversation = try await clients[2 * index].createDirect(with: "bench-r\(index)")
+            senders.append(Sender(client: clients[2 * index], conversation: conversation.conversationID))
+            verify?.reader(of: conversation.conversationID, is: "bench-r\(index)")
+        }
+        let counters = RunCounters(warmUpSeconds: warmUp, seconds: seconds)
+        onStart(counters)
+        await measure(
+            senders: senders,
+            clients: Array(zip(clients, users.map(\.0))),
+            shape: shape,
+            payloadBytes: payloadBytes,
+            counters: counters,
+            progress: progress,
+            verify: verify
+        )
+        return counters
+    }
+}
+
+// MARK: - group
+
+/// G groups of M members; the first S members of each group send, every member is online on its own
+/// connection and receives the others' messages.
+enum GroupScenario {
+    static func member(_ group: Int, _ member: Int) -> String { "bench-g\(group)-m\(member)" }
+    static func users(groups: Int, members: Int) -> [String] {
+        (0..<groups).flatMap { group in (0..<members).map { member(group, $0) } }
+    }
+
+    static func prepareAndRun(
+        fleet: Fleet,
+        groups: Int,
+        members: Int,
+        sendersPerGroup: Int,
+        shape: LoadShape,
+        payloadBytes: Int,
+        warmUp: Double,
+        seconds: Double,
+        progress: Bool,
+        onStart: (RunCounters) -> Void
+    ) async throws -> RunCounters {
+        guard members >= 2, (1...members).contains(sendersPerGroup) else {
+            throw BenchFailure("a group needs at least 2 members and 1…members senders")
+        }
+        var users: [(String, Int)] = []
+        for group in 0..<groups {
+            for index in 0..<members { users.append((member(group, index), group * members + index)) }
+        }
+        let clients = try await fleet.connectAll(users)
+        var senders: [Sender] = []
+        for group in 0..<groups {
+            let creator = clients[group * members]
+            let conversation = try await creator.createGroup(
+                title: "bench group \(group)",
+                members: (1..<members).map { member(group, $0) }
+            )
+            for index in 0..<sendersPerGroup {
+                senders.append(
+                    Sender(client: clients[group * members + index], conversation: conversation.conversationID)
+                )
+            }
+        }
+        let counters = RunCounters(warmUpSeconds: warmUp, seconds: seconds)
+        onStart(counters)
+        await measure(
+            senders: senders,
+            clients: Array(zip(clients, users.map(\.0))),
+            shape: shape,
+            payloadBytes: payloadBytes,
+            counters: counters,
+            progress: progress
+        )
+        return counters
+    }
+}
+
+// MARK: - sync
+
+/// A member comes back to a backlog: N messages are sent while the recipient is away, then it connects and
+/// syncs; the figure is how fast the backlog arrives.
+enum SyncScenario {
+    static let users = ["bench-s0", "bench-r0"]
+
+    static func run(
+        fleet: Fleet,
+        backlog: Int,
+        window: Int,
+        payloadBytes: Int,
+        counters: RunCounters
+    ) async throws -> ScenarioExtras {
+        let sender = try await fleet.connect("bench-s0", node: 0)
+        let conversation = try await sender.createDirect(with: "bench-r0").conversationID
+        let next = InFlight()
+        let started = monotonicNanoseconds()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<max(window, 1) {
+                group.addTask {
+                    while next.count.add(1, ordering: .relaxed).oldValue < backlog {
+                        let sent = monotonicNanoseconds()
+                        let payload = StampedPayload.make(size: payloadBytes, stamp: sent)
+                        _ = try await sender.send(payload, to: conversation)
+                        counters.sends.add(1, ordering: .relaxed)
+                        counters.acks.add(1, ordering: .relaxed)
+                        counters.ack.record(nanoseconds: monotonicNanoseconds() - sent)
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let sendSeconds = Double(monotonicNanoseconds() - started) / 1e9
+        await sender.close()
+        FileHandle.standardError.write(
+            Data("backlog of \(backlog) sent in \(String(format: "%.2f", sendSeconds)) s\n".utf8)
+        )
+
+        let recipient = try await fleet.connect("bench-r0", node: 1)
+        let syncStart = monotonicNanoseconds()
+        let synced = try await recipient.sync()
+        let syncSeconds = Double(monotonicNanoseconds() - syncStart) / 1e9
+        await recipient.close()
+        guard synced == backlog else { throw BenchFailure("the recipient synced \(synced) of \(backlog) messages") }
+        counters.deliveries.add(synced, ordering: .relaxed)
+        return ScenarioExtras(backlog: backlog, syncSeconds: syncSeconds, syncedPerSecond: Double(synced) / syncSeconds)
+    }
+}
+
+// MARK: - mixed
+
+/// A chat-like mix over U users (one connection each): direct conversations and groups of 3–12, chosen by
+/// Zipf popularity; each operation is a send (85%), a read receipt (10%) or a history read (5%) by a random
+/// member. Everything is drawn from `--seed`.
+enum MixedScenario {
+    static func users(count: Int) -> [String] { (0..<count).map { "bench-u\($0)" } }
+
+    struct Conversation: Sendable {
+        var id: String
+        var members: [Int]
+    }
+
+    static func prepareAndRun(
+        fleet: Fleet,
+        userCount: Int,
+        shape: LoadShape,
+        payloadBytes: Int,
+        seed: UInt64,
+        warmUp: Double,
+        seconds: Double,
+        progress: Bool,
+        onStart: (RunCounters) -> Void
+    ) async throws -> RunCounters {
+        guard userCount >= 3 else { throw BenchFailure("mixed needs at least 3 users") }
+        let names = users(count: userCount)
+        let clients = try await fleet.connectAll(names.enumerated().map { ($1, $0) })
+        var generator = SeededGenerator(seed: seed)
+        var conversations: [Conversation] = []
+        var directs = Set<[Int]>()
+        for _ in 0..<userCount {
+            let a = Int.random(in: 0..<userCount, using: &generator)
+            var b = Int.random(in: 0..<userCount - 1, using: &generator)
+            if b >= a { b += 1 }
+            guard directs.insert([min(a, b), max(a, b)]).inserted else { continue }
+            let id = try await clients[a].createDirect(with: names[b]).conversationID
+            conversations.append(Conversation(id: id, members: [a, b]))
+        }
+        for group in 0..<max(1, userCount / 4) {
+            let size = Int.random(in: 3...min(12, userCount), using: &generator)
+            let members = Array((0..<userCount).shuffled(using: &generator).prefix(size))
+            let id = try await clients[members[0]].createGroup(
+                title: "mixed \(group)",
+                members: members.dropFirst().map { names[$0] }
+            ).conversationID
+            conversations.append(Conversation(id: id, members: members))
+        }
+        conversations.shuffle(using: &generator)
+        let zipf = Zipf(count: conversations.count, exponent: 1.1)
+        let counters = RunCounters(warmUpSeconds: warmUp, seconds: seconds)
+        onStart(counters)
+        let receivers = zip(clients, names).map { receive($0, as: $1, counters: counters) }
+        let printer = progress ? reportProgress(counters) : nil
+        let conversationList = conversations
+        let operation: @Sendable (inout SeededGenerator, UInt64) async -> Void = { generator, intended in
+            let conversation = conversationList[zipf.next(using: &generator)]
+            let member = conversation.members.randomElement(using: &generator)!
+            let client = clients[member]
+            let draw = Int.random(in: 0..<100, using: &generator)
+            do {
+                if draw < 85 {
+                    await send(
+                        Sender(client: client, conversation: conversation.id),
+                        intended: intended,
+                        bytes: payloadBytes,
+                        counters
+                    )
+                } else if draw < 95 {
+                    let seq = client.lastSeenSeq[conversation.id] ?? 0
+                    if seq > 0 { try await client.markRead(conversation.id, upTo: seq) }
+                    if counters.measured(intended) { counters.receipts.add(1, ordering: .relaxed) }
+                } else {
+                    _ = try await client.history(of: conversation.id, limit: 50)
+                    if counters.measured(intended) {
+                        counters.reads.add(1, ordering: .relaxed)
+                        counters.read.record(nanoseconds: monotonicNanoseconds() - intended)
+                    }
+                }
+            } catch {
+                counters.failed(error)
+            }
+        }
+        switch shape {
+        case .closed(let window):
+            await withDiscardingTaskGroup { group in
+                for worker in 0..<(userCount * window) {
+                    let forked = generator.fork(worker)
+                    group.addTask {
+                        var local = forked
+                        while !counters.finished { await operation(&local, monotonicNanoseconds()) }
+                    }
+                }
+            }
+        case .open(let rate):
+            let interval = 1e9 / rate
+            var next = Double(monotonicNanoseconds())
+            var worker = 0
+            await withDiscardingTaskGroup { group in
+                while !counters.finished {
+                    let now = Double(monotonicNanoseconds())
+                    while next <= now {
+                        let forked = generator.fork(worker)
+                        worker += 1
+                        let intended = UInt64(next)
+                        next += interval
+                        group.addTask {
+                            var local = forked
+                            await operation(&local, intended)
+                        }
+                    }
+                    try? await Task.sleep(nanoseconds: UInt64(max(next - Double(monotonicNanoseconds()), 50_000)))
+                }
+            }
+        }
+        try? await Task.sleep(nanoseconds: 500_000_000)
+        printer?.cancel()
+        for receiver in receivers { receiver.cancel() }
+        for client in clients { await client.close() }
+        return counters
+    }
+}

@@ -1,0 +1,128 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import Synchronization
+import WarblerClient
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `warbler serve` processes started from the binary next to this one, on free ports, with fresh data folders:
+/// node 1 initialises the cluster (and holds the bench accounts), the others join it.
+final class SpawnedCluster {
+    var ports: [Int] = []
+    /// The server processes' ids (for CPU and memory figures).
+    var pids: [Int32] { processes.map(\.processIdentifier) }
+    let directory: String
+    var processes: [Process] = []
+    let binary: URL
+
+    init(size: Int, users: [String], password: String) throws {
+        binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(
+            "warbler"
+        )
+        directory = NSTemporaryDirectory() + "warbler-bench-\(UUID().uuidString)"
+        let first = directory + "/n1"
+        // One `warbler user add` for every account (opening the node once, not once per user).
+        for chunk in stride(from: 0, to: users.count, by: 500).map({ Array(users[$0..<min($0 + 500, users.count)]) }) {
+            let add = Process()
+            add.executableURL = binary
+            add.arguments = ["user", "add"] + chunk + ["--data", first]
+            let input = Pipe()
+            add.standardInput = input
+            add.standardOutput = FileHandle.nullDevice
+            try add.run()
+            input.fileHandleForWriting.write(Data((password + "\n").utf8))
+            try input.fileHandleForWriting.close()
+            add.waitUntilExit()
+            guard add.terminationStatus == 0 else { throw ValidationError("could not create the bench users") }
+        }
+        let base = Int.random(in: 200...390) * 100
+        var firstPeer = ""
+        for node in 1...size {
+            let data = directory + "/n\(node)"
+            let (client, webSocket, peer) = (base + node * 3, base + node * 3 + 1, base + node * 3 + 2)
+            var arguments = [
+                "serve", "--data", data, "--node-id", "\(node)", "--port", "\(client)", "--websocket-port",
+                "\(webSocket)", "--peer-port", "\(peer)", "--log-level", "warning",
+            ]
+            if node == 1 {
+                firstPeer = "127.0.0.1:\(peer)"
+            } else {
+                try run(["cert", "issue", "--node", "\(node)", "--ca", first + "/ca", "--out", data + "/certs"])
+                arguments += ["--join", firstPeer]
+            }
+            let process = Process()
+            process.executableURL = binary
+            process.arguments = arguments
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            processes.append(process)
+            ports.append(client)
+            try waitUntilListening(client)
+        }
+        if size > 1 { try waitUntilFormed(size: size, peer: firstPeer, certificates: first + "/certs") }
+    }
+
+    private func waitUntilListening(_ port: Int) throws {
+        for _ in 0..<200 {
+            let client = WarblerClient(host: "127.0.0.1", port: port)
+            if (try? await_(client)) != nil { return }
+            usleep(50_000)
+        }
+        throw ValidationError("a spawned node did not start")
+    }
+
+    /// Waits until every group has all nodes as members (the placement's voters, learners elsewhere).
+    private func waitUntilFormed(size: Int, peer: String, certificates: String) throws {
+        for _ in 0..<240 {
+            if let json = try? run(["cluster", "status", "--json", "--peer", peer, "--certs", certificates]),
+                let object = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
+                let groups = object["groups"] as? [[String: Any]], groups.count > 1,
+                groups.allSatisfy({ group in
+                    let voters = group["voters"] as? [Any] ?? []
+                    let learners = group["learners"] as? [Any] ?? []
+                    return voters.count + learners.count == size && (group["leader"] as? Int ?? 0) != 0
+                })
+            {
+                return
+            }
+            usleep(500_000)
+        }
+        throw ValidationError("the spawned cluster did not form")
+    }
+
+    @discardableResult
+    private func run(_ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = binary
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { throw ValidationError("warbler \(arguments.first ?? "") failed") }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    func stop() {
+        for process in processes { process.terminate() }
+        for process in processes { process.waitUntilExit() }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
+/// Connect synchronously (used only while waiting for the spawned node to listen).
+private func await_(_ client: WarblerClient) throws {
+    let done = DispatchSemaphore(value: 0)
+    let outcome = Mutex<(any Error)?>(nil)
+    Task {
+        do { try await client.connect() } catch { outcome.withLock { $0 = error } }
+        await client.close()
+        done.signal()
+    }
+    done.wait()
+    if let error = outcome.withLock({ $0 }) { throw error }
+}
