@@ -39,10 +39,10 @@ public struct ChatGroup: GroupStateMachine {
         return outcomes
     }
 
-    public func snapshotState() throws(StorageError) -> [StateRecord] {
+    public func snapshotState(reading: ReadSnapshot) throws(StorageError) -> [StateRecord] {
         let range = ChatKeys.range(machine.group)
         let prefixLength = range.start.count
-        return try database.scan(in: family, from: range.start, to: range.end).map {
+        return try database.scan(in: family, from: range.start, to: range.end, snapshot: reading).map {
             StateRecord(key: Array($0.key[prefixLength...]), value: $0.value)
         }
     }

@@ -25,8 +25,9 @@ public protocol GroupStateMachine: Sendable {
     /// Applies committed normal entries (in index order), staging writes into `batch`; one outcome per entry.
     func apply(_ entries: [Entry], into batch: WriteBatch) throws(StorageError) -> [Outcome]
 
-    /// Every record of the group's state as of the last write (for a snapshot), in key order.
-    func snapshotState() throws(StorageError) -> [StateRecord]
+    /// Every record of the group's state as `reading` sees it (a consistent view taken right after the write
+    /// that applied some index; the runtime scans it off the scheduler while the group goes on), in key order.
+    func snapshotState(reading: ReadSnapshot) throws(StorageError) -> [StateRecord]
 
     /// Stages replacing the whole state with `records`, applied up to `index` (a snapshot from the leader).
     func restore(_ records: [StateRecord], index: UInt64, into batch: WriteBatch) throws(StorageError)

@@ -39,6 +39,14 @@ func measure(seconds: Double, unit: Int = 1, _ body: () throws -> Void) rethrows
     return Double(operations) / elapsed
 }
 
+/// The body of one length-prefixed frame, through the decoder the node uses.
+func unframe(_ frame: ByteBuffer) throws -> ByteBuffer {
+    var buffer = frame
+    var decoder = FrameDecoder(maxFrameBytes: 1 << 20)
+    guard let body = try decoder.decode(buffer: &buffer) else { fatalError("incomplete frame") }
+    return body
+}
+
 func codec(seconds: Double) throws {
     let allocator = ByteBufferAllocator()
     var send = Warbler_V1_ClientFrame()
@@ -60,25 +68,9 @@ func codec(seconds: Double) throws {
     let encodedPush = FrameCodec.lengthPrefixed(push, allocator: allocator)
     let cases: [(String, () throws -> Void)] = [
         ("encode Send (client → node)", { _ = FrameCodec.lengthPrefixed(send, allocator: allocator) }),
-        (
-            "decode Send",
-            {
-                var buffer = encodedSend
-                var decoder = FrameDecoder(maxFrameBytes: 1 << 20)
-                guard let body = try decoder.decode(buffer: &buffer) else { fatalError("incomplete frame") }
-                _ = try FrameCodec.decodeClientFrame(body)
-            }
-        ),
+        ("decode Send", { _ = try FrameCodec.decodeClientFrame(try unframe(encodedSend)) }),
         ("encode MessagePush (node → client)", { _ = FrameCodec.lengthPrefixed(push, allocator: allocator) }),
-        (
-            "decode MessagePush",
-            {
-                var buffer = encodedPush
-                var decoder = FrameDecoder(maxFrameBytes: 1 << 20)
-                guard let body = try decoder.decode(buffer: &buffer) else { fatalError("incomplete frame") }
-                _ = try FrameCodec.decodeServerFrame(body)
-            }
-        ),
+        ("decode MessagePush", { _ = try FrameCodec.decodeServerFrame(try unframe(encodedPush)) }),
     ]
     for (name, body) in cases {
         let rate = try measure(seconds: seconds, body)

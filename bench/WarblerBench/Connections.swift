@@ -5,6 +5,10 @@ import Synchronization
 import WarblerClient
 import WarblerWire
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// C idle authenticated connections, spread over several 127.0.0.x source addresses (each address has its
 /// own ~28,000 ephemeral ports), each resuming a session of one of a few bench users; then light traffic on
 /// top. Reports the connect rate and the server memory each connection costs.
@@ -14,7 +18,7 @@ enum ConnectionsScenario {
 
     static func run(
         fleet: Fleet,
-        connections: Int,
+        connections requested: Int,
         sourceAddresses: Int,
         serverPIDs: [Int32],
         payloadBytes: Int,
@@ -23,11 +27,26 @@ enum ConnectionsScenario {
         progress: Bool,
         onStart: (RunCounters) -> Void
     ) async throws -> (RunCounters, ScenarioExtras) {
+        // Every connection is a descriptor here and on the node: stay inside the open-file limit (raising it
+        // needs CAP_SYS_RESOURCE), leaving room for the rest.
+        var limit = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        let connections = min(requested, max(100, Int(limit.rlim_cur) - 1_000))
+        if connections < requested {
+            FileHandle.standardError.write(
+                Data(
+                    ("the open-file limit is \(limit.rlim_cur) (raising it needs CAP_SYS_RESOURCE): opening "
+                        + "\(connections) of \(requested) connections\n").utf8
+                )
+            )
+        }
         // A few real logins; their session tokens authenticate every idle connection (no password hashing).
         let names = users
         let clients = try await fleet.connectAll(names.enumerated().map { ($1, $0) })
         var tokens: [String] = []
-        for name in names {
+        // Idle connections resume sessions of bench-c2…; bench-c0 and bench-c1 carry the light traffic (so that
+        // its messages are not pushed to thousands of idle sessions of the same users).
+        for name in names.dropFirst(2) {
             // The SDK keeps its own token private: a short extra login hands one over.
             let target = fleet.targets[tokens.count % fleet.targets.count]
             let probe = WarblerClient(host: target.host, port: target.port)
@@ -41,6 +60,7 @@ enum ConnectionsScenario {
         let opened = IdleConnections()
         let started = monotonicNanoseconds()
         var failures = 0
+        let firstFailure = FirstFailure()
         var next = 0
         try await withThrowingTaskGroup(of: Bool.self) { tasks in
             func start() {
@@ -61,6 +81,7 @@ enum ConnectionsScenario {
                         opened.add(channel)
                         return true
                     } catch {
+                        firstFailure.note(error)
                         return false
                     }
                 }
@@ -68,7 +89,7 @@ enum ConnectionsScenario {
             for _ in 0..<256 { start() }
             while let succeeded = try await tasks.next() {
                 if !succeeded { failures += 1 }
-                if progress && next % 5_000 == 0 {
+                if progress && next % 5_000 == 0 && next < connections {
                     FileHandle.standardError.write(Data("\r\(next) connections opened   ".utf8))
                 }
                 start()
@@ -76,24 +97,26 @@ enum ConnectionsScenario {
         }
         let connectSeconds = Double(monotonicNanoseconds() - started) / 1e9
         if progress { FileHandle.standardError.write(Data("\n".utf8)) }
-        if failures > 0 { FileHandle.standardError.write(Data("\(failures) connections failed\n".utf8)) }
+        if failures > 0 {
+            let reason = firstFailure.description
+            FileHandle.standardError.write(Data("\(failures) connections failed (first: \(reason))\n".utf8))
+        }
         try await Task.sleep(nanoseconds: 2_000_000_000)
         let memoryAfter = serverPIDs.compactMap(ProcessSample.residentBytes).reduce(0, +)
         let established = connections - failures
 
         // Light traffic while every connection stays open: one pair at 50 msgs/s.
         let conversation = try await clients[0].createDirect(with: names[1]).conversationID
-        let counters = RunCounters(warmUpSeconds: warmUp, seconds: seconds)
-        counters.errors.add(failures, ordering: .relaxed)
-        onStart(counters)
-        await measure(
+        let counters = await measure(
             senders: [Sender(client: clients[0], conversation: conversation)],
             clients: Array(zip(clients, names)),
             shape: .open(ratePerSecond: 50),
             payloadBytes: payloadBytes,
-            counters: counters,
+            window: (warmUp, seconds),
+            onStart: onStart,
             progress: progress
         )
+        counters.errors.add(failures, ordering: .relaxed)
         let stillOpen = opened.closeAll()
         try await group.shutdownGracefully()
         if stillOpen < established {
@@ -133,7 +156,11 @@ final class IdleConnections: Sendable {
         group: any EventLoopGroup
     ) async throws -> any Channel {
         let promise = group.next().makePromise(of: Void.self)
-        let channel = try await ClientBootstrap(group: group)
+        let connecting = ClientBootstrap(group: group)
+            // The port is chosen at connect time for the whole 4-tuple (IP_BIND_ADDRESS_NO_PORT), and ports
+            // still in TIME_WAIT from an earlier run may be reused.
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelOption(ChannelOptions.Types.SocketOption(level: Int(IPPROTO_IP), name: 24), value: 1)
             .bind(to: try SocketAddress(ipAddress: source, port: 0))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -144,7 +171,13 @@ final class IdleConnections: Sendable {
                 }
             }
             .connect(host: target.host, port: target.port)
-            .get()
+        let channel: any Channel
+        do {
+            channel = try await connecting.get()
+        } catch {
+            promise.fail(error)
+            throw error
+        }
         do {
             try await promise.futureResult.get()
         } catch {
@@ -210,4 +243,11 @@ final class ResumeHandler: ChannelInboundHandler, @unchecked Sendable {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         context.close(promise: nil)
     }
+}
+
+/// The first error of many tasks.
+final class FirstFailure: Sendable, CustomStringConvertible {
+    private let first = Mutex<String?>(nil)
+    func note(_ error: any Error) { first.withLock { if $0 == nil { $0 = "\(error)" } } }
+    var description: String { first.withLock { $0 } ?? "none" }
 }

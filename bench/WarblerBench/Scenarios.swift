@@ -85,16 +85,20 @@ struct ScenarioExtras: Codable, Sendable {
     }
 }
 
-/// Runs a measured load over prepared senders and recipients, then stops receiving and closes everything.
+/// Runs a measured load over prepared senders and recipients (the measured window opens `warmUp` seconds
+/// from now), then stops receiving and closes everything.
 func measure(
     senders: [Sender],
     clients: [(client: WarblerClient, user: String)],
     shape: LoadShape,
     payloadBytes: Int,
-    counters: RunCounters,
+    window: (warmUp: Double, seconds: Double),
+    onStart: (RunCounters) -> Void,
     progress: Bool,
     verify: AcknowledgedMessages? = nil
-) async {
+) async -> RunCounters {
+    let counters = RunCounters(warmUpSeconds: window.warmUp, seconds: window.seconds)
+    onStart(counters)
     let receivers = clients.map { receive($0.client, as: $0.user, counters: counters) }
     let printer = progress ? reportProgress(counters) : nil
     await drive(senders, shape: shape, payloadBytes: payloadBytes, counters: counters, verify: verify)
@@ -103,6 +107,7 @@ func measure(
     printer?.cancel()
     for receiver in receivers { receiver.cancel() }
     for (client, _) in clients { await client.close() }
+    return counters
 }
 
 // MARK: - pairs
@@ -131,18 +136,16 @@ enum PairsScenario {
             senders.append(Sender(client: clients[2 * index], conversation: conversation.conversationID))
             verify?.reader(of: conversation.conversationID, is: "bench-r\(index)")
         }
-        let counters = RunCounters(warmUpSeconds: warmUp, seconds: seconds)
-        onStart(counters)
-        await measure(
+        return await measure(
             senders: senders,
             clients: Array(zip(clients, users.map(\.0))),
             shape: shape,
             payloadBytes: payloadBytes,
-            counters: counters,
+            window: (warmUp, seconds),
+            onStart: onStart,
             progress: progress,
             verify: verify
         )
-        return counters
     }
 }
 
@@ -189,17 +192,15 @@ enum GroupScenario {
                 )
             }
         }
-        let counters = RunCounters(warmUpSeconds: warmUp, seconds: seconds)
-        onStart(counters)
-        await measure(
+        return await measure(
             senders: senders,
             clients: Array(zip(clients, users.map(\.0))),
             shape: shape,
             payloadBytes: payloadBytes,
-            counters: counters,
+            window: (warmUp, seconds),
+            onStart: onStart,
             progress: progress
         )
-        return counters
     }
 }
 

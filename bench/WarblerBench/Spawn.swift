@@ -38,7 +38,7 @@ final class SpawnedCluster {
             add.waitUntilExit()
             guard add.terminationStatus == 0 else { throw ValidationError("could not create the bench users") }
         }
-        let base = Int.random(in: 200...390) * 100
+        let base = Int.random(in: 100...300) * 100  // below the ephemeral port range
         var firstPeer = ""
         for node in 1...size {
             let data = directory + "/n\(node)"

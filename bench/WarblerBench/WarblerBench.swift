@@ -47,7 +47,7 @@ struct WarblerBench: AsyncParsableCommand {
     @Option(help: "group: members per group (every member online).") var members = 11
     @Option(help: "mixed: users, one connection each.") var users = 40
     @Option(help: "connections: idle authenticated connections.") var connections = 10_000
-    @Option(help: "connections: 127.0.0.x source addresses to spread them over (default: one per 20,000).")
+    @Option(help: "connections: 127.0.0.x source addresses to spread them over (default: one per 10,000).")
     var sourceAddresses: Int?
     @Option(help: "sync: messages waiting for the returning member.") var backlog = 10_000
     @Option(help: "Closed loop: unacknowledged sends per sending connection.") var window = 1
@@ -189,7 +189,7 @@ struct WarblerBench: AsyncParsableCommand {
             (counters, extras) = try await ConnectionsScenario.run(
                 fleet: fleet,
                 connections: connections,
-                sourceAddresses: sourceAddresses ?? (connections / 20_000 + 1),
+                sourceAddresses: sourceAddresses ?? (connections / 10_000 + 1),
                 serverPIDs: pids,
                 payloadBytes: payload,
                 warmUp: warmUp,

@@ -20,9 +20,9 @@ extension RaftHost {
     }
 
     /// Applies one group's committed entries to its state machine, in index order: in the scheduler's round (into
-    /// the round's batch, with the log entries), or — for heavy work (a snapshot to install, a large catch-up,
-    /// a compaction snapshot), and for every job of the group that follows it until that is done — on the
-    /// group's own serial queue, in its own batch. The two never run at once for one group, so its state here
+    /// the round's batch, with the log entries), or — for heavy work (a snapshot to install, a large catch-up),
+    /// and for every job of the group that follows it until that is done — on the group's own serial queue, in
+    /// its own batch. Compaction snapshots are read from a RocksDB snapshot on the pool while the group goes on. The two never run at once for one group, so its state here
     /// needs no lock.
     ///
     /// A detached job writes the state its entries produce, the applied membership (`0x04|group`) and, for the
@@ -40,6 +40,13 @@ extension RaftHost {
         // Confined to the scheduler, or to `queue` while `detached` is above zero.
         private var confState: ConfState
         private var compactedThrough: UInt64
+        /// Entry bytes applied since the last snapshot, and that snapshot's size: the next snapshot waits until
+        /// the log has grown by as much as the state (a snapshot copies the whole state, so taking one every N
+        /// entries regardless of size would cost time quadratic in the state's size).
+        private var bytesSinceSnapshot = 0
+        private let snapshotBytes: Atomic<Int>
+        /// A compaction snapshot is being taken (one at a time).
+        private let compacting = Atomic<Bool>(false)
         /// The metadata group's view of the cluster as of its applied index (group 0 only).
         private var view: ClusterView
         private var failure: (any Error)?
@@ -53,6 +60,7 @@ extension RaftHost {
             confState: ConfState,
             applied: UInt64,
             compactedThrough: UInt64,
+            snapshotBytes: Int,
             view: ClusterView,
             pool: DispatchQueue
         ) {
@@ -60,6 +68,7 @@ extension RaftHost {
             self.machine = machine
             self.confState = confState
             self.compactedThrough = compactedThrough
+            self.snapshotBytes = Atomic(snapshotBytes)
             self.view = view
             queue = DispatchQueue(label: "warbler.apply.\(id)", target: pool)
             progress = Mutex((applied, []))
@@ -146,6 +155,7 @@ extension RaftHost {
                 var application: [Entry] = []
                 for entry in job.entries {
                     staged.last = max(staged.last, entry.index)
+                    bytesSinceSnapshot += entry.data.count
                     switch entry.kind {
                     case .confChange:
                         guard let change = try? ConfChange(decoding: entry.data) else { continue }
@@ -214,12 +224,20 @@ extension RaftHost {
                 }
             }
             for read in released { read.completion(.success(())) }
-            if last >= compactedThrough + host.options.compactionEntries {
+            if last >= compactedThrough + host.options.compactionEntries,
+                bytesSinceSnapshot >= snapshotBytes.load(ordering: .relaxed),
+                compacting.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged
+            {
                 compactedThrough = last
-                detached.add(1, ordering: .sequentiallyConsistent)
-                queue.async {
-                    defer { self.detached.subtract(1, ordering: .sequentiallyConsistent) }
-                    self.compact(at: last, host: host)
+                bytesSinceSnapshot = 0
+                // The state at `last`, as of now (nothing of this group was written since): the scan runs on the
+                // pool while the group goes on applying.
+                let reading = host.database.makeSnapshot()
+                let cluster = id == 0 ? view.records.map(\.record) : []
+                let confState = self.confState
+                host.applyPool.async {
+                    defer { self.compacting.store(false, ordering: .releasing) }
+                    self.compact(at: last, reading: reading, cluster: cluster, confState: confState, host: host)
                 }
             }
         }
@@ -236,21 +254,29 @@ extension RaftHost {
             }
             confState = snapshot.metadata.confState
             compactedThrough = max(compactedThrough, snapshot.metadata.index)
+            snapshotBytes.store(snapshot.data.count, ordering: .relaxed)
+            bytesSinceSnapshot = 0
             host.logger.notice(
                 "installed a snapshot",
                 metadata: ["raft.group": "\(id)", "raft.index": "\(snapshot.metadata.index)"]
             )
         }
 
-        /// Takes a snapshot of the state at the applied index `applied` (on the group's own queue, where nothing
-        /// else of the group runs meanwhile) and asks the scheduler to compact the log up to it.
-        func compact(at applied: UInt64, host: RaftHost) {
+        /// Takes a snapshot of the state at the applied index `applied` from a consistent read view of it, and
+        /// asks the scheduler to compact the log up to it.
+        func compact(
+            at applied: UInt64,
+            reading: ReadSnapshot,
+            cluster: [Warbler_Peer_V1_KeyValue],
+            confState: ConfState,
+            host: RaftHost
+        ) {
             do {
                 var snapshot = Warbler_Peer_V1_GroupSnapshot()
-                if id == 0 { snapshot.cluster = view.records.map(\.record) }
-                snapshot.state = try machine.snapshotState().map(\.record)
+                snapshot.cluster = cluster
+                snapshot.state = try machine.snapshotState(reading: reading).map(\.record)
                 let data: [UInt8] = try snapshot.serializedBytes()
-                let confState = self.confState
+                snapshotBytes.store(data.count, ordering: .relaxed)
                 let id = self.id
                 host.enqueue { host.compact(id, at: applied, confState: confState, data: data) }
             } catch {
@@ -326,10 +352,17 @@ extension RaftHost {
     func compact(_ id: UInt32, at index: UInt64, confState: ConfState, data: [UInt8]) {
         guard let group = groups[id], let first = try? group.log.firstIndex(), index >= first else { return }
         do {
+            let started = ContinuousClock.now
             let batch = WriteBatch()
             try group.log.stageCompaction(at: index, confState: confState, data: data, into: batch)
             try database.write(batch, sync: false)
-            logger.debug("compacted a group log", metadata: ["raft.group": "\(id)", "raft.index": "\(index)"])
+            logger.info(
+                "compacted a group log",
+                metadata: [
+                    "raft.group": "\(id)", "raft.index": "\(index)", "snapshot.bytes": "\(data.count)",
+                    "duration": "\(ContinuousClock.now - started)",
+                ]
+            )
         } catch {
             logger.error("compaction failed", metadata: ["raft.group": "\(id)", "error": "\(error)"])
         }

@@ -29,7 +29,9 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         public var reconcileTicks = 10
         /// How long a proposal or a read waits for a leader before failing with `unavailable`.
         public var requestTimeout: Duration = .seconds(5)
-        /// Compact a group's log (snapshot of its state) once this many applied entries follow the last one.
+        /// Compact a group's log (snapshot of its state) once this many applied entries follow the last one —
+        /// and the entries applied since add up to at least the last snapshot's size, so that the cost of
+        /// snapshots stays proportional to what is written (the log holds about as much as the state).
         public var compactionEntries: UInt64 = 20_000
         /// Idle groups go quiet: a leader with nothing in flight stops ticking and heartbeating, and followers
         /// stop ticking while the leader's node is alive (its one liveness frame per tick).
@@ -175,6 +177,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
             confState: try log.initialState().1,
             applied: config.applied,
             compactedThrough: try log.firstIndex() - 1,
+            snapshotBytes: try log.snapshot().data.count,
             view: id == 0 ? try ClusterView.load(from: database, family: clusterFamily) : ClusterView(),
             pool: applyPool
         )

@@ -12,6 +12,27 @@ extension ChatNode {
         _ login: Warbler_V1_Login,
         on eventLoop: any EventLoop
     ) -> EventLoopFuture<Result<(Session, String), WireError>> {
+        // Accounts live in the metadata group. A name this replica does not know yet (the account was just
+        // created, or this node is still catching up after joining) is looked up again after a read barrier, so
+        // that any node accepts every account that exists.
+        let caughtUp = eventLoop.makePromise(of: Void.self)
+        if (try? queries.account(named: login.user)) == nil {
+            caughtUp.completeWithTask { [host] in
+                // A node that is joining may not hold its replica of the metadata group for a moment yet.
+                let deadline = ContinuousClock.now + .seconds(5)
+                while !host.hosts(0), ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(50)) }
+                try? await host.readBarrier(group: 0)
+            }
+        } else {
+            caughtUp.succeed(())
+        }
+        return caughtUp.futureResult.flatMap { [self] in self.checkCredentials(login, on: eventLoop) }
+    }
+
+    private func checkCredentials(
+        _ login: Warbler_V1_Login,
+        on eventLoop: any EventLoop
+    ) -> EventLoopFuture<Result<(Session, String), WireError>> {
         threadPool.runIfActive(eventLoop: eventLoop) { [self] in
             let name = login.user
             if throttle.isLocked(name) {
