@@ -150,9 +150,9 @@ final class GatedCluster: @unchecked Sendable {
 }
 
 struct RaftHostApplyTests {
-    /// Waits until `condition` holds (up to 5 s).
+    /// Waits until `condition` holds (up to 20 s: the suite runs beside CPU-bound simulations).
     func eventually(_ condition: () async throws -> Bool) async throws -> Bool {
-        for _ in 0..<500 {
+        for _ in 0..<2_000 {
             if try await condition() { return true }
             try await Task.sleep(for: .milliseconds(10))
         }
@@ -169,20 +169,19 @@ struct RaftHostApplyTests {
         for index in 1...5 { _ = try await host.propose(Array("before-\(index)".utf8), to: 1) }
         #expect(try await eventually { cluster.gate.waiters == 1 }, "group 1's compaction never started")
         // Both groups go on committing and applying meanwhile: the snapshot reads a RocksDB snapshot of the
-        // state at its index, off the scheduler. (Were it taken in the round, or on the group's queue, these
-        // proposals would wait for the watchdog to open the gate, and the time check would fail.)
+        // state at its index, off the scheduler. Were it taken in the round, or on the group's queue, these
+        // proposals would complete only once the watchdog opened the gate — and the gate would no longer hold
+        // its waiter below. (No time bound: the suite runs beside CPU-bound simulations.)
         let watchdog = Task {
-            try await Task.sleep(for: .seconds(10))
+            try await Task.sleep(for: .seconds(30))
             cluster.gate.open()
         }
         defer { watchdog.cancel() }
-        let started = ContinuousClock.now
         for index in 1...20 {
             #expect(try await host.propose(Array("free-\(index)".utf8), to: 2) == UInt64(index))
             #expect(try await host.propose(Array("after-\(index)".utf8), to: 1) == UInt64(5 + index))
         }
-        #expect(ContinuousClock.now - started < .seconds(3))
-        #expect(cluster.gate.waiters == 1, "the snapshot was still being taken")
+        #expect(cluster.gate.waiters == 1, "the proposals needed the compaction snapshot to finish")
         #expect(try cluster.machine(2).count() == 20)
         #expect(try cluster.machine(1).count() == 25)
         cluster.gate.open()

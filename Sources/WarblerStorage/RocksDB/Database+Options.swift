@@ -50,6 +50,7 @@ extension Database {
             rocksdb_options_set_create_missing_column_families(options, 1)
             rocksdb_options_increase_parallelism(options, Int32(backgroundThreads))
             rocksdb_options_set_write_buffer_size(options, writeBufferSize)
+            rocksdb_options_set_max_write_buffer_number(options, 4)
             rocksdb_options_set_paranoid_checks(options, paranoidChecks ? 1 : 0)
             let kind: Int32
             switch compression {
