@@ -179,7 +179,14 @@ struct ClusterTests {
                 "cluster: round \(round): node \(victimID) killed; new leader after \(Date().timeIntervalSince(killedAt)) s"
             )
             // The two survivors carry every send on their own; then the killed node comes back.
-            try await sending.value
+            do { try await sending.value } catch {
+                // What the survivors think of the partition, for the failure report.
+                for node in nodes where node.isRunning {
+                    let record = try? node.clusterStatus().groups.first { $0.group == partition }
+                    print("cluster: node \(node.nodeID) sees partition \(partition): \(String(describing: record))")
+                }
+                throw error
+            }
             await sender.close()
             try await victim.start()
         }

@@ -112,8 +112,17 @@ extension RaftHost {
         /// there too (their order is the log's).
         let detached = Atomic<Int>(0)
 
-        /// A job with a snapshot to install, or many entries, runs on the group's own queue.
-        static func isHeavy(_ job: ApplyJob) -> Bool { job.snapshot != nil || job.entries.count > 1_024 }
+        /// A job with a snapshot to install, or many entries (more than 1,024, or more than 4 MiB of them), runs on
+        /// the group's own queue.
+        static func isHeavy(_ job: ApplyJob) -> Bool {
+            guard job.snapshot == nil, job.entries.count <= 1_024 else { return true }
+            var bytes = 0
+            for entry in job.entries {
+                bytes += entry.data.count
+                if bytes > 4 << 20 { return true }
+            }
+            return false
+        }
 
         /// True while heavy work (or a job behind it) runs on the group's own queue.
         var isDetached: Bool { detached.load(ordering: .sequentiallyConsistent) > 0 }

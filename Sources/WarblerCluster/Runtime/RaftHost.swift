@@ -545,9 +545,12 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         if message.from == group.node.softState.lead, [.app, .heartbeat, .snap].contains(message.type) {
             group.leaderContactTick = ticks
         }
-        if [.app, .heartbeat, .snap].contains(message.type) {
-            // The sender leads the group (in its term): remember which incarnation of its node that is.
-            group.leaderIncarnation = incarnations[message.from] ?? 0
+        if [.preVote, .vote].contains(message.type) {
+            // Another member campaigns: it has not heard from the leader. This replica's belief in its leader may
+            // be stale too (a frame queued while this node was down can make it follow a node that no longer
+            // leads the group), so it stops relying on that node's liveness and ticks until the leader is heard
+            // from again — otherwise it would stay in its lease forever and refuse every vote.
+            group.leaderIncarnation = 0
         }
         if ![.heartbeatResp, .appResp].contains(message.type) {
             // Anything but the answers to its own traffic wakes a quiet leader (a vote, a read, a transfer).
@@ -555,6 +558,10 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
         do { try group.node.step(message) } catch {
             logger.debug("raft step refused", metadata: ["raft.group": "\(id)", "error": "\(error)"])
+        }
+        if [.app, .heartbeat, .snap].contains(message.type), group.node.softState.lead == message.from {
+            // The sender leads the group in this replica's term: remember which incarnation of its node that is.
+            group.leaderIncarnation = incarnations[message.from] ?? 0
         }
     }
 
@@ -689,15 +696,14 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
 
     func roleChanged(_ group: Group, _ soft: SoftState) {
         published.withLock { $0.leaders[group.id] = soft.lead }
-        if group.id == 0 || soft.role == .leader {
-            logger.info(
-                "group leader changed",
-                metadata: [
-                    "raft.group": "\(group.id)", "raft.role": "\(soft.role.rawValue)", "raft.leader": "\(soft.lead)",
-                    "raft.term": "\(group.node.hardState.term)",
-                ]
-            )
-        }
+        logger.log(
+            level: group.id == 0 || soft.role == .leader ? .info : .debug,
+            "group leader changed",
+            metadata: [
+                "raft.group": "\(group.id)", "raft.role": "\(soft.role.rawValue)", "raft.leader": "\(soft.lead)",
+                "raft.term": "\(group.node.hardState.term)",
+            ]
+        )
         if soft.role != .leader {
             let error = ClusterError(.outcomeUnknown, "leadership of group \(group.id) was lost")
             let waiters = group.waiting

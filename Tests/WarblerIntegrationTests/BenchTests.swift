@@ -1,0 +1,78 @@
+import Foundation
+import Testing
+
+/// `warbler-bench` itself: every scenario runs against a node it spawns from the debug build, and its JSON
+/// report holds what the scenario measured (so that a broken scenario, counter or report fails here).
+@Suite(.serialized)
+struct BenchTests {
+    static let binary = NodeProcess.packageRoot.appendingPathComponent(".build/debug/warbler-bench").path
+
+    /// Runs the bench with `arguments` and returns its parsed JSON report.
+    func bench(_ arguments: [String]) throws -> [String: Any] {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments =
+            ["--spawn", "single", "--json", "--quiet", "--seconds", "1", "--warm-up", "0.5"] + arguments
+        let output = Pipe()
+        let errors = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        let diagnostics = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw TestFailure("warbler-bench \(arguments) exited \(process.terminationStatus): \(diagnostics)")
+        }
+        guard let report = try JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw TestFailure("warbler-bench printed no JSON report: \(String(decoding: data, as: UTF8.self))")
+        }
+        return report
+    }
+
+    func number(_ report: [String: Any], _ key: String) -> Double { (report[key] as? NSNumber)?.doubleValue ?? -1 }
+    func latency(_ report: [String: Any], _ key: String) -> [String: Any] { report[key] as? [String: Any] ?? [:] }
+
+    @Test func pairsInClosedAndOpenLoop() throws {
+        let closed = try bench(["--senders", "2", "--window", "4"])
+        #expect(closed["scenario"] as? String == "pairs")
+        #expect(number(closed, "acks_per_second") > 0)
+        #expect(number(closed, "deliveries_per_second") > 0)
+        #expect(number(closed, "errors") == 0)
+        let ack = latency(closed, "ack")
+        #expect((ack["count"] as? Int ?? 0) > 0)
+        #expect((ack["p50_us"] as? Int ?? 0) > 0 && (ack["p50_us"] as? Int ?? 0) <= (ack["p99_us"] as? Int ?? 0))
+        #expect((latency(closed, "delivery")["count"] as? Int ?? 0) > 0)
+        #expect((closed["servers"] as? [Any])?.count == 1, "the spawned node's CPU and memory")
+
+        // Open loop at a rate the debug node sustains: about that many sends, every one acknowledged.
+        let open = try bench(["--senders", "1", "--rate", "50"])
+        #expect((35...65).contains(number(open, "sends_per_second")))
+        #expect(number(open, "errors") == 0)
+    }
+
+    @Test func groupDeliversToEveryOtherMember() throws {
+        let report = try bench(["--scenario", "group", "--members", "4", "--senders", "1"])
+        let acks = number(report, "acks_per_second")
+        #expect(acks > 0)
+        // Three receivers per message (the sender's own push is not a delivery).
+        #expect(abs(number(report, "deliveries_per_second") - 3 * acks) <= 0.2 * 3 * acks)
+    }
+
+    @Test func syncMixedAndConnections() throws {
+        let sync = try bench(["--scenario", "sync", "--backlog", "300", "--window", "8"])
+        let extras = sync["extras"] as? [String: Any] ?? [:]
+        #expect(extras["backlog"] as? Int == 300)
+        #expect(((extras["synced_per_second"] as? NSNumber)?.doubleValue ?? 0) > 0)
+
+        let mixed = try bench(["--scenario", "mixed", "--users", "6", "--seed", "7"])
+        #expect(number(mixed, "acks_per_second") > 0)
+        #expect(number(mixed, "errors") == 0)
+
+        let connections = try bench(["--scenario", "connections", "--connections", "200", "--source-addresses", "2"])
+        let opened = connections["extras"] as? [String: Any] ?? [:]
+        #expect(opened["connections"] as? Int == 200)
+        #expect(opened["server_bytes_per_connection"] is NSNumber, "the node's memory per connection")
+        #expect(number(connections, "errors") == 0)
+    }
+}
