@@ -10,11 +10,13 @@ import WarblerWire
 final class EchoDelegate: PeerTransportDelegate {
     let nodeID: UInt64
     let received = Mutex<[UInt64]>([])
+    /// Peers whose connection closed.
+    let lostPeers = Mutex<[UInt64]>([])
     init(nodeID: UInt64) { self.nodeID = nodeID }
 
     func peerTransport(received batch: RaftBatchRecord, from node: UInt64) { received.withLock { $0.append(node) } }
 
-    func peerTransport(lost node: UInt64) {}
+    func peerTransport(lost node: UInt64) { lostPeers.withLock { $0.append(node) } }
 
     func peerTransport(handle request: PeerRequest, from node: UInt64) async -> PeerResponse {
         var response = PeerResponse()
@@ -43,7 +45,8 @@ struct PeerTransportTests {
         let loops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         // Node 2 listens; node 1 (the lower id) dials it: one connection for the pair, used both ways.
         let server = try transport(2, ca: root + "/ca", loops: loops)
-        server.setDelegate(EchoDelegate(nodeID: 2))
+        let serverDelegate = EchoDelegate(nodeID: 2)
+        server.setDelegate(serverDelegate)
         let channel = try await server.bind(host: "127.0.0.1", port: 0)
         let address = "127.0.0.1:\(channel.localAddress!.port!)"
         let client = try transport(1, ca: root + "/ca", loops: loops)
@@ -58,6 +61,12 @@ struct PeerTransportTests {
         #expect(back.status.nodeID == 1)
         #expect(back.status.clusterID == "asked by 2")
         #expect(server.addresses[1] == "")
+        // Idle for longer than the silence timeout: the transport's own keep-alive frames keep the connection
+        // open (a silent one is closed and dialled again, which fails requests in flight).
+        try await Task.sleep(for: .seconds(4))
+        #expect(serverDelegate.lostPeers.withLock { $0 }.isEmpty, "an idle connection was closed as silent")
+        let later = try await server.request(.status(.init()), to: 1, timeout: .seconds(120))
+        #expect(later.status.nodeID == 1)
 
         // A node whose certificate comes from another CA is refused during the handshake.
         try ClusterCertificates.initCA(in: root + "/other-ca")

@@ -507,13 +507,24 @@ final class PeerChannelHandler: ChannelInboundHandler, @unchecked Sendable {
 
     /// Closes a member connection that went silent (see ``PeerTransport/memberSilenceTimeout``).
     private func watchForSilence(_ context: ChannelHandlerContext) {
-        let watchdog = IdleStateHandler(readTimeout: PeerTransport.memberSilenceTimeout)
+        // Nothing written for a second: a no-op frame (a response to no request), so that the peer's watchdog
+        // never closes a healthy connection, whoever uses the transport.
+        let watchdog = IdleStateHandler(readTimeout: PeerTransport.memberSilenceTimeout, writeTimeout: .seconds(1))
         try? context.pipeline.syncOperations.addHandler(watchdog, position: .before(self))
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        guard let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read else {
+        guard let idle = event as? IdleStateHandler.IdleStateEvent, idle != .all else {
             return context.fireUserInboundEventTriggered(event)
+        }
+        if idle == .write {
+            var keepAlive = PeerFrame()
+            keepAlive.response = PeerResponse()
+            context.writeAndFlush(
+                wrapOutboundOut(PeerTransport.encode(keepAlive, allocator: context.channel.allocator)),
+                promise: nil
+            )
+            return
         }
         transport.logger.notice(
             "peer connection silent; closing it to reconnect",
