@@ -187,6 +187,23 @@ struct RaftHostApplyTests {
         cluster.gate.open()
     }
 
+    @Test func aReadOfAGroupThisNodeDoesNotReplicateWaitsForItsReplicaThenFails() async throws {
+        let cluster = try GatedCluster(gating: .apply)
+        cluster.gate.open()
+        var options = RaftHost<GatedListMachine>.Options()
+        options.requestTimeout = .seconds(1)
+        try cluster.start(options: options)
+        // A replicated group answers; one that no leader creates here waits for its replica until the deadline.
+        try await cluster.host.readBarrier(group: 1)
+        let started = ContinuousClock.now
+        await #expect {
+            try await cluster.host.readBarrier(group: 9)
+        } throws: { error in
+            (error as? ClusterError)?.code == .unavailable
+        }
+        #expect(ContinuousClock.now - started >= .milliseconds(900), "the read did not wait for the replica")
+    }
+
     @Test func aSnapshotPersistedButNotInstalledIsInstalledWhenTheGroupOpens() async throws {
         let cluster = try GatedCluster(gating: .apply)
         cluster.gate.open()

@@ -309,6 +309,9 @@ struct ClusterTests {
         }
         let joinedAt = Date()
         try await fourth.start(join: nodes[1].peerAddress)
+        // A login on the node as soon as it listens: it waits for its replica of the metadata group to exist and
+        // be current rather than refusing an account it has not replicated yet.
+        _ = try await fourth.login("cy", password: Self.password)
         try await waitForMembership([1, 2, 3, 4], asSeenBy: nodes[1])
         print(
             "cluster: node 4 joined and holds a replica of all 65 groups after \(Date().timeIntervalSince(joinedAt)) s"

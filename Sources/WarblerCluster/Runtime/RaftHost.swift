@@ -124,6 +124,9 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     var failed = false
     /// Groups this node left whose replica is being deleted (messages for them are ignored meanwhile).
     var destroying: Set<UInt32> = []
+    /// Reads of groups this node does not replicate yet (it is joining): handed to the group when a leader
+    /// creates its replica here, failed at their deadline otherwise.
+    var awaitingReplica: [UInt32: [UInt64: ReadRequest]] = [:]
 
     /// Opens every group stored in `database`.
     ///
@@ -221,6 +224,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
             timer = nil
             failed = true
             for group in groups.values { failAll(group, stopped) }
+            failReadsAwaitingReplicas(stopped)
             return groups.values.map(\.applier)
         }
         // Whatever was handed to the appliers is written before the caller closes the database.
@@ -237,9 +241,6 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
 
     /// The leader of `group` as this node knows it (0 when unknown).
     public func leader(of group: UInt32) -> UInt64 { published.withLock { $0.leaders[group] ?? 0 } }
-
-    /// True when this node replicates `group`.
-    public func hosts(_ group: UInt32) -> Bool { queue.sync { groups[group] != nil } }
 
     // MARK: - Proposals
 
@@ -432,26 +433,26 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     // MARK: - Reads
 
     /// Waits until this node's replica of `group` has applied everything committed when the call was made
-    /// (ReadIndex): a read of local state afterwards is linearizable.
+    /// (ReadIndex): a read of local state afterwards is linearizable. On a node that is joining, the replica
+    /// may not exist yet: the read waits for it (a leader creates it within a heartbeat) like for a leader.
     ///
     /// - Throws: ``ClusterError`` `unavailable` when the group has no reachable leader in time, or when this
-    ///   node does not replicate the group.
+    ///   node does not replicate the group by then.
     public func readBarrier(group id: UInt32) async throws {
         let context = readContext.add(1, ordering: .relaxed).oldValue
         let timeoutTicks = max(1, Int(options.requestTimeout / options.tickInterval))
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             enqueue {
-                guard let group = self.groups[id] else {
-                    continuation.resume(
-                        throwing: ClusterError(.unavailable, "this node does not replicate group \(id)")
-                    )
-                    return
-                }
-                group.readRequests[context] = ReadRequest(
+                let request = ReadRequest(
                     deadline: self.ticks + timeoutTicks,
                     issuedAt: 0,
                     completion: { continuation.resume(with: $0) }
                 )
+                guard let group = self.groups[id] else {
+                    self.awaitingReplica[id, default: [:]][context] = request
+                    return
+                }
+                group.readRequests[context] = request
                 self.issueRead(context, in: group)
             }
         }
@@ -484,6 +485,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
             for _ in 0..<ticksDue(group, live: live, now: now, window: window) { group.node.tick() }
             expireReads(group)
         }
+        expireReadsAwaitingReplicas()
         if ticks % options.reconcileTicks == 0 { reconcile() }
         if options.quiesce, let transport, ticks % options.electionTicks == 0 { wakeLeaderlessLearners(transport) }
         if let transport {
@@ -541,6 +543,9 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
             }
             groups[id] = group
             logger.notice("replicating a new group", metadata: ["raft.group": "\(id)", "raft.from": "\(message.from)"])
+            for (context, request) in awaitingReplica.removeValue(forKey: id) ?? [:] {
+                group.readRequests[context] = request
+            }
         }
         if message.from == group.node.softState.lead, [.app, .heartbeat, .snap].contains(message.type) {
             group.leaderContactTick = ticks
@@ -691,6 +696,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         failed = true
         timer?.cancel()
         for group in groups.values { failAll(group, error) }
+        failReadsAwaitingReplicas(error)
         inbox.withLock { $0.stopped = true }
     }
 
@@ -733,6 +739,22 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
                 issueRead(context, in: group)
             }
         }
+    }
+
+    func expireReadsAwaitingReplicas() {
+        for (id, requests) in awaitingReplica {
+            for (context, request) in requests where request.deadline <= ticks {
+                awaitingReplica[id]?.removeValue(forKey: context)
+                request.completion(.failure(ClusterError(.unavailable, "this node does not replicate group \(id)")))
+            }
+            if awaitingReplica[id]?.isEmpty == true { awaitingReplica.removeValue(forKey: id) }
+        }
+    }
+
+    func failReadsAwaitingReplicas(_ error: any Error) {
+        let reads = awaitingReplica.values.flatMap(\.values)
+        awaitingReplica = [:]
+        for read in reads { read.completion(.failure(error)) }
     }
 
     func failAll(_ group: Group, _ error: any Error) {
