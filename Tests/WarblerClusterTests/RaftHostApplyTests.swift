@@ -187,6 +187,40 @@ struct RaftHostApplyTests {
         cluster.gate.open()
     }
 
+    @Test func aStuckApplyHoldsUpNoGroupsReplication() async throws {
+        let cluster = try GatedCluster(gating: .apply)
+        try cluster.start()
+        let host = cluster.host!
+        func commit(_ group: UInt32) async -> UInt64 {
+            await host.status().groups.first { $0.group == group }?.commit ?? 0
+        }
+        let startCommit = await commit(2)
+        // Group 1's apply gets stuck on the apply queue.
+        let stuck = Task { try await host.propose(Array("stuck".utf8), to: 1) }
+        #expect(try await eventually { cluster.gate.waiters == 1 }, "group 1's apply never started")
+        // Group 2 goes on appending, persisting and committing (the scheduler never waits for an apply); its
+        // outcomes follow once the apply queue is free again. Were the apply on the scheduler, nothing would move
+        // (not even the status query) until the watchdog opened the gate, and the gate would no longer hold.
+        let watchdog = Task {
+            try await Task.sleep(for: .seconds(30))
+            cluster.gate.open()
+        }
+        defer { watchdog.cancel() }
+        let proposals = (1...20).map { index in Task { try await host.propose(Array("free-\(index)".utf8), to: 2) } }
+        #expect(
+            try await eventually { await commit(2) >= startCommit + 20 },
+            "group 2 committed nothing while group 1's apply was stuck"
+        )
+        #expect(cluster.gate.waiters == 1, "the gate was opened early")
+        #expect(try cluster.machine(2).count() == 0, "group 2 was applied past the stuck apply")
+        cluster.gate.open()
+        #expect(try await stuck.value == 1)
+        var outcomes: [UInt64] = []
+        for proposal in proposals { outcomes.append(try await proposal.value) }
+        #expect(outcomes.sorted() == Array(1...20))
+        #expect(try cluster.machine(2).count() == 20)
+    }
+
     @Test func aReadOfAGroupThisNodeDoesNotReplicateWaitsForItsReplicaThenFails() async throws {
         let cluster = try GatedCluster(gating: .apply)
         cluster.gate.open()

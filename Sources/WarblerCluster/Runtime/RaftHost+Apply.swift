@@ -6,7 +6,7 @@ import WarblerRaft
 import WarblerStorage
 import WarblerWire
 
-// Applying committed entries, off the scheduler: every group has its own applier.
+// Applying committed entries, off the scheduler: on the apply queue, and every group has its own applier.
 extension RaftHost {
     typealias ReadCompletion = @Sendable (Result<Void, any Error>) -> Void
 
@@ -19,11 +19,12 @@ extension RaftHost {
         var waiters: [UInt64: Waiter]
     }
 
-    /// Applies one group's committed entries to its state machine, in index order: in the scheduler's round (into
-    /// the round's batch, with the log entries), or — for heavy work (a snapshot to install, a large catch-up),
-    /// and for every job of the group that follows it until that is done — on the group's own serial queue, in
-    /// its own batch. Compaction snapshots are read from a RocksDB snapshot on the pool while the group goes on. The two never run at once for one group, so its state here
-    /// needs no lock.
+    /// Applies one group's committed entries to its state machine, in index order: on the node's apply queue
+    /// (with every other group's entries of the round, in one batch), or — for heavy work (a snapshot to
+    /// install, a large catch-up), and for every job of the group that follows it until that is done — on the
+    /// group's own serial queue, in its own batch. Compaction snapshots are read from a RocksDB snapshot on the
+    /// pool while the group goes on. The two queues never run one group's jobs at once, so its state here needs
+    /// no lock.
     ///
     /// A detached job writes the state its entries produce, the applied membership (`0x04|group`) and, for the
     /// metadata group, the cluster records, without fsync. That is safe because the scheduler wrote (and
@@ -37,7 +38,7 @@ extension RaftHost {
         let queue: DispatchQueue
         weak var host: RaftHost?
 
-        // Confined to the scheduler, or to `queue` while `detached` is above zero.
+        // Confined to the apply queue, or to `queue` while `detached` is above zero.
         private var confState: ConfState
         private var compactedThrough: UInt64
         /// Entry bytes applied since the last snapshot, and that snapshot's size: the next snapshot waits until
@@ -127,8 +128,8 @@ extension RaftHost {
         /// True while heavy work (or a job behind it) runs on the group's own queue.
         var isDetached: Bool { detached.load(ordering: .sequentiallyConsistent) > 0 }
 
-        /// Runs `job` on this group's own queue, in its own batch (called on the scheduler, once the job's entries
-        /// are on disk).
+        /// Runs `job` on this group's own queue, in its own batch (called on the apply queue, once the job's
+        /// entries are on disk).
         func detach(_ job: ApplyJob) {
             detached.add(1, ordering: .sequentiallyConsistent)
             queue.async {

@@ -14,10 +14,11 @@ import WarblerWire
 /// sends the round's messages, coalesced into one frame per peer. Proposals that arrive during a round join the
 /// next one (group commit across all groups). Groups that have nothing to do cost nothing but a tick.
 ///
-/// A round's committed entries are applied in the same batch (the state they produce is bounded by what the
-/// round persists); heavy apply work — installing a snapshot, a large catch-up, taking a compaction snapshot —
-/// runs on the group's own queue (``Applier``), together with the group's later entries until it is done, so it
-/// never holds up another group's replication or applies. Raft and log work runs on one serial queue, never on an event loop or the cooperative pool.
+/// A round's committed entries are applied off the scheduler, on one apply queue that writes every group's state
+/// of the round in one batch, so no group's apply holds up any group's replication; heavy apply work —
+/// installing a snapshot, a large catch-up, taking a compaction snapshot — runs on the group's own queue
+/// (``Applier``), together with the group's later entries until it is done, so it holds up no other group's
+/// apply either. Raft and log work runs on one serial queue, never on an event loop or the cooperative pool.
 public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     /// Tuning of the runtime; the defaults suit a LAN or a few regions.
     public struct Options: Sendable {
@@ -104,6 +105,9 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     let makeMachine: @Sendable (UInt32) throws -> Machine
     let appliedHandler: @Sendable (UInt32, [Machine.Outcome]) -> Void
     let queue = DispatchQueue(label: "warbler.raft")
+    /// Where every round's committed entries are applied, all groups' in one batch, while the scheduler goes
+    /// on persisting and sending the next rounds.
+    let applyQueue = DispatchQueue(label: "warbler.apply")
     /// Where groups' heavy apply work runs (each group on its own serial queue).
     let applyPool = DispatchQueue(label: "warbler.apply.pool", attributes: .concurrent)
     let inbox = Mutex(Inbox())
@@ -228,6 +232,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
             return groups.values.map(\.applier)
         }
         // Whatever was handed to the appliers is written before the caller closes the database.
+        applyQueue.sync {}
         for applier in appliers { applier.queue.sync {} }
     }
 
@@ -600,13 +605,12 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
     }
 
-    /// Persists every group's Ready in one batch (one fsync when anything must be durable) — with the state
-    /// that the round's committed entries produce, except for groups whose apply is detached (heavy work on
-    /// their own queue) — then advances, sends, and completes. Returns false when no group had anything to do.
+    /// Persists every group's Ready in one batch (one fsync when anything must be durable), then advances,
+    /// sends, and hands the round's committed entries to the apply queue. Returns false when no group had
+    /// anything to do.
     func processReadies() -> Bool {
         var readies: [(group: Group, ready: Ready)] = []
-        var inline: [(applier: Applier, staged: Applier.Staged)] = []
-        var detached: [(applier: Applier, job: ApplyJob)] = []
+        var jobs: [(applier: Applier, job: ApplyJob)] = []
         let batch = WriteBatch()
         var sync = false
         for group in groups.values where group.node.hasReady {
@@ -616,25 +620,23 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
             // acknowledged; a round that only commits needs no fsync.
             sync = sync || ready.mustSync || ready.snapshot != nil
             readies.append((group, ready))
-            guard let job = handOff(ready, of: group) else { continue }
-            if group.applier.isDetached || Applier.isHeavy(job) {
-                detached.append((group.applier, job))
-            } else if let staged = group.applier.stage(job, into: batch, host: self) {
-                inline.append((group.applier, staged))
-            }
+            if let job = handOff(ready, of: group) { jobs.append((group.applier, job)) }
         }
         if readies.isEmpty { return false }
         do {
             try database.write(batch, sync: sync)
         } catch {
-            for (applier, staged) in inline { applier.failed(error, [staged], host: self) }
-            for (_, job) in detached { Applier.fail(job, error) }
+            for (_, job) in jobs { Applier.fail(job, error) }
             storageFailed(error)
             return false
         }
         if sync { syncedBatches.add(1, ordering: .relaxed) }
-        // The entries are on disk: heavy work may start on the groups' own queues.
-        for (applier, job) in detached { applier.detach(job) }
+        // The entries are on disk: they may be applied — off the scheduler, so that no group's apply holds up
+        // the next rounds of the others.
+        if !jobs.isEmpty {
+            let round = jobs
+            applyQueue.async { self.apply(round) }
+        }
         var outgoing: [UInt64: RaftBatchRecord] = [:]
         var destroyed: [Group] = []
         for (group, ready) in readies {
@@ -656,7 +658,6 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
                 transport.send(batch, to: peer)
             }
         }
-        for (applier, staged) in inline { applier.finish(staged, host: self) }
         for (group, ready) in readies {
             if let soft = ready.softState { roleChanged(group, soft) }
             for state in ready.readStates {
@@ -670,6 +671,31 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
         for group in destroyed { destroy(group) }
         return true
+    }
+
+    /// Applies one round's committed entries (on the apply queue, in round order): every group's in one batch,
+    /// written without fsync (the scheduler synced the entries: RocksDB's write-ahead log replays in order, so
+    /// state can lag the log after a crash, never lead it; a restart replays from the stored applied index).
+    /// Heavy work — a snapshot to install, a large catch-up — goes to the group's own queue, with the group's
+    /// later jobs until it is done, so it holds up no other group's apply either.
+    func apply(_ jobs: [(applier: Applier, job: ApplyJob)]) {
+        let batch = WriteBatch()
+        var staged: [(applier: Applier, staged: Applier.Staged)] = []
+        for (applier, job) in jobs {
+            if applier.isDetached || Applier.isHeavy(job) {
+                applier.detach(job)
+            } else if let item = applier.stage(job, into: batch, host: self) {
+                staged.append((applier, item))
+            }
+        }
+        guard !staged.isEmpty else { return }
+        do {
+            try database.write(batch, sync: false)
+        } catch {
+            for (applier, item) in staged { applier.failed(error, [item], host: self) }
+            return
+        }
+        for (applier, item) in staged { applier.finish(item, host: self) }
     }
 
     /// What the group's applier must do with a Ready's snapshot and committed entries (on disk now), with their
@@ -773,15 +799,18 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         groups.removeValue(forKey: group.id)
         destroying.insert(group.id)
         published.withLock { _ = $0.leaders.removeValue(forKey: group.id) }
-        // On the group's own queue: after any detached work it still has.
-        group.applier.destroy { deleted in
-            self.enqueue {
-                self.destroying.remove(group.id)
-                if deleted {
-                    self.logger.notice(
-                        "left a group; its replica here is deleted",
-                        metadata: ["raft.group": "\(group.id)"]
-                    )
+        // After the apply queue and the group's own queue finished what they were given.
+        let applier = group.applier
+        applyQueue.async {
+            applier.destroy { deleted in
+                self.enqueue {
+                    self.destroying.remove(group.id)
+                    if deleted {
+                        self.logger.notice(
+                            "left a group; its replica here is deleted",
+                            metadata: ["raft.group": "\(group.id)"]
+                        )
+                    }
                 }
             }
         }
