@@ -1,13 +1,15 @@
 import WarblerStorage
 
-/// Writes of one apply round: collected into a ``WriteBatch`` and visible to later reads of the same round
-/// (RocksDB batches are write-only), so that several commands in one batch see each other's effects.
+/// Writes of one apply round, visible to later reads of the same round (RocksDB batches are write-only), so
+/// that several commands in one batch see each other's effects. They go into the ``WriteBatch`` at
+/// ``flush()``, each key once with its last value: a round of many messages in one conversation writes the
+/// conversation record, the sender's read marker and the applied index once, not once per message.
 public struct StagedWrites {
     let database: Database
     let family: ColumnFamily
     /// The group's key prefix (`group u32`): every key of a group's state starts with it.
     let prefix: [UInt8]
-    /// The batch the caller writes (synced) once the round is applied.
+    /// The batch the caller writes once the round is applied and flushed.
     public let batch: WriteBatch
     private var overlay: [[UInt8]: [UInt8]?] = [:]
 
@@ -26,11 +28,21 @@ public struct StagedWrites {
 
     mutating func put(_ key: [UInt8], _ value: [UInt8]) {
         overlay[key] = .some(value)
-        batch.put(prefix + key, value, in: family)
     }
 
     mutating func delete(_ key: [UInt8]) {
         overlay[key] = .some(nil)
-        batch.delete(prefix + key, in: family)
+    }
+
+    /// Stages every write of the round into ``batch`` (the final value of each key) and starts over.
+    public mutating func flush() {
+        for (key, value) in overlay {
+            if let value {
+                batch.put(prefix + key, value, in: family)
+            } else {
+                batch.delete(prefix + key, in: family)
+            }
+        }
+        overlay = [:]
     }
 }
