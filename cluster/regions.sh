@@ -94,7 +94,8 @@ chaos() {
   wait_formed "$count"
   "$BENCH" --target "$targets" --senders 8 --window 1 --seconds "$seconds" --verify &
   pid=$!
-  local deadline=$((SECONDS + seconds))
+  # Stop disturbing the nodes early enough that the last one is back before the load ends and the check begins.
+  local deadline=$((SECONDS + seconds - 8))
   while [ "$SECONDS" -lt "$deadline" ]; do
     sleep $((3 + RANDOM % 4))
     local victim=$((1 + RANDOM % count))

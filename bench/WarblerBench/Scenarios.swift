@@ -322,9 +322,12 @@ enum MixedScenario {
                         counters
                     )
                 } else if draw < 95 {
+                    // A receipt only when the member has seen something of the conversation (else nothing is sent).
                     let seq = client.lastSeenSeq[conversation.id] ?? 0
-                    if seq > 0 { try await client.markRead(conversation.id, upTo: seq) }
-                    if counters.measured(intended) { counters.receipts.add(1, ordering: .relaxed) }
+                    if seq > 0 {
+                        try await client.markRead(conversation.id, upTo: seq)
+                        if counters.measured(intended) { counters.receipts.add(1, ordering: .relaxed) }
+                    }
                 } else {
                     _ = try await client.history(of: conversation.id, limit: 50)
                     if counters.measured(intended) {

@@ -11,16 +11,7 @@ extension WarblerBench {
         for (conversation, reader) in acknowledged.readers {
             var reference: [Data]?
             for (index, target) in fleet.targets.enumerated() {
-                let client = try await fleet.connect(reader, node: index)
-                var payloads: [Data] = []
-                var before: UInt64 = 0
-                while true {
-                    let page = try await client.history(of: conversation, before: before, limit: 500)
-                    payloads = page.messages.map(\.payload) + payloads
-                    guard let first = page.messages.first, page.more else { break }
-                    before = first.seq
-                }
-                await client.close()
+                let payloads = try await history(of: conversation, as: reader, node: index, fleet: fleet)
                 for (seq, payload) in expected[conversation] ?? [:] {
                     guard payloads.indices.contains(Int(seq) - 1), payloads[Int(seq) - 1] == payload else {
                         throw VerificationFailure(
@@ -38,6 +29,38 @@ extension WarblerBench {
         print(
             "verified: \(total) acknowledged messages present, gap-free and in one order on \(fleet.targets.count) node(s)"
         )
+    }
+
+    /// Every message of `conversation` as node `node` holds it, in seq order. A node that is restarting (a chaos
+    /// run may have just killed it) is retried for up to 60 seconds.
+    func history(of conversation: String, as reader: String, node: Int, fleet: Fleet) async throws -> [Data] {
+        let deadline = Date().addingTimeInterval(60)
+        while true {
+            do {
+                let client = try await fleet.connect(reader, node: node)
+                let payloads: [Data]
+                do { payloads = try await Self.history(of: conversation, from: client) } catch {
+                    await client.close()
+                    throw error
+                }
+                await client.close()
+                return payloads
+            } catch {
+                if Date() > deadline { throw error }
+                try await Task.sleep(nanoseconds: 500_000_000)
+            }
+        }
+    }
+
+    static func history(of conversation: String, from client: WarblerClient) async throws -> [Data] {
+        var payloads: [Data] = []
+        var before: UInt64 = 0
+        while true {
+            let page = try await client.history(of: conversation, before: before, limit: 500)
+            payloads = page.messages.map(\.payload) + payloads
+            guard let first = page.messages.first, page.more else { return payloads }
+            before = first.seq
+        }
     }
 }
 
