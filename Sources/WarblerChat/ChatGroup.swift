@@ -36,7 +36,7 @@ public struct ChatGroup: GroupStateMachine {
             }
             outcomes.append(try machine.apply(command, index: entry.index, to: &writes))
         }
-        writes.flush()
+        try writes.flush()
         return outcomes
     }
 

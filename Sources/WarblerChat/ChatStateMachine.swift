@@ -139,7 +139,7 @@ public struct ChatStateMachine: Sendable {
         guard !create.conversationID.isEmpty, create.conversationID.utf8.count <= 64 else {
             throw ChatError(.invalidArgument, "conversation_id must have 1 to 64 bytes")
         }
-        if try writes.get(ChatKeys.conversation(create.conversationID)) != nil {
+        if try writes.conversation(create.conversationID) != nil {
             throw ChatError(.invalidArgument, "conversation \(create.conversationID) exists")
         }
         // Accounts live in the metadata group; the gateway checks that every member exists before proposing.
@@ -153,7 +153,7 @@ public struct ChatStateMachine: Sendable {
             if let existing = try writes.get(pairKey) {
                 // Found again rather than duplicated.
                 return .conversation(
-                    try loadConversation(String(decoding: existing, as: UTF8.self), writes),
+                    try loadConversation(String(decoding: existing, as: UTF8.self), &writes),
                     created: false
                 )
             }
@@ -177,23 +177,27 @@ public struct ChatStateMachine: Sendable {
             $0.createdUnixMs = time
             $0.lastActivityUnixMs = time
         }
-        writes.put(ChatKeys.conversation(record.conversationID), try record.serializedBytes())
+        writes.put(conversation: record)
         for member in members {
             writes.put(ChatKeys.membership(user: member, conversation: record.conversationID), ChatKeys.encode(0))
         }
         return .conversation(record, created: true)
     }
 
-    private func loadConversation(_ id: String, _ writes: StagedWrites) throws -> ConversationRecord {
-        guard let bytes = try writes.get(ChatKeys.conversation(id)) else {
+    private func loadConversation(_ id: String, _ writes: inout StagedWrites) throws -> ConversationRecord {
+        guard let record = try writes.conversation(id) else {
             throw ChatError(.conversationNotFound, "no conversation \(id)")
         }
-        return try ConversationRecord(serializedBytes: bytes)
+        return record
     }
 
     /// The conversation, if `user` is a member; otherwise not found (membership is not revealed).
-    private func memberConversation(_ id: String, user: String, _ writes: StagedWrites) throws -> ConversationRecord {
-        let record = try loadConversation(id, writes)
+    private func memberConversation(
+        _ id: String,
+        user: String,
+        _ writes: inout StagedWrites
+    ) throws -> ConversationRecord {
+        let record = try loadConversation(id, &writes)
         guard record.members.contains(user) else {
             throw ChatError(.conversationNotFound, "no conversation \(id)")
         }
@@ -207,7 +211,7 @@ public struct ChatStateMachine: Sendable {
     ) throws
         -> ApplyOutcome
     {
-        var record = try memberConversation(add.conversationID, user: add.actor, writes)
+        var record = try memberConversation(add.conversationID, user: add.actor, &writes)
         guard record.kind == .group else {
             throw ChatError(.invalidArgument, "members can only be added to group conversations")
         }
@@ -217,7 +221,7 @@ public struct ChatStateMachine: Sendable {
         }
         record.members = (record.members + added).sorted()
         record.lastActivityUnixMs = max(record.lastActivityUnixMs, time)
-        writes.put(ChatKeys.conversation(record.conversationID), try record.serializedBytes())
+        writes.put(conversation: record)
         for member in added {
             // New members start with everything unread.
             writes.put(ChatKeys.membership(user: member, conversation: record.conversationID), ChatKeys.encode(0))
@@ -232,7 +236,7 @@ public struct ChatStateMachine: Sendable {
     )
         throws -> ApplyOutcome
     {
-        var record = try memberConversation(remove.conversationID, user: remove.actor, writes)
+        var record = try memberConversation(remove.conversationID, user: remove.actor, &writes)
         guard record.kind == .group else {
             throw ChatError(.invalidArgument, "direct conversations have no members to remove")
         }
@@ -245,7 +249,7 @@ public struct ChatStateMachine: Sendable {
         }
         record.members.removeAll { $0 == remove.member }
         record.lastActivityUnixMs = max(record.lastActivityUnixMs, time)
-        writes.put(ChatKeys.conversation(record.conversationID), try record.serializedBytes())
+        writes.put(conversation: record)
         writes.delete(ChatKeys.membership(user: remove.member, conversation: record.conversationID))
         return .membersChanged(record, added: [], removed: [remove.member])
     }
@@ -272,7 +276,7 @@ public struct ChatStateMachine: Sendable {
                 "payload of \(post.payload.count) bytes exceeds \(limits.maxPayloadBytes)"
             )
         }
-        var record = try memberConversation(post.conversationID, user: post.sender, writes)
+        var record = try memberConversation(post.conversationID, user: post.sender, &writes)
         let dedupKey = ChatKeys.dedup(
             conversation: post.conversationID,
             sender: post.sender,
@@ -296,14 +300,14 @@ public struct ChatStateMachine: Sendable {
         record.lastActivityUnixMs = max(record.lastActivityUnixMs, time)
         writes.put(ChatKeys.message(conversation: post.conversationID, seq: seq), try message.serializedBytes())
         writes.put(dedupKey, ChatKeys.encode(seq))
-        writes.put(ChatKeys.conversation(record.conversationID), try record.serializedBytes())
+        writes.put(conversation: record)
         // Sending marks the conversation read for the sender up to their own message.
         writes.put(ChatKeys.membership(user: post.sender, conversation: post.conversationID), ChatKeys.encode(seq))
         return .posted(message, duplicate: false)
     }
 
     private func markRead(_ mark: Warbler_Chat_V1_MarkRead, _ writes: inout StagedWrites) throws -> ApplyOutcome {
-        let record = try memberConversation(mark.conversationID, user: mark.user, writes)
+        let record = try memberConversation(mark.conversationID, user: mark.user, &writes)
         let key = ChatKeys.membership(user: mark.user, conversation: mark.conversationID)
         let current = try writes.get(key).flatMap(ChatKeys.decodeUInt64) ?? 0
         // Read markers only move forward, and never past the last message.

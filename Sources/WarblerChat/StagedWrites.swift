@@ -12,6 +12,10 @@ public struct StagedWrites {
     /// The batch the caller writes once the round is applied and flushed.
     public let batch: WriteBatch
     private var overlay: [[UInt8]: [UInt8]?] = [:]
+    /// Conversation records read or written this round, decoded (a round of many messages in one conversation
+    /// decodes and encodes its record once), and those to write at ``flush()``.
+    private var conversations: [String: ConversationRecord] = [:]
+    private var changedConversations: Set<String> = []
 
     /// Starts a round over `family`, staging into `batch`.
     public init(database: Database, family: ColumnFamily, group: UInt32, batch: WriteBatch) {
@@ -30,12 +34,34 @@ public struct StagedWrites {
         overlay[key] = .some(value)
     }
 
+    /// The conversation record `id`, if it exists.
+    mutating func conversation(_ id: String) throws -> ConversationRecord? {
+        if let record = conversations[id] { return record }
+        guard let bytes = try get(ChatKeys.conversation(id)) else { return nil }
+        let record = try ConversationRecord(serializedBytes: bytes)
+        conversations[id] = record
+        return record
+    }
+
+    /// Stages the conversation record (encoded once, at ``flush()``).
+    mutating func put(conversation record: ConversationRecord) {
+        conversations[record.conversationID] = record
+        changedConversations.insert(record.conversationID)
+    }
+
     mutating func delete(_ key: [UInt8]) {
         overlay[key] = .some(nil)
     }
 
     /// Stages every write of the round into ``batch`` (the final value of each key) and starts over.
-    public mutating func flush() {
+    public mutating func flush() throws(StorageError) {
+        for id in changedConversations {
+            do { overlay[ChatKeys.conversation(id)] = .some(try conversations[id]!.serializedBytes()) } catch {
+                throw StorageError(.invalidArgument, "conversation \(id) cannot be encoded", cause: "\(error)")
+            }
+        }
+        changedConversations = []
+        conversations = [:]
         for (key, value) in overlay {
             if let value {
                 batch.put(prefix + key, value, in: family)

@@ -57,8 +57,8 @@ final class ChatFixture {
                 outcomes.append(try machine.apply(command, index: index, to: &writes))
             }
         }
-        accountWrites.flush()
-        writes.flush()
+        try accountWrites.flush()
+        try writes.flush()
         try database.write(batch, sync: true)
         return outcomes
     }

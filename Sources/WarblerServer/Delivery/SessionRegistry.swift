@@ -15,6 +15,8 @@ final class ConnectionHandle: Sendable, Hashable {
 
     func send(_ frame: Warbler_V1_ServerFrame) { sink.send(frame) }
 
+    func send(_ encoded: inout EncodedFrame) { sink.send(&encoded) }
+
     static func == (lhs: ConnectionHandle, rhs: ConnectionHandle) -> Bool { lhs === rhs }
     func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(self)) }
 }
@@ -60,7 +62,8 @@ final class SessionRegistry: Sendable {
         to users: some Sequence<String>,
         except excluded: ConnectionHandle? = nil
     ) {
-        for handle in sessions(of: users) where handle !== excluded { handle.send(frame) }
+        var encoded = EncodedFrame(frame)
+        for handle in sessions(of: users) where handle !== excluded { handle.send(&encoded) }
     }
 
     /// Delivers the effects of applied commands to online sessions.

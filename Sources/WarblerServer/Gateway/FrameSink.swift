@@ -61,18 +61,57 @@ final class FrameSink: @unchecked Sendable {
     func noteClientUsed(_ newFormat: WireFormat) { format.store(newFormat.rawValue, ordering: .relaxed) }
 
     func send(_ frame: Warbler_V1_ServerFrame) {
+        var encoded = EncodedFrame(frame)
+        send(&encoded)
+    }
+
+    /// Sends a frame that may go to many connections: it is encoded once per wire format, not once per
+    /// connection (the buffers are shared; writing does not change them).
+    func send(_ encoded: inout EncodedFrame) {
         switch WireFormat(rawValue: format.load(ordering: .relaxed)) ?? .lengthPrefixed {
         case .lengthPrefixed:
-            write(FrameCodec.lengthPrefixed(frame, allocator: channel.allocator))
+            write(encoded.lengthPrefixed(channel.allocator))
         case .webSocketBinary:
-            let body = FrameCodec.encode(frame, allocator: channel.allocator)
-            write(WebSocketFrame(fin: true, opcode: .binary, data: body))
+            write(WebSocketFrame(fin: true, opcode: .binary, data: encoded.body(channel.allocator)))
         case .webSocketText:
-            let text = FrameCodec.encodeJSON(frame)
-            var data = channel.allocator.buffer(capacity: text.utf8.count)
-            data.writeString(text)
-            write(WebSocketFrame(fin: true, opcode: .text, data: data))
+            write(WebSocketFrame(fin: true, opcode: .text, data: encoded.json(channel.allocator)))
         }
+    }
+}
+
+/// A server frame with its encodings, each made on first use.
+struct EncodedFrame {
+    let frame: Warbler_V1_ServerFrame
+    private var prefixed: ByteBuffer?
+    private var binary: ByteBuffer?
+    private var text: ByteBuffer?
+
+    init(_ frame: Warbler_V1_ServerFrame) { self.frame = frame }
+
+    /// The 4-byte length and the protobuf bytes (TCP).
+    mutating func lengthPrefixed(_ allocator: ByteBufferAllocator) -> ByteBuffer {
+        if let prefixed { return prefixed }
+        let encoded = FrameCodec.lengthPrefixed(frame, allocator: allocator)
+        prefixed = encoded
+        return encoded
+    }
+
+    /// The protobuf bytes (WebSocket binary message).
+    mutating func body(_ allocator: ByteBufferAllocator) -> ByteBuffer {
+        if let binary { return binary }
+        let encoded = FrameCodec.encode(frame, allocator: allocator)
+        binary = encoded
+        return encoded
+    }
+
+    /// The protobuf JSON mapping (WebSocket text message).
+    mutating func json(_ allocator: ByteBufferAllocator) -> ByteBuffer {
+        if let text { return text }
+        let string = FrameCodec.encodeJSON(frame)
+        var encoded = allocator.buffer(capacity: string.utf8.count)
+        encoded.writeString(string)
+        text = encoded
+        return encoded
     }
 }
 

@@ -55,7 +55,12 @@ public func writeFrame(_ body: ByteBuffer, into output: inout ByteBuffer) {
 extension FrameCodec {
     /// A server frame ready for a TCP connection: its length prefix and protobuf bytes.
     public static func lengthPrefixed(_ frame: Warbler_V1_ServerFrame, allocator: ByteBufferAllocator) -> ByteBuffer {
-        prefixed(encode(frame, allocator: allocator), allocator: allocator)
+        // Serializing a fully initialised proto3 message cannot fail.
+        let bytes: [UInt8] = try! frame.serializedBytes()
+        var output = allocator.buffer(capacity: bytes.count + 4)
+        output.writeInteger(UInt32(bytes.count), endianness: .big)
+        output.writeBytes(bytes)
+        return output
     }
 
     /// A client frame ready for a TCP connection: its length prefix and protobuf bytes.
