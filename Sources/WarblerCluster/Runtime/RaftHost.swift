@@ -37,6 +37,8 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         /// Idle groups go quiet: a leader with nothing in flight stops ticking and heartbeating, and followers
         /// stop ticking while the leader's node is alive (its one liveness frame per tick).
         public var quiesce = true
+        /// How long local proposals may wait for the round being applied, to go into one round together.
+        public var proposalWindow: Duration = .milliseconds(2)
         /// A peer not heard from for this many ticks (or whose connection closed) is considered down.
         public var livenessTicks = 3
         public init() {}
@@ -93,6 +95,8 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         var tasks: [@Sendable () -> Void] = []
         var scheduled = false
         var stopped = false
+        /// Proposals are held for the round being applied: since when, and how many rounds were applied then.
+        var hold: (since: ContinuousClock.Instant, done: Int)?
     }
 
     public let nodeID: UInt64
@@ -108,6 +112,8 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     /// Where every round's committed entries are applied, all groups' in one batch, while the scheduler goes
     /// on persisting and sending the next rounds.
     let applyQueue = DispatchQueue(label: "warbler.apply")
+    /// Rounds handed to the apply queue, and rounds it finished.
+    let applyRounds = Mutex<(queued: Int, done: Int)>((0, 0))
     /// Where groups' heavy apply work runs (each group on its own serial queue).
     let applyPool = DispatchQueue(label: "warbler.apply.pool", attributes: .concurrent)
     let inbox = Mutex(Inbox())
@@ -388,7 +394,8 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         let schedule = inbox.withLock { inbox -> Bool? in
             if inbox.stopped { return nil }
             inbox.proposals.append((group, tagged, waiter))
-            return scheduleLocked(&inbox)
+            // Held proposals are released by the apply queue or their window, not by each new one.
+            return inbox.hold == nil && scheduleLocked(&inbox)
         }
         switch schedule {
         case nil: waiter(.failure(ClusterError(.stopped, "the node is stopping")))
@@ -505,16 +512,46 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         runRound()
     }
 
+    /// Runs rounds until nothing is left to do.
+    ///
+    /// Local proposals that arrive while the apply queue has a round in hand are held until that round is
+    /// applied — for at most ``Options/proposalWindow`` — and then go into one round together: most of them
+    /// answer that round's acknowledgements, so this keeps rounds (and fsyncs) as large as when the scheduler
+    /// applied in its own round, without a wake-up of the scheduler per proposal. The window bounds the wait: a
+    /// slow apply never holds proposals longer, and nothing else waits — messages from peers, ticks and tasks
+    /// are handled at once.
     func runRound() {
         while !failed {
-            let (proposals, messages, tasks) = inbox.withLock { inbox in
-                defer {
+            let now = ContinuousClock.now
+            let applying = applyRounds.withLock { $0 }
+            let (proposals, messages, tasks, holdUntil) = inbox.withLock { inbox in
+                var take = true
+                var holdUntil: ContinuousClock.Instant?
+                if !inbox.proposals.isEmpty, applying.queued > applying.done {
+                    if let hold = inbox.hold {
+                        take = applying.done > hold.done || now - hold.since >= options.proposalWindow
+                    } else {
+                        inbox.hold = (now, applying.done)
+                        holdUntil = now + options.proposalWindow
+                        take = false
+                    }
+                }
+                let proposals = take ? inbox.proposals : []
+                if take {
                     inbox.proposals = []
+                    inbox.hold = nil
+                }
+                defer {
                     inbox.messages = []
                     inbox.tasks = []
                 }
-                if inbox.proposals.isEmpty && inbox.messages.isEmpty && inbox.tasks.isEmpty { inbox.scheduled = false }
-                return (inbox.proposals, inbox.messages, inbox.tasks)
+                if proposals.isEmpty && inbox.messages.isEmpty && inbox.tasks.isEmpty { inbox.scheduled = false }
+                return (proposals, inbox.messages, inbox.tasks, holdUntil)
+            }
+            if let holdUntil {
+                queue.asyncAfter(deadline: .now() + .nanoseconds(Self.nanoseconds(holdUntil - now))) {
+                    self.releaseHeldProposals()
+                }
             }
             for task in tasks { task() }
             if !messages.isEmpty {
@@ -530,6 +567,17 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
                 if inbox.withLock({ !$0.scheduled }) { return }
             }
         }
+    }
+
+    /// Held proposals may go now (the round they waited for was applied, or their window is over).
+    func releaseHeldProposals() {
+        let schedule = inbox.withLock { inbox in inbox.hold != nil && scheduleLocked(&inbox) }
+        if schedule { queue.async { self.runRound() } }
+    }
+
+    /// `duration` in whole nanoseconds (at least 0).
+    static func nanoseconds(_ duration: Duration) -> Int {
+        max(0, Int(duration.components.seconds) * 1_000_000_000 + Int(duration.components.attoseconds / 1_000_000_000))
     }
 
     func step(_ message: Message, into id: UInt32, incarnations: [UInt64: UInt64]) {
@@ -635,7 +683,12 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         // the next rounds of the others.
         if !jobs.isEmpty {
             let round = jobs
-            applyQueue.async { self.apply(round) }
+            applyRounds.withLock { $0.queued += 1 }
+            applyQueue.async {
+                self.apply(round)
+                self.applyRounds.withLock { $0.done += 1 }
+                self.releaseHeldProposals()
+            }
         }
         var outgoing: [UInt64: RaftBatchRecord] = [:]
         var destroyed: [Group] = []
