@@ -41,7 +41,12 @@ let package = Package(
             ],
             exclude: ["Proto"]
         ),
-        .target(name: "WarblerStorage", dependencies: ["CRocksDB", "CLZ4", "WarblerRaft", "WarblerWire"]),
+        .target(
+            name: "WarblerStorage",
+            dependencies: [
+                "CRocksDB", "CLZ4", "WarblerRaft", "WarblerWire", .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         .target(
             name: "WarblerCluster",
             dependencies: [

@@ -146,6 +146,7 @@ final class GatedCluster: @unchecked Sendable {
         gate.open()
         host?.stop()
         try? FileManager.default.removeItem(atPath: path)
+        try? FileManager.default.removeItem(atPath: path + "-snapshots")
     }
 }
 
@@ -185,6 +186,19 @@ struct RaftHostApplyTests {
         #expect(try cluster.machine(2).count() == 20)
         #expect(try cluster.machine(1).count() == 25)
         cluster.gate.open()
+        // Compaction snapshots keep their data in files beside the database; a restart reads them back.
+        let directory = cluster.path + "-snapshots"
+        #expect(
+            try await eventually {
+                let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+                return names.contains { $0.hasPrefix("1-") } && names.contains { $0.hasPrefix("2-") }
+            },
+            "no snapshot files in \(directory)"
+        )
+        host.stop()
+        try cluster.start(options: options)
+        #expect(try await cluster.host.propose(Array("after the restart".utf8), to: 1) == 26)
+        #expect(try await cluster.host.propose(Array("after the restart".utf8), to: 2) == 21)
     }
 
     @Test func aStuckApplyHoldsUpNoGroupsReplication() async throws {

@@ -150,6 +150,122 @@ struct RaftLogStoreTests {
         #expect(stored.count == 2)
     }
 
+    @Test func aCompactionSnapshotKeptInAFileIsReadBackCheckedAndReplaced() throws {
+        let path = temporaryDirectory()
+        defer {
+            try? FileManager.default.removeItem(atPath: path)
+            try? FileManager.default.removeItem(atPath: path + "-snapshots")
+        }
+        let files = SnapshotFiles(besideDatabaseAt: path)
+        let data = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        do {
+            let (database, family) = try open(path)
+            let log = try RaftLogStore(database: database, family: family, group: 3, snapshotFiles: files)
+            let batch = WriteBatch()
+            try log.bootstrap(ConfState(voters: [1]), into: batch)
+            log.stage(entries: entries(2...10, term: 2), into: batch)
+            log.stage(hardState: HardState(term: 2, vote: 1, commit: 10), into: batch)
+            try database.write(batch, sync: true)
+            // A file that does not hold the data at the index is refused.
+            let wrong = try files.write(Array(data.prefix(10)), group: 3, index: 8)
+            #expect(throws: StorageError.self) {
+                try log.stageCompaction(
+                    at: 8,
+                    confState: ConfState(voters: [1]),
+                    data: data,
+                    file: wrong,
+                    into: WriteBatch()
+                )
+            }
+            let file = try files.write(data, group: 3, index: 8)
+            let compaction = WriteBatch()
+            try log.stageCompaction(at: 8, confState: ConfState(voters: [1]), data: data, file: file, into: compaction)
+            try database.write(compaction, sync: true)
+            #expect(try log.snapshot().data == data)
+            // The log stores the reference, not the data.
+            let stored = try database.get(RaftLogKeys.snapshot(group: 3), in: family) ?? []
+            #expect(stored.count < 100)
+        }
+        do {
+            let (database, family) = try open(path)
+            let log = try RaftLogStore(database: database, family: family, group: 3, snapshotFiles: files)
+            #expect(try log.snapshot().data == data)
+            #expect(try log.snapshot().metadata.index == 8)
+            #expect(log.snapshotFile?.index == 8)
+            #expect(try log.firstIndex() == 9)
+            // Without the directory the log cannot be opened: it says so rather than losing the data.
+            #expect(throws: StorageError.self) { _ = try RaftLogStore(database: database, family: family, group: 3) }
+        }
+        // An altered file is corruption, and so is a missing one.
+        let name = files.directory + "/3-8.snap"
+        var altered = try [UInt8](Data(contentsOf: URL(fileURLWithPath: name)))
+        altered[500] ^= 0xFF
+        try Data(altered).write(to: URL(fileURLWithPath: name))
+        do {
+            let (database, family) = try open(path)
+            #expect {
+                _ = try RaftLogStore(database: database, family: family, group: 3, snapshotFiles: files)
+            } throws: { ($0 as? StorageError)?.code == .corruption }
+            try FileManager.default.removeItem(atPath: name)
+            #expect {
+                _ = try RaftLogStore(database: database, family: family, group: 3, snapshotFiles: files)
+            } throws: { ($0 as? StorageError)?.code == .corruption }
+        }
+        // Cleaning up keeps the named file and later ones, removes older ones and other groups' files.
+        _ = try files.write([1], group: 3, index: 4)
+        _ = try files.write([2], group: 3, index: 9)
+        _ = try files.write([3], group: 4, index: 9)
+        files.removeFiles(of: 3, before: 9)
+        #expect(!FileManager.default.fileExists(atPath: files.directory + "/3-4.snap"))
+        #expect(FileManager.default.fileExists(atPath: files.directory + "/3-9.snap"))
+        files.removeFiles(ofGroupsNotIn: [3])
+        #expect(!FileManager.default.fileExists(atPath: files.directory + "/4-9.snap"))
+        files.removeFiles(of: 3, except: nil)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: files.directory).isEmpty)
+    }
+
+    @Test func aSnapshotFromTheLeaderReplacesAFileReference() throws {
+        let path = temporaryDirectory()
+        defer {
+            try? FileManager.default.removeItem(atPath: path)
+            try? FileManager.default.removeItem(atPath: path + "-snapshots")
+        }
+        let files = SnapshotFiles(besideDatabaseAt: path)
+        do {
+            let (database, family) = try open(path)
+            let log = try RaftLogStore(database: database, family: family, group: 1, snapshotFiles: files)
+            let batch = WriteBatch()
+            try log.bootstrap(ConfState(voters: [1, 2]), into: batch)
+            log.stage(entries: entries(2...6, term: 2), into: batch)
+            log.stage(hardState: HardState(term: 2, vote: 1, commit: 6), into: batch)
+            try database.write(batch, sync: true)
+            let compaction = WriteBatch()
+            let file = try files.write([7, 7, 7], group: 1, index: 5)
+            try log.stageCompaction(
+                at: 5,
+                confState: ConfState(voters: [1, 2]),
+                data: [7, 7, 7],
+                file: file,
+                into: compaction
+            )
+            try database.write(compaction, sync: true)
+            let install = WriteBatch()
+            log.stageSnapshot(
+                Snapshot(
+                    data: [9],
+                    metadata: SnapshotMetadata(index: 20, term: 5, confState: ConfState(voters: [1, 2]))
+                ),
+                into: install
+            )
+            try database.write(install, sync: true)
+            #expect(log.snapshotFile == nil)
+        }
+        let (database, family) = try open(path)
+        let log = try RaftLogStore(database: database, family: family, group: 1, snapshotFiles: files)
+        #expect(try log.snapshot().data == [9])
+        #expect(log.snapshotFile == nil)
+    }
+
     @Test func aSnapshotFromTheLeaderReplacesTheLog() throws {
         let path = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: path) }

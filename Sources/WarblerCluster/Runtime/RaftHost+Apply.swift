@@ -287,8 +287,10 @@ extension RaftHost {
                 snapshot.state = try machine.snapshotState(reading: reading).map(\.record)
                 let data: [UInt8] = try snapshot.serializedBytes()
                 snapshotBytes.store(data.count, ordering: .relaxed)
+                // The data goes to a file, written and synced here; the scheduler stores only its reference.
+                let file = try host.snapshotFiles.write(data, group: id, index: applied)
                 let id = self.id
-                host.enqueue { host.compact(id, at: applied, confState: confState, data: data) }
+                host.enqueue { host.compact(id, at: applied, confState: confState, data: data, file: file) }
             } catch {
                 host.logger.error("cannot snapshot a group", metadata: ["raft.group": "\(id)", "error": "\(error)"])
             }
@@ -303,6 +305,7 @@ extension RaftHost {
                 self.machine.destroy(into: batch)
                 do {
                     try host.database.write(batch, sync: true)
+                    host.snapshotFiles.removeFiles(of: self.id, except: nil)
                     done(true)
                 } catch {
                     host.logger.error("cannot delete a group this node left", metadata: ["raft.group": "\(self.id)"])
@@ -358,24 +361,34 @@ extension RaftHost {
         publishView()
     }
 
-    /// Compacts a group's log up to `index` with a snapshot its applier took at that index.
-    func compact(_ id: UInt32, at index: UInt64, confState: ConfState, data: [UInt8]) {
-        guard let group = groups[id], let first = try? group.log.firstIndex(), index >= first else { return }
+    /// Compacts a group's log up to `index` with a snapshot its applier took at that index, whose data is in
+    /// `file`: the log stores the reference (synced, a small write), then older files go.
+    func compact(_ id: UInt32, at index: UInt64, confState: ConfState, data: [UInt8], file: SnapshotFiles.Reference) {
+        guard let group = groups[id], let first = try? group.log.firstIndex(), index >= first else {
+            snapshotFiles.removeFile(of: id, at: index)
+            return
+        }
+        let started = ContinuousClock.now
+        let batch = WriteBatch()
         do {
-            let started = ContinuousClock.now
-            let batch = WriteBatch()
-            try group.log.stageCompaction(at: index, confState: confState, data: data, into: batch)
-            try database.write(batch, sync: false)
-            logger.info(
-                "compacted a group log",
-                metadata: [
-                    "raft.group": "\(id)", "raft.index": "\(index)", "snapshot.bytes": "\(data.count)",
-                    "duration": "\(ContinuousClock.now - started)",
-                ]
-            )
+            try group.log.stageCompaction(at: index, confState: confState, data: data, file: file, into: batch)
         } catch {
             logger.error("compaction failed", metadata: ["raft.group": "\(id)", "error": "\(error)"])
+            snapshotFiles.removeFile(of: id, at: index)
+            return
         }
+        do { try database.write(batch, sync: true) } catch {
+            storageFailed(error)
+            return
+        }
+        snapshotFiles.removeFiles(of: id, before: index)
+        logger.info(
+            "compacted a group log",
+            metadata: [
+                "raft.group": "\(id)", "raft.index": "\(index)", "snapshot.bytes": "\(data.count)",
+                "duration": "\(ContinuousClock.now - started)",
+            ]
+        )
     }
 }
 

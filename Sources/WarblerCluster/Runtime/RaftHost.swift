@@ -104,6 +104,8 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     let database: Database
     let raftFamily: ColumnFamily
     let clusterFamily: ColumnFamily
+    /// Where compaction snapshots keep their data (beside the database).
+    let snapshotFiles: SnapshotFiles
     let transport: PeerTransport?
     let logger: Logger
     let makeMachine: @Sendable (UInt32) throws -> Machine
@@ -160,6 +162,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         self.database = database
         self.raftFamily = raftFamily
         self.clusterFamily = clusterFamily
+        self.snapshotFiles = SnapshotFiles(besideDatabaseAt: database.path)
         self.transport = transport
         self.logger = logger
         self.makeMachine = makeMachine
@@ -168,15 +171,18 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         for id in try RaftLogStore.groups(in: database, family: raftFamily) {
             groups[id] = try openGroup(id)
         }
+        snapshotFiles.removeFiles(ofGroupsNotIn: Set(groups.keys))
         view = try ClusterView.load(from: database, family: clusterFamily)
         publishView()
     }
 
     func openGroup(_ id: UInt32) throws -> Group {
-        var log = try RaftLogStore(database: database, family: raftFamily, group: id)
+        var log = try RaftLogStore(database: database, family: raftFamily, group: id, snapshotFiles: snapshotFiles)
+        // Files no reference names: a compaction that stopped before its reference was stored, or data replaced.
+        snapshotFiles.removeFiles(of: id, except: log.snapshotFile?.index)
         let machine = try makeMachine(id)
         if try recover(id, log: log, machine: machine) {
-            log = try RaftLogStore(database: database, family: raftFamily, group: id)
+            log = try RaftLogStore(database: database, family: raftFamily, group: id, snapshotFiles: snapshotFiles)
         }
         var config = Config(id: nodeID)
         config.electionTick = options.electionTicks

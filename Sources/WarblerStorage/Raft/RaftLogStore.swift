@@ -15,6 +15,8 @@ public final class RaftLogStore: RaftStorage {
     private let family: ColumnFamily
     private var hard: HardState
     private var snap: Snapshot
+    /// The file holding the snapshot's data, when the last compaction wrote one.
+    public private(set) var snapshotFile: SnapshotFiles.Reference?
     /// The membership as of the applied index, as stored when the log was opened (see
     /// ``stage(appliedConfState:group:family:into:)``).
     private let appliedConfState: ConfState?
@@ -28,10 +30,17 @@ public final class RaftLogStore: RaftStorage {
     /// `terms[i]` is the term of the entry at `snapshotIndex + i`; `terms[0]` is the snapshot's term.
     private var terms: [UInt64]
 
-    /// Opens the log of `group`, loading its hard state, snapshot and entry terms.
+    /// Opens the log of `group`, loading its hard state, snapshot (from `snapshotFiles` when its data is kept in
+    /// a file) and entry terms.
     ///
-    /// - Throws: ``StorageError/Code/corruption`` when records cannot be decoded or the log has holes.
-    public init(database: Database, family: ColumnFamily, group: UInt32) throws(StorageError) {
+    /// - Throws: ``StorageError/Code/corruption`` when records cannot be decoded, the log has holes, or the
+    ///   snapshot's file is missing or does not match its reference.
+    public init(
+        database: Database,
+        family: ColumnFamily,
+        group: UInt32,
+        snapshotFiles: SnapshotFiles? = nil
+    ) throws(StorageError) {
         self.database = database
         self.family = family
         self.group = group
@@ -48,6 +57,18 @@ public final class RaftLogStore: RaftStorage {
             }
         } else {
             snap = Snapshot()
+        }
+        if let bytes = try database.get(RaftLogKeys.snapshotFile(group: group), in: family) {
+            guard let reference = SnapshotFiles.Reference(decoding: bytes),
+                reference.index == snap.metadata.index
+            else {
+                throw StorageError(.corruption, "the snapshot file reference of group \(group) is not its snapshot's")
+            }
+            guard let snapshotFiles else {
+                throw StorageError(.invalidArgument, "group \(group) keeps its snapshot in a file; no directory given")
+            }
+            snap.data = try snapshotFiles.read(reference, group: group)
+            snapshotFile = reference
         }
         if let bytes = try database.get(RaftLogKeys.confState(group: group), in: family) {
             do { appliedConfState = try RaftRecordCodec.decodeConfState(bytes) } catch {
@@ -117,6 +138,7 @@ public final class RaftLogStore: RaftStorage {
         batch.delete(RaftLogKeys.hardState(group: group), in: family)
         batch.delete(RaftLogKeys.snapshot(group: group), in: family)
         batch.delete(RaftLogKeys.confState(group: group), in: family)
+        batch.delete(RaftLogKeys.snapshotFile(group: group), in: family)
     }
 
     /// True when the group has no state at all (never bootstrapped, never received a snapshot).
@@ -284,16 +306,21 @@ public final class RaftLogStore: RaftStorage {
             in: family
         )
         batch.put(RaftLogKeys.snapshot(group: group), RaftRecordCodec.encode(snapshot), in: family)
+        batch.delete(RaftLogKeys.snapshotFile(group: group), in: family)
+        snapshotFile = nil
         cacheClear()
         snap = snapshot
         terms = [snapshot.metadata.term]
     }
 
-    /// Stages a snapshot of the applied state at `index` and discards the entries it covers.
+    /// Stages a snapshot of the applied state at `index` and discards the entries it covers. With `file` (the
+    /// data already written by ``SnapshotFiles/write(_:group:index:)``) the log stores only the reference; the
+    /// batch should then be synced before older files are removed.
     public func stageCompaction(
         at index: UInt64,
         confState: ConfState,
         data: [UInt8],
+        file: SnapshotFiles.Reference? = nil,
         into batch: WriteBatch
     ) throws(StorageError) {
         let base = snap.metadata.index
@@ -309,8 +336,27 @@ public final class RaftLogStore: RaftStorage {
             to: RaftLogKeys.entry(group: group, index: index + 1),
             in: family
         )
-        let snapshot = Snapshot(data: data, metadata: SnapshotMetadata(index: index, term: term, confState: confState))
-        batch.put(RaftLogKeys.snapshot(group: group), RaftRecordCodec.encode(snapshot), in: family)
+        let metadata = SnapshotMetadata(index: index, term: term, confState: confState)
+        if let file {
+            guard file.index == index, file.size == UInt64(data.count) else {
+                throw StorageError(.invalidArgument, "group \(group): the snapshot file is not the data at \(index)")
+            }
+            batch.put(
+                RaftLogKeys.snapshot(group: group),
+                RaftRecordCodec.encode(Snapshot(metadata: metadata)),
+                in: family
+            )
+            batch.put(RaftLogKeys.snapshotFile(group: group), file.encoded, in: family)
+        } else {
+            batch.put(
+                RaftLogKeys.snapshot(group: group),
+                RaftRecordCodec.encode(Snapshot(data: data, metadata: metadata)),
+                in: family
+            )
+            batch.delete(RaftLogKeys.snapshotFile(group: group), in: family)
+        }
+        snapshotFile = file
+        let snapshot = Snapshot(data: data, metadata: metadata)
         terms.removeFirst(Int(index - base))
         cacheDrop(through: index)
         snap = snapshot
