@@ -11,7 +11,7 @@ public struct StagedWrites {
     let prefix: [UInt8]
     /// The batch the caller writes once the round is applied and flushed.
     public let batch: WriteBatch
-    private var overlay: [[UInt8]: [UInt8]?] = [:]
+    private var overlay: [Key: [UInt8]?] = [:]
     /// Conversation records read or written this round, decoded (a round of many messages in one conversation
     /// decodes and encodes its record once), and those to write at ``flush()``.
     private var conversations: [String: ConversationRecord] = [:]
@@ -26,12 +26,12 @@ public struct StagedWrites {
     }
 
     func get(_ key: [UInt8]) throws(StorageError) -> [UInt8]? {
-        if let staged = overlay[key] { return staged }
+        if let staged = overlay[Key(key)] { return staged }
         return try database.get(prefix + key, in: family)
     }
 
     mutating func put(_ key: [UInt8], _ value: [UInt8]) {
-        overlay[key] = .some(value)
+        overlay[Key(key)] = .some(value)
     }
 
     /// The conversation record `id`, if it exists.
@@ -50,13 +50,13 @@ public struct StagedWrites {
     }
 
     mutating func delete(_ key: [UInt8]) {
-        overlay[key] = .some(nil)
+        overlay[Key(key)] = .some(nil)
     }
 
     /// Stages every write of the round into ``batch`` (the final value of each key) and starts over.
     public mutating func flush() throws(StorageError) {
         for id in changedConversations {
-            do { overlay[ChatKeys.conversation(id)] = .some(try conversations[id]!.serializedBytes()) } catch {
+            do { overlay[Key(ChatKeys.conversation(id))] = .some(try conversations[id]!.serializedBytes()) } catch {
                 throw StorageError(.invalidArgument, "conversation \(id) cannot be encoded", cause: "\(error)")
             }
         }
@@ -64,11 +64,18 @@ public struct StagedWrites {
         conversations = [:]
         for (key, value) in overlay {
             if let value {
-                batch.put(prefix + key, value, in: family)
+                batch.put(prefix + key.bytes, value, in: family)
             } else {
-                batch.delete(prefix + key, in: family)
+                batch.delete(prefix + key.bytes, in: family)
             }
         }
         overlay = [:]
+    }
+
+    /// A key of the overlay, hashed as one run of bytes (an array of bytes hashes byte by byte).
+    struct Key: Hashable {
+        let bytes: [UInt8]
+        init(_ bytes: [UInt8]) { self.bytes = bytes }
+        func hash(into hasher: inout Hasher) { bytes.withUnsafeBytes { hasher.combine(bytes: $0) } }
     }
 }

@@ -54,6 +54,7 @@ enum RaftLogKeys {
 }
 
 /// Appends `value` to `bytes` big-endian, as every Warbler key encodes integers.
+@inlinable
 public func appendBigEndian<T: FixedWidthInteger>(_ value: T, to bytes: inout [UInt8]) {
     for shift in stride(from: T.bitWidth - 8, through: 0, by: -8) {
         bytes.append(UInt8(truncatingIfNeeded: value >> T(shift)))
