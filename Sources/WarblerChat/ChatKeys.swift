@@ -31,43 +31,54 @@ enum ChatKeys {
     /// `0x01`: the last log index applied to the group's state, written in the same batch as the state.
     static let appliedIndex: [UInt8] = [appliedIndexTag]
 
-    static func accountByName(_ name: String) -> [UInt8] { [accountByNameTag] + string(name) }
-    static func account(_ userID: String) -> [UInt8] { [accountTag] + string(userID) }
-    static func conversation(_ id: String) -> [UInt8] { [conversationTag] + string(id) }
+    static func accountByName(_ name: String) -> [UInt8] { key(accountByNameTag, name) }
+    static func account(_ userID: String) -> [UInt8] { key(accountTag, userID) }
+    static func conversation(_ id: String) -> [UInt8] { key(conversationTag, id) }
 
     /// `0x21 | user | conversation` → the user's read marker (u64).
     static func membership(user: String, conversation: String) -> [UInt8] {
-        [membershipTag] + string(user) + string(conversation)
+        key(membershipTag, user, conversation)
     }
 
     /// Every membership of `user`: `[start, end)`.
     static func memberships(user: String) -> (start: [UInt8], end: [UInt8]) {
-        let prefix = [membershipTag] + string(user)
+        let prefix = key(membershipTag, user)
         return (prefix, prefix + [0xFF])
     }
 
     /// `0x22 | smaller user | larger user` → the direct conversation's id.
     static func directPair(_ a: String, _ b: String) -> [UInt8] {
         let (low, high) = a < b ? (a, b) : (b, a)
-        return [directPairTag] + string(low) + string(high)
+        return key(directPairTag, low, high)
     }
 
     /// `0x30 | conversation | seq u64` → the message.
     static func message(conversation: String, seq: UInt64) -> [UInt8] {
-        var key = [messageTag] + string(conversation)
+        var key = key(messageTag, conversation, extra: 8)
         appendBigEndian(seq, to: &key)
         return key
     }
 
     /// `0x31 | conversation | sender | client message id` → seq (u64).
     static func dedup(conversation: String, sender: String, clientMessageID: String) -> [UInt8] {
-        [dedupTag] + string(conversation) + string(sender) + string(clientMessageID)
+        key(dedupTag, conversation, sender, clientMessageID)
     }
 
-    static func string(_ text: String) -> [UInt8] {
-        let bytes = Array(text.utf8)
-        precondition(bytes.count <= 255, "chat: key component of \(bytes.count) bytes")
-        return [UInt8(bytes.count)] + bytes
+    /// `tag | len | component | …`, built in one allocation (keys are built for every applied message).
+    static func key(_ tag: UInt8, _ components: String..., extra: Int = 0) -> [UInt8] {
+        var key: [UInt8] = []
+        key.reserveCapacity(1 + extra + components.reduce(0) { $0 + 1 + $1.utf8.count })
+        key.append(tag)
+        for component in components { append(component, to: &key) }
+        return key
+    }
+
+    /// Appends `text` length-prefixed (one byte).
+    static func append(_ text: String, to key: inout [UInt8]) {
+        let count = text.utf8.count
+        precondition(count <= 255, "chat: key component of \(count) bytes")
+        key.append(UInt8(count))
+        key.append(contentsOf: text.utf8)
     }
 
     static func encode(_ value: UInt64) -> [UInt8] {
