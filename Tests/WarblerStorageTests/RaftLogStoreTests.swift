@@ -218,9 +218,9 @@ struct RaftLogStoreTests {
         files.removeFiles(of: 3, before: 9)
         #expect(!FileManager.default.fileExists(atPath: files.directory + "/3-4.snap"))
         #expect(FileManager.default.fileExists(atPath: files.directory + "/3-9.snap"))
-        files.removeFiles(ofGroupsNotIn: [3])
+        files.removeFiles(keeping: [3: 9])
         #expect(!FileManager.default.fileExists(atPath: files.directory + "/4-9.snap"))
-        files.removeFiles(of: 3, except: nil)
+        files.removeFiles(of: 3, before: .max)
         #expect(try FileManager.default.contentsOfDirectory(atPath: files.directory).isEmpty)
     }
 

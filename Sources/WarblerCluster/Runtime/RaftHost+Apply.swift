@@ -140,7 +140,7 @@ extension RaftHost {
                 let batch = WriteBatch()
                 guard let staged = self.stage(job, into: batch, host: host) else { return }
                 do { try host.database.write(batch, sync: false) } catch {
-                    self.failed(error, [staged], host: host)
+                    self.failed(error, staged, host: host)
                     return
                 }
                 self.finish(staged, host: host)
@@ -197,7 +197,7 @@ extension RaftHost {
                     RaftLogStore.stage(appliedConfState: confState, group: id, family: host.raftFamily, into: batch)
                 }
             } catch {
-                failed(error, [staged], host: host)
+                failed(error, staged, host: host)
                 return nil
             }
             return staged
@@ -205,9 +205,9 @@ extension RaftHost {
 
         /// Staging or writing failed: the node's groups stop (a state that may or may not be written cannot be
         /// reasoned about; a restart replays from what is on disk).
-        func failed(_ error: any Error, _ staged: [Staged], host: RaftHost) {
+        func failed(_ error: any Error, _ staged: Staged, host: RaftHost) {
             failure = error
-            for item in staged { Self.fail(item.job, error) }
+            Self.fail(staged.job, error)
             host.enqueue { host.storageFailed(error) }
         }
 
@@ -305,7 +305,7 @@ extension RaftHost {
                 self.machine.destroy(into: batch)
                 do {
                     try host.database.write(batch, sync: true)
-                    host.snapshotFiles.removeFiles(of: self.id, except: nil)
+                    host.snapshotFiles.removeFiles(of: self.id, before: .max)
                     done(true)
                 } catch {
                     host.logger.error("cannot delete a group this node left", metadata: ["raft.group": "\(self.id)"])

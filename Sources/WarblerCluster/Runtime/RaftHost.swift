@@ -171,15 +171,15 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         for id in try RaftLogStore.groups(in: database, family: raftFamily) {
             groups[id] = try openGroup(id)
         }
-        snapshotFiles.removeFiles(ofGroupsNotIn: Set(groups.keys))
+        // Files no log refers to: a compaction that stopped before its reference was stored, data a leader's
+        // snapshot replaced, groups this node left.
+        snapshotFiles.removeFiles(keeping: groups.compactMapValues { $0.log.snapshotFile?.index })
         view = try ClusterView.load(from: database, family: clusterFamily)
         publishView()
     }
 
     func openGroup(_ id: UInt32) throws -> Group {
         var log = try RaftLogStore(database: database, family: raftFamily, group: id, snapshotFiles: snapshotFiles)
-        // Files no reference names: a compaction that stopped before its reference was stored, or data replaced.
-        snapshotFiles.removeFiles(of: id, except: log.snapshotFile?.index)
         let machine = try makeMachine(id)
         if try recover(id, log: log, machine: machine) {
             log = try RaftLogStore(database: database, family: raftFamily, group: id, snapshotFiles: snapshotFiles)
@@ -213,12 +213,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
             for group in groups.values where group.node.confState.voters == [nodeID] { group.node.campaign() }
             runRound()
             let timer = DispatchSource.makeTimerSource(queue: queue)
-            let interval = DispatchTimeInterval.milliseconds(
-                Int(
-                    options.tickInterval.components.seconds * 1000
-                        + options.tickInterval.components.attoseconds / 1_000_000_000_000_000
-                )
-            )
+            let interval = DispatchTimeInterval.nanoseconds(Self.nanoseconds(options.tickInterval))
             timer.schedule(deadline: .now() + interval, repeating: interval)
             timer.setEventHandler { [weak self] in self?.tick() }
             timer.resume()
@@ -751,7 +746,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         do {
             try database.write(batch, sync: false)
         } catch {
-            for (applier, item) in staged { applier.failed(error, [item], host: self) }
+            for (applier, item) in staged { applier.failed(error, item, host: self) }
             return
         }
         for (applier, item) in staged { applier.finish(item, host: self) }

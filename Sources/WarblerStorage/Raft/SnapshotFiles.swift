@@ -75,16 +75,17 @@ public struct SnapshotFiles: Sendable {
         return data
     }
 
-    /// Deletes every file of `group` but the one at `index` (all of them when nil); leftovers of a compaction
-    /// that crashed before its reference was stored, and snapshots that were replaced.
-    public func removeFiles(of group: UInt32, except index: UInt64?) {
-        for (fileGroup, fileIndex, name) in files() where fileGroup == group && fileIndex != index {
+    /// Deletes every file but those `referenced` names (group → index of its snapshot file): leftovers of a
+    /// compaction that stopped before its reference was stored, data a leader's snapshot replaced, files of
+    /// groups this node left. For when the node starts, before any compaction runs.
+    public func removeFiles(keeping referenced: [UInt32: UInt64]) {
+        for (group, index, name) in files() where referenced[group] != index {
             try? FileManager.default.removeItem(atPath: "\(directory)/\(name)")
         }
     }
 
-    /// Deletes the files of `group` older than `index` (replaced by the snapshot at `index`). Files of later
-    /// snapshots stay: one may be on its way to the log.
+    /// Deletes the files of `group` older than `index` (replaced by the snapshot at `index`; all of them with
+    /// `.max`, when the node left the group). Files of later snapshots stay: one may be on its way to the log.
     public func removeFiles(of group: UInt32, before index: UInt64) {
         for (fileGroup, fileIndex, name) in files() where fileGroup == group && fileIndex < index {
             try? FileManager.default.removeItem(atPath: "\(directory)/\(name)")
@@ -96,14 +97,8 @@ public struct SnapshotFiles: Sendable {
         try? FileManager.default.removeItem(atPath: path(group: group, index: index))
     }
 
-    /// Deletes the files of every group not in `groups` (groups this node left).
-    public func removeFiles(ofGroupsNotIn groups: Set<UInt32>) {
-        for (group, _, name) in files() where !groups.contains(group) {
-            try? FileManager.default.removeItem(atPath: "\(directory)/\(name)")
-        }
-    }
-
-    /// `(group, index, file name)` of every snapshot file (and unfinished temporary file) in the directory.
+    /// `(group, index, file name)` of every snapshot file in the directory; an unfinished temporary file counts
+    /// as index `.max` (never referenced, so removed when the node starts).
     private func files() -> [(UInt32, UInt64, String)] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
         return names.compactMap { name in

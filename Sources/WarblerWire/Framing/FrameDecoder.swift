@@ -1,4 +1,5 @@
 import NIOCore
+import SwiftProtobuf
 
 /// Splits a byte stream into frames: a 4-byte big-endian length, then that many bytes.
 ///
@@ -55,22 +56,21 @@ public func writeFrame(_ body: ByteBuffer, into output: inout ByteBuffer) {
 extension FrameCodec {
     /// A server frame ready for a TCP connection: its length prefix and protobuf bytes.
     public static func lengthPrefixed(_ frame: Warbler_V1_ServerFrame, allocator: ByteBufferAllocator) -> ByteBuffer {
-        // Serializing a fully initialised proto3 message cannot fail.
-        let bytes: [UInt8] = try! frame.serializedBytes()
-        var output = allocator.buffer(capacity: bytes.count + 4)
-        output.writeInteger(UInt32(bytes.count), endianness: .big)
-        output.writeBytes(bytes)
-        return output
+        prefixed(frame, allocator: allocator)
     }
 
     /// A client frame ready for a TCP connection: its length prefix and protobuf bytes.
     public static func lengthPrefixed(_ frame: Warbler_V1_ClientFrame, allocator: ByteBufferAllocator) -> ByteBuffer {
-        prefixed(encode(frame, allocator: allocator), allocator: allocator)
+        prefixed(frame, allocator: allocator)
     }
 
-    private static func prefixed(_ body: ByteBuffer, allocator: ByteBufferAllocator) -> ByteBuffer {
-        var output = allocator.buffer(capacity: body.readableBytes + 4)
-        writeFrame(body, into: &output)
+    /// The length and the bytes, serialized once straight into the buffer that is sent.
+    private static func prefixed(_ message: some SwiftProtobuf.Message, allocator: ByteBufferAllocator) -> ByteBuffer {
+        // Serializing a fully initialised proto3 message cannot fail.
+        let bytes: [UInt8] = try! message.serializedBytes()
+        var output = allocator.buffer(capacity: bytes.count + 4)
+        output.writeInteger(UInt32(bytes.count), endianness: .big)
+        output.writeBytes(bytes)
         return output
     }
 }
