@@ -41,12 +41,7 @@ let package = Package(
             ],
             exclude: ["Proto"]
         ),
-        .target(
-            name: "WarblerStorage",
-            dependencies: [
-                "CRocksDB", "CLZ4", "WarblerRaft", "WarblerWire", .product(name: "Crypto", package: "swift-crypto"),
-            ]
-        ),
+        .target(name: "WarblerStorage", dependencies: ["CRocksDB", "CLZ4", "WarblerRaft", "WarblerWire"]),
         .target(
             name: "WarblerCluster",
             dependencies: [

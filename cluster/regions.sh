@@ -12,6 +12,8 @@
 #
 # Round trips: eu<->us 40 ms, eu<->ap 90 ms, us<->ap 150 ms (half each way, on every peer connection).
 # Node i: namespace wnI, clients 10.77.0.I:7400, peers advertised 10.77.0.I:7500 (listener 10.78.0.I:7500).
+# WARBLER_SERVE_ARGS adds arguments to every `warbler serve` (e.g. "--compact-after 200": restarted nodes then
+# catch up from snapshots).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${WARBLER:-$ROOT/.build/release/warbler}"
@@ -67,7 +69,7 @@ start_node() {
       --data "$data" >/dev/null
   fi
   ip netns exec "wn$i" "$BIN" serve --data "$data" --node-id "$i" --host "10.77.0.$i" --peer-host "10.78.0.$i" \
-    --region "${REGION[$i]}" "${join[@]}" >>"$DIR/n$i.log" 2>&1 &
+    --region "${REGION[$i]}" "${join[@]}" ${WARBLER_SERVE_ARGS:-} >>"$DIR/n$i.log" 2>&1 &
   echo $! >"$DIR/n$i.pid"
 }
 

@@ -1,3 +1,4 @@
+import Foundation
 import WarblerStorage
 
 /// Writes of one apply round, visible to later reads of the same round (RocksDB batches are write-only), so
@@ -62,7 +63,9 @@ public struct StagedWrites {
         }
         changedConversations = []
         conversations = [:]
-        for (key, value) in overlay {
+        // In key order: the memtable's skip list starts each insert from where the previous one went, so
+        // neighbouring keys (a conversation's new messages) cost a short search instead of a full one.
+        for (key, value) in overlay.sorted(by: { $0.key < $1.key }) {
             if let value {
                 batch.put(prefix + key.bytes, value, in: family)
             } else {
@@ -72,10 +75,21 @@ public struct StagedWrites {
         overlay = [:]
     }
 
-    /// A key of the overlay, hashed as one run of bytes (an array of bytes hashes byte by byte).
-    struct Key: Hashable {
+    /// A key of the overlay, hashed as one run of bytes (an array of bytes hashes byte by byte) and ordered as
+    /// RocksDB orders keys (`memcmp`, then length).
+    struct Key: Hashable, Comparable {
         let bytes: [UInt8]
         init(_ bytes: [UInt8]) { self.bytes = bytes }
         func hash(into hasher: inout Hasher) { bytes.withUnsafeBytes { hasher.combine(bytes: $0) } }
+
+        static func < (lhs: Key, rhs: Key) -> Bool {
+            let order = lhs.bytes.withUnsafeBytes { left in
+                rhs.bytes.withUnsafeBytes { right in
+                    guard let l = left.baseAddress, let r = right.baseAddress else { return Int32(0) }
+                    return memcmp(l, r, min(left.count, right.count))
+                }
+            }
+            return order != 0 ? order < 0 : lhs.bytes.count < rhs.bytes.count
+        }
     }
 }

@@ -3,7 +3,7 @@ import Foundation
 import Logging
 import Synchronization
 import Testing
-import WarblerCluster
+@testable import WarblerCluster
 import WarblerRaft
 import WarblerStorage
 import WarblerWire
@@ -146,7 +146,6 @@ final class GatedCluster: @unchecked Sendable {
         gate.open()
         host?.stop()
         try? FileManager.default.removeItem(atPath: path)
-        try? FileManager.default.removeItem(atPath: path + "-snapshots")
     }
 }
 
@@ -160,45 +159,85 @@ struct RaftHostApplyTests {
         return false
     }
 
-    @Test func aSlowCompactionSnapshotHoldsUpNoGroup() async throws {
+    /// Runs `body` on the host's scheduler and returns what it returns.
+    func onScheduler<T: Sendable>(
+        _ host: RaftHost<GatedListMachine>,
+        _ body: @escaping @Sendable () -> T
+    ) async -> T {
+        await withCheckedContinuation { continuation in host.enqueue { continuation.resume(returning: body()) } }
+    }
+
+    @Test func compactionDropsAppliedEntriesWithoutCopyingTheState() async throws {
+        // Snapshots are held shut: a compaction that copied the state would get stuck on them.
+        let cluster = try GatedCluster(gating: .snapshot)
+        var options = RaftHost<GatedListMachine>.Options()
+        options.compactionEntries = 5
+        try cluster.start(options: options)
+        for index in 1...12 { _ = try await cluster.host.propose(Array("value-\(index)".utf8), to: 1) }
+        let raft = try cluster.database.columnFamily("raft")
+        #expect(
+            try await eventually {
+                try RaftLogStore(database: cluster.database, family: raft, group: 1).firstIndex() > 10
+            },
+            "group 1's log was never compacted"
+        )
+        #expect(cluster.gate.waiters == 0, "a compaction read the state")
+        // The stored log starts past the dropped entries and holds no copy of the state.
+        let stored = try RaftLogStore(database: cluster.database, family: raft, group: 1)
+        #expect(try stored.snapshot().data.isEmpty)
+        // After a restart the group goes on from its stored state (nothing replays twice, nothing is missing).
+        cluster.host.stop()
+        try cluster.start(options: options)
+        #expect(try await cluster.host.propose(Array("after the restart".utf8), to: 1) == 13)
+        #expect(try cluster.machine(1).count() == 13)
+    }
+
+    @Test func aSnapshotForAFollowerIsMadeOffTheSchedulerAndServedOnceMade() async throws {
         let cluster = try GatedCluster(gating: .snapshot)
         var options = RaftHost<GatedListMachine>.Options()
         options.compactionEntries = 5
         try cluster.start(options: options)
         let host = cluster.host!
-        // Once five entries of group 1 are applied it takes a compaction snapshot, which gets stuck.
-        for index in 1...5 { _ = try await host.propose(Array("before-\(index)".utf8), to: 1) }
-        #expect(try await eventually { cluster.gate.waiters == 1 }, "group 1's compaction never started")
-        // Both groups go on committing and applying meanwhile: the snapshot reads a RocksDB snapshot of the
-        // state at its index, off the scheduler. Were it taken in the round, or on the group's queue, these
-        // proposals would complete only once the watchdog opened the gate — and the gate would no longer hold
-        // its waiter below. (No time bound: the suite runs beside CPU-bound simulations.)
+        for index in 1...6 { _ = try await host.propose(Array("before-\(index)".utf8), to: 1) }
+        let raft = try cluster.database.columnFamily("raft")
+        #expect(
+            try await eventually {
+                try RaftLogStore(database: cluster.database, family: raft, group: 1).firstIndex() > 5
+            },
+            "group 1's log was never compacted"
+        )
+        // Raft asks for a snapshot (a follower needs compacted entries): the log has none and asks the host.
+        let first = await onScheduler(host) { (try? host.groups[1]!.log.snapshot()) == nil }
+        #expect(first, "a compacted log served a snapshot it does not have")
+        #expect(try await eventually { cluster.gate.waiters == 1 }, "no snapshot was started")
+        // It is made on the pool: both groups go on committing and applying meanwhile.
         let watchdog = Task {
             try await Task.sleep(for: .seconds(30))
             cluster.gate.open()
         }
         defer { watchdog.cancel() }
-        for index in 1...20 {
+        for index in 1...10 {
             #expect(try await host.propose(Array("free-\(index)".utf8), to: 2) == UInt64(index))
-            #expect(try await host.propose(Array("after-\(index)".utf8), to: 1) == UInt64(5 + index))
+            #expect(try await host.propose(Array("after-\(index)".utf8), to: 1) == UInt64(6 + index))
         }
-        #expect(cluster.gate.waiters == 1, "the proposals needed the compaction snapshot to finish")
-        #expect(try cluster.machine(2).count() == 20)
-        #expect(try cluster.machine(1).count() == 25)
+        #expect(cluster.gate.waiters == 1, "the proposals needed the snapshot to be made")
         cluster.gate.open()
-        // Compaction snapshots keep their data in files beside the database; a restart reads them back.
-        let directory = cluster.path + "-snapshots"
+        // Once made, the log serves it: the state as of the index it was requested at (six values, at least).
         #expect(
             try await eventually {
-                let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-                return names.contains { $0.hasPrefix("1-") } && names.contains { $0.hasPrefix("2-") }
+                await onScheduler(host) { (try? host.groups[1]!.log.snapshot())?.data.isEmpty == false }
             },
-            "no snapshot files in \(directory)"
+            "the snapshot was never served"
         )
-        host.stop()
-        try cluster.start(options: options)
-        #expect(try await cluster.host.propose(Array("after the restart".utf8), to: 1) == 26)
-        #expect(try await cluster.host.propose(Array("after the restart".utf8), to: 2) == 21)
+        let served = await onScheduler(host) { try? host.groups[1]!.log.snapshot() }
+        let state = try Warbler_Peer_V1_GroupSnapshot(serializedBytes: served?.data ?? [])
+        let values = state.state.filter { $0.key.first == 0x01 }
+        #expect(values.count >= 6)
+        #expect(served?.metadata.index ?? 0 >= 7)
+        #expect(
+            values.map { String(decoding: $0.value, as: UTF8.self) }.prefix(6)
+                == ArraySlice((1...6).map { "before-\($0)" })
+        )
     }
 
     @Test func aStuckApplyHoldsUpNoGroupsReplication() async throws {

@@ -150,120 +150,87 @@ struct RaftLogStoreTests {
         #expect(stored.count == 2)
     }
 
-    @Test func aCompactionSnapshotKeptInAFileIsReadBackCheckedAndReplaced() throws {
+    @Test func aCompactionWithoutDataAsksForSnapshotsAndServesWhatItIsOffered() throws {
         let path = temporaryDirectory()
-        defer {
-            try? FileManager.default.removeItem(atPath: path)
-            try? FileManager.default.removeItem(atPath: path + "-snapshots")
-        }
-        let files = SnapshotFiles(besideDatabaseAt: path)
-        let data = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let confState = ConfState(voters: [1, 2])
         do {
             let (database, family) = try open(path)
-            let log = try RaftLogStore(database: database, family: family, group: 3, snapshotFiles: files)
+            let log = try RaftLogStore(database: database, family: family, group: 3)
+            var asked = 0
+            log.snapshotNeeded = { asked += 1 }
             let batch = WriteBatch()
-            try log.bootstrap(ConfState(voters: [1]), into: batch)
-            log.stage(entries: entries(2...10, term: 2), into: batch)
-            log.stage(hardState: HardState(term: 2, vote: 1, commit: 10), into: batch)
+            try log.bootstrap(confState, data: [1], into: batch)
+            log.stage(entries: entries(2...30, term: 2), into: batch)
+            log.stage(hardState: HardState(term: 2, vote: 1, commit: 30), into: batch)
             try database.write(batch, sync: true)
-            // A file that does not hold the data at the index is refused.
-            let wrong = try files.write(Array(data.prefix(10)), group: 3, index: 8)
-            #expect(throws: StorageError.self) {
-                try log.stageCompaction(
-                    at: 8,
-                    confState: ConfState(voters: [1]),
-                    data: data,
-                    file: wrong,
-                    into: WriteBatch()
-                )
-            }
-            let file = try files.write(data, group: 3, index: 8)
+            // Before any compaction the bootstrap snapshot (with its data) is served; nobody is asked.
+            #expect(try log.snapshot().data == [1])
             let compaction = WriteBatch()
-            try log.stageCompaction(at: 8, confState: ConfState(voters: [1]), data: data, file: file, into: compaction)
+            try log.stageCompaction(at: 10, confState: confState, into: compaction)
             try database.write(compaction, sync: true)
-            #expect(try log.snapshot().data == data)
-            // The log stores the reference, not the data.
+            // The log keeps where it starts, no data: a snapshot must be made by the log's owner.
             let stored = try database.get(RaftLogKeys.snapshot(group: 3), in: family) ?? []
-            #expect(stored.count < 100)
+            #expect(stored.count < 40)
+            expectRaftCode(.snapshotTemporarilyUnavailable) { _ = try log.snapshot() }
+            #expect(asked == 1)
+            // An offer older than the log's start, or beyond its last entry, is dropped.
+            log.offer(Snapshot(data: [5], metadata: SnapshotMetadata(index: 9, term: 2, confState: confState)))
+            log.offer(Snapshot(data: [5], metadata: SnapshotMetadata(index: 31, term: 2, confState: confState)))
+            expectRaftCode(.snapshotTemporarilyUnavailable) { _ = try log.snapshot() }
+            #expect(asked == 2)
+            log.offer(Snapshot(data: [7], metadata: SnapshotMetadata(index: 25, term: 2, confState: confState)))
+            #expect(try log.snapshot().data == [7])
+            #expect(try log.snapshot().metadata.index == 25)
+            // A newer offer replaces it; an older one does not.
+            log.offer(Snapshot(data: [8], metadata: SnapshotMetadata(index: 28, term: 2, confState: confState)))
+            log.offer(Snapshot(data: [6], metadata: SnapshotMetadata(index: 26, term: 2, confState: confState)))
+            #expect(try log.snapshot().data == [8])
+            // Compacting past it makes it useless: the log asks again.
+            let later = WriteBatch()
+            try log.stageCompaction(at: 29, confState: confState, into: later)
+            try database.write(later, sync: true)
+            expectRaftCode(.snapshotTemporarilyUnavailable) { _ = try log.snapshot() }
+            #expect(asked == 3)
+            #expect(try log.firstIndex() == 30)
+            #expect(try log.term(at: 29) == 2)
         }
-        do {
-            let (database, family) = try open(path)
-            let log = try RaftLogStore(database: database, family: family, group: 3, snapshotFiles: files)
-            #expect(try log.snapshot().data == data)
-            #expect(try log.snapshot().metadata.index == 8)
-            #expect(log.snapshotFile?.index == 8)
-            #expect(try log.firstIndex() == 9)
-            // Without the directory the log cannot be opened: it says so rather than losing the data.
-            #expect(throws: StorageError.self) { _ = try RaftLogStore(database: database, family: family, group: 3) }
-        }
-        // An altered file is corruption, and so is a missing one.
-        let name = files.directory + "/3-8.snap"
-        var altered = try [UInt8](Data(contentsOf: URL(fileURLWithPath: name)))
-        altered[500] ^= 0xFF
-        try Data(altered).write(to: URL(fileURLWithPath: name))
-        do {
-            let (database, family) = try open(path)
-            #expect {
-                _ = try RaftLogStore(database: database, family: family, group: 3, snapshotFiles: files)
-            } throws: { ($0 as? StorageError)?.code == .corruption }
-            try FileManager.default.removeItem(atPath: name)
-            #expect {
-                _ = try RaftLogStore(database: database, family: family, group: 3, snapshotFiles: files)
-            } throws: { ($0 as? StorageError)?.code == .corruption }
-        }
-        // Cleaning up keeps the named file and later ones, removes older ones and other groups' files.
-        _ = try files.write([1], group: 3, index: 4)
-        _ = try files.write([2], group: 3, index: 9)
-        _ = try files.write([3], group: 4, index: 9)
-        files.removeFiles(of: 3, before: 9)
-        #expect(!FileManager.default.fileExists(atPath: files.directory + "/3-4.snap"))
-        #expect(FileManager.default.fileExists(atPath: files.directory + "/3-9.snap"))
-        files.removeFiles(keeping: [3: 9])
-        #expect(!FileManager.default.fileExists(atPath: files.directory + "/4-9.snap"))
-        files.removeFiles(of: 3, before: .max)
-        #expect(try FileManager.default.contentsOfDirectory(atPath: files.directory).isEmpty)
+        // Reopened: it starts at the compaction and holds no data; without an owner to ask, it says where it
+        // starts (what a node does with a log at open).
+        let (database, family) = try open(path)
+        let log = try RaftLogStore(database: database, family: family, group: 3)
+        #expect(try log.firstIndex() == 30)
+        #expect(try log.lastIndex() == 30)
+        #expect(try log.snapshot().data.isEmpty)
+        #expect(try log.snapshot().metadata.index == 29)
+        #expect(try log.snapshot().metadata.confState == confState)
     }
 
-    @Test func aSnapshotFromTheLeaderReplacesAFileReference() throws {
+    @Test func aSnapshotFromTheLeaderReplacesAnOfferedOne() throws {
         let path = temporaryDirectory()
-        defer {
-            try? FileManager.default.removeItem(atPath: path)
-            try? FileManager.default.removeItem(atPath: path + "-snapshots")
-        }
-        let files = SnapshotFiles(besideDatabaseAt: path)
-        do {
-            let (database, family) = try open(path)
-            let log = try RaftLogStore(database: database, family: family, group: 1, snapshotFiles: files)
-            let batch = WriteBatch()
-            try log.bootstrap(ConfState(voters: [1, 2]), into: batch)
-            log.stage(entries: entries(2...6, term: 2), into: batch)
-            log.stage(hardState: HardState(term: 2, vote: 1, commit: 6), into: batch)
-            try database.write(batch, sync: true)
-            let compaction = WriteBatch()
-            let file = try files.write([7, 7, 7], group: 1, index: 5)
-            try log.stageCompaction(
-                at: 5,
-                confState: ConfState(voters: [1, 2]),
-                data: [7, 7, 7],
-                file: file,
-                into: compaction
-            )
-            try database.write(compaction, sync: true)
-            let install = WriteBatch()
-            log.stageSnapshot(
-                Snapshot(
-                    data: [9],
-                    metadata: SnapshotMetadata(index: 20, term: 5, confState: ConfState(voters: [1, 2]))
-                ),
-                into: install
-            )
-            try database.write(install, sync: true)
-            #expect(log.snapshotFile == nil)
-        }
+        defer { try? FileManager.default.removeItem(atPath: path) }
         let (database, family) = try open(path)
-        let log = try RaftLogStore(database: database, family: family, group: 1, snapshotFiles: files)
+        let log = try RaftLogStore(database: database, family: family, group: 1)
+        log.snapshotNeeded = {}
+        let confState = ConfState(voters: [1, 2])
+        let batch = WriteBatch()
+        try log.bootstrap(confState, into: batch)
+        log.stage(entries: entries(2...6, term: 2), into: batch)
+        log.stage(hardState: HardState(term: 2, vote: 1, commit: 6), into: batch)
+        try database.write(batch, sync: true)
+        let compaction = WriteBatch()
+        try log.stageCompaction(at: 5, confState: confState, into: compaction)
+        try database.write(compaction, sync: true)
+        log.offer(Snapshot(data: [7, 7, 7], metadata: SnapshotMetadata(index: 6, term: 2, confState: confState)))
+        #expect(try log.snapshot().data == [7, 7, 7])
+        let install = WriteBatch()
+        log.stageSnapshot(
+            Snapshot(data: [9], metadata: SnapshotMetadata(index: 20, term: 5, confState: confState)),
+            into: install
+        )
+        try database.write(install, sync: true)
         #expect(try log.snapshot().data == [9])
-        #expect(log.snapshotFile == nil)
+        #expect(try log.snapshot().metadata.index == 20)
     }
 
     @Test func aSnapshotFromTheLeaderReplacesTheLog() throws {

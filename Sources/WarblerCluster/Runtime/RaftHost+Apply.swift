@@ -12,19 +12,20 @@ extension RaftHost {
 
     /// What a scheduling round hands to a group's applier once the round's batch is on disk: a snapshot to
     /// install first (when the round received one), the committed entries in index order, and the proposers
-    /// waiting for their outcomes.
+    /// waiting for their outcomes. Or a request to make a snapshot of the applied state for a follower.
     struct ApplyJob: Sendable {
         var snapshot: Snapshot?
         var entries: [Entry]
         var waiters: [UInt64: Waiter]
+        var makesSnapshot = false
     }
 
     /// Applies one group's committed entries to its state machine, in index order: on the node's apply queue
     /// (with every other group's entries of the round, in one batch), or — for heavy work (a snapshot to
     /// install, a large catch-up), and for every job of the group that follows it until that is done — on the
-    /// group's own serial queue, in its own batch. Compaction snapshots are read from a RocksDB snapshot on the
-    /// pool while the group goes on. The two queues never run one group's jobs at once, so its state here needs
-    /// no lock.
+    /// group's own serial queue, in its own batch. Snapshots for followers are read from a RocksDB snapshot on
+    /// the pool while the group goes on. The two queues never run one group's jobs at once, so its state here
+    /// needs no lock.
     ///
     /// A detached job writes the state its entries produce, the applied membership (`0x04|group`) and, for the
     /// metadata group, the cluster records, without fsync. That is safe because the scheduler wrote (and
@@ -40,14 +41,9 @@ extension RaftHost {
 
         // Confined to the apply queue, or to `queue` while `detached` is above zero.
         private var confState: ConfState
+        /// The term of the entry at the applied index (a snapshot of the state carries it).
+        private var appliedTerm: UInt64
         private var compactedThrough: UInt64
-        /// Entry bytes applied since the last snapshot, and that snapshot's size: the next snapshot waits until
-        /// the log has grown by as much as the state (a snapshot copies the whole state, so taking one every N
-        /// entries regardless of size would cost time quadratic in the state's size).
-        private var bytesSinceSnapshot = 0
-        private let snapshotBytes: Atomic<Int>
-        /// A compaction snapshot is being taken (one at a time).
-        private let compacting = Atomic<Bool>(false)
         /// The metadata group's view of the cluster as of its applied index (group 0 only).
         private var view: ClusterView
         private var failure: (any Error)?
@@ -60,16 +56,16 @@ extension RaftHost {
             machine: Machine,
             confState: ConfState,
             applied: UInt64,
+            appliedTerm: UInt64,
             compactedThrough: UInt64,
-            snapshotBytes: Int,
             view: ClusterView,
             pool: DispatchQueue
         ) {
             self.id = id
             self.machine = machine
             self.confState = confState
+            self.appliedTerm = appliedTerm
             self.compactedThrough = compactedThrough
-            self.snapshotBytes = Atomic(snapshotBytes)
             self.view = view
             queue = DispatchQueue(label: "warbler.apply.\(id)", target: pool)
             progress = Mutex((applied, []))
@@ -105,7 +101,9 @@ extension RaftHost {
             var job: ApplyJob
             var results: [UInt64: AppliedResult] = [:]
             var outcomes: [Machine.Outcome] = []
+            /// The applied index and its term once the job is written.
             var last: UInt64
+            var term: UInt64
             var viewChanged = false
         }
 
@@ -153,19 +151,24 @@ extension RaftHost {
                 Self.fail(job, failure)
                 return nil
             }
-            var staged = Staged(job: job, last: appliedIndex)
+            var staged = Staged(job: job, last: appliedIndex, term: appliedTerm)
             var confChanged = false
             do {
                 if let snapshot = job.snapshot {
                     try install(snapshot, into: batch, host: host)
                     staged.viewChanged = id == 0
                     confChanged = true
-                    staged.last = max(staged.last, snapshot.metadata.index)
+                    if snapshot.metadata.index > staged.last {
+                        staged.last = snapshot.metadata.index
+                        staged.term = snapshot.metadata.term
+                    }
                 }
                 var application: [Entry] = []
                 for entry in job.entries {
-                    staged.last = max(staged.last, entry.index)
-                    bytesSinceSnapshot += entry.data.count
+                    if entry.index > staged.last {
+                        staged.last = entry.index
+                        staged.term = entry.term
+                    }
                     switch entry.kind {
                     case .confChange:
                         guard let change = try? ConfChange(decoding: entry.data) else { continue }
@@ -220,6 +223,7 @@ extension RaftHost {
                 progress.reads.removeAll { $0.index <= last }
                 return ready
             }
+            appliedTerm = staged.term
             host.appliedEntries.add(staged.outcomes.count, ordering: .relaxed)
             if staged.viewChanged {
                 let view = self.view
@@ -234,21 +238,36 @@ extension RaftHost {
                 }
             }
             for read in released { read.completion(.success(())) }
-            if last >= compactedThrough + host.options.compactionEntries,
-                bytesSinceSnapshot >= snapshotBytes.load(ordering: .relaxed),
-                compacting.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged
-            {
+            if last >= compactedThrough + host.options.compactionEntries {
+                // The entries up to `last` are applied: the log drops them (the write that records it is synced,
+                // which makes this state durable first).
                 compactedThrough = last
-                bytesSinceSnapshot = 0
-                // The state at `last`, as of now (nothing of this group was written since): the scan runs on the
-                // pool while the group goes on applying.
-                let reading = host.database.makeSnapshot()
-                let cluster = id == 0 ? view.records.map(\.record) : []
-                let confState = self.confState
-                host.applyPool.async {
-                    defer { self.compacting.store(false, ordering: .releasing) }
-                    self.compact(at: last, reading: reading, cluster: cluster, confState: confState, host: host)
+                let (id, confState) = (self.id, self.confState)
+                host.enqueue { host.compact(id, at: last, confState: confState) }
+            }
+            if staged.job.makesSnapshot { makeSnapshot(at: last, term: staged.term, host: host) }
+        }
+
+        /// Makes a snapshot of the state at the applied index `applied` for a follower, from a consistent read
+        /// view taken now (nothing of this group was written since): the scan runs on the pool while the group
+        /// goes on applying, then the scheduler hands it to the log.
+        func makeSnapshot(at applied: UInt64, term: UInt64, host: RaftHost) {
+            let reading = host.database.makeSnapshot()
+            let cluster = id == 0 ? view.records.map(\.record) : []
+            let metadata = SnapshotMetadata(index: applied, term: term, confState: confState)
+            let id = self.id
+            host.applyPool.async {
+                let made: Snapshot?
+                do {
+                    var state = Warbler_Peer_V1_GroupSnapshot()
+                    state.cluster = cluster
+                    state.state = try self.machine.snapshotState(reading: reading).map(\.record)
+                    made = Snapshot(data: try state.serializedBytes(), metadata: metadata)
+                } catch {
+                    host.logger.error("cannot snapshot a group", metadata: ["raft.group": "\(id)", "error": "\(error)"])
+                    made = nil
                 }
+                host.enqueue { host.made(made, of: id) }
             }
         }
 
@@ -264,36 +283,10 @@ extension RaftHost {
             }
             confState = snapshot.metadata.confState
             compactedThrough = max(compactedThrough, snapshot.metadata.index)
-            snapshotBytes.store(snapshot.data.count, ordering: .relaxed)
-            bytesSinceSnapshot = 0
             host.logger.notice(
                 "installed a snapshot",
                 metadata: ["raft.group": "\(id)", "raft.index": "\(snapshot.metadata.index)"]
             )
-        }
-
-        /// Takes a snapshot of the state at the applied index `applied` from a consistent read view of it, and
-        /// asks the scheduler to compact the log up to it.
-        func compact(
-            at applied: UInt64,
-            reading: ReadSnapshot,
-            cluster: [Warbler_Peer_V1_KeyValue],
-            confState: ConfState,
-            host: RaftHost
-        ) {
-            do {
-                var snapshot = Warbler_Peer_V1_GroupSnapshot()
-                snapshot.cluster = cluster
-                snapshot.state = try machine.snapshotState(reading: reading).map(\.record)
-                let data: [UInt8] = try snapshot.serializedBytes()
-                snapshotBytes.store(data.count, ordering: .relaxed)
-                // The data goes to a file, written and synced here; the scheduler stores only its reference.
-                let file = try host.snapshotFiles.write(data, group: id, index: applied)
-                let id = self.id
-                host.enqueue { host.compact(id, at: applied, confState: confState, data: data, file: file) }
-            } catch {
-                host.logger.error("cannot snapshot a group", metadata: ["raft.group": "\(id)", "error": "\(error)"])
-            }
         }
 
         /// Deletes the group's log and state once everything before it is applied.
@@ -305,7 +298,6 @@ extension RaftHost {
                 self.machine.destroy(into: batch)
                 do {
                     try host.database.write(batch, sync: true)
-                    host.snapshotFiles.removeFiles(of: self.id, before: .max)
                     done(true)
                 } catch {
                     host.logger.error("cannot delete a group this node left", metadata: ["raft.group": "\(self.id)"])
@@ -317,10 +309,11 @@ extension RaftHost {
 
     /// Installs a snapshot that was persisted in the log but whose state was not written when the node stopped
     /// (the scheduler syncs the snapshot, the applier installs it later). Runs when the group opens.
-    /// Returns true when it installed one (the log must then be reopened to load the membership).
+    /// Returns true when it installed one (the log must then be reopened to load the membership). A log that
+    /// starts at a compaction holds no data: the stored state is already the state there.
     func recover(_ id: UInt32, log: RaftLogStore, machine: Machine) throws -> Bool {
         let snapshot = try log.snapshot()
-        guard snapshot.metadata.index > (try machine.appliedIndex()) else { return false }
+        guard !snapshot.data.isEmpty, snapshot.metadata.index > (try machine.appliedIndex()) else { return false }
         let batch = WriteBatch()
         _ = try stageState(of: snapshot, group: id, machine: machine, into: batch)
         try database.write(batch, sync: true)
@@ -361,32 +354,45 @@ extension RaftHost {
         publishView()
     }
 
-    /// Compacts a group's log up to `index` with a snapshot its applier took at that index, whose data is in
-    /// `file`: the log stores the reference (synced, a small write), then older files go.
-    func compact(_ id: UInt32, at index: UInt64, confState: ConfState, data: [UInt8], file: SnapshotFiles.Reference) {
-        guard let group = groups[id], let first = try? group.log.firstIndex(), index >= first else {
-            snapshotFiles.removeFile(of: id, at: index)
-            return
-        }
-        let started = ContinuousClock.now
+    /// Drops a group's log up to `index`, which its applier applied: one small synced write, which also makes
+    /// durable the state written (unsynced) by the applies before it, so the entries are no longer needed.
+    func compact(_ id: UInt32, at index: UInt64, confState: ConfState) {
+        guard let group = groups[id], let first = try? group.log.firstIndex(), index >= first else { return }
         let batch = WriteBatch()
-        do {
-            try group.log.stageCompaction(at: index, confState: confState, data: data, file: file, into: batch)
-        } catch {
+        do { try group.log.stageCompaction(at: index, confState: confState, into: batch) } catch {
             logger.error("compaction failed", metadata: ["raft.group": "\(id)", "error": "\(error)"])
-            snapshotFiles.removeFile(of: id, at: index)
             return
         }
         do { try database.write(batch, sync: true) } catch {
             storageFailed(error)
             return
         }
-        snapshotFiles.removeFiles(of: id, before: index)
+        logger.debug("compacted a group log", metadata: ["raft.group": "\(id)", "raft.index": "\(index)"])
+    }
+
+    /// Raft needs a snapshot of group `id` to catch a follower up: the applier makes one of its applied state,
+    /// in the order of its applies (one request at a time).
+    func snapshotNeeded(_ id: UInt32) {
+        guard let group = groups[id], !group.snapshotRequested, !failed else { return }
+        group.snapshotRequested = true
+        let applier = group.applier
+        applyQueue.async {
+            self.apply([(applier, ApplyJob(snapshot: nil, entries: [], waiters: [:], makesSnapshot: true))])
+        }
+    }
+
+    /// The applier made a snapshot for ``snapshotNeeded(_:)`` (nil: it could not): Raft sends it at the
+    /// follower's next heartbeat answer.
+    func made(_ snapshot: Snapshot?, of id: UInt32) {
+        guard let group = groups[id] else { return }
+        group.snapshotRequested = false
+        guard let snapshot else { return }
+        group.log.offer(snapshot)
         logger.info(
-            "compacted a group log",
+            "made a snapshot for a follower",
             metadata: [
-                "raft.group": "\(id)", "raft.index": "\(index)", "snapshot.bytes": "\(data.count)",
-                "duration": "\(ContinuousClock.now - started)",
+                "raft.group": "\(id)", "raft.index": "\(snapshot.metadata.index)",
+                "snapshot.bytes": "\(snapshot.data.count)",
             ]
         )
     }

@@ -40,13 +40,12 @@ extension RaftHost {
         let conf = ConfState(voters: [node.nodeID])
         var metadataSnapshot = Warbler_Peer_V1_GroupSnapshot()
         metadataSnapshot.cluster = view.records.map(\.record)
-        // An existing log is refused by `bootstrap`; its snapshot may be in a file, so the files are given too.
-        let files = SnapshotFiles(besideDatabaseAt: database.path)
-        let metadataLog = try RaftLogStore(database: database, family: raftFamily, group: 0, snapshotFiles: files)
+        // An existing log is refused by `bootstrap`.
+        let metadataLog = try RaftLogStore(database: database, family: raftFamily, group: 0)
         try metadataLog.bootstrap(conf, data: try metadataSnapshot.serializedBytes(), into: batch)
         for record in view.records { batch.put(record.key, record.value, in: clusterFamily) }
         for partition in 1...partitionCount {
-            let log = try RaftLogStore(database: database, family: raftFamily, group: partition, snapshotFiles: files)
+            let log = try RaftLogStore(database: database, family: raftFamily, group: partition)
             try log.bootstrap(conf, into: batch)
         }
         try writeIdentity(node: member, clusterID: info.clusterID, database: database, family: clusterFamily, batch)

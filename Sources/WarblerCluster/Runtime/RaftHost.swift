@@ -16,7 +16,7 @@ import WarblerWire
 ///
 /// A round's committed entries are applied off the scheduler, on one apply queue that writes every group's state
 /// of the round in one batch, so no group's apply holds up any group's replication; heavy apply work —
-/// installing a snapshot, a large catch-up, taking a compaction snapshot — runs on the group's own queue
+/// installing a snapshot, a large catch-up — runs on the group's own queue
 /// (``Applier``), together with the group's later entries until it is done, so it holds up no other group's
 /// apply either. Raft and log work runs on one serial queue, never on an event loop or the cooperative pool.
 public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
@@ -30,9 +30,9 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         public var reconcileTicks = 10
         /// How long a proposal or a read waits for a leader before failing with `unavailable`.
         public var requestTimeout: Duration = .seconds(5)
-        /// Compact a group's log (snapshot of its state) once this many applied entries follow the last one —
-        /// and the entries applied since add up to at least the last snapshot's size, so that the cost of
-        /// snapshots stays proportional to what is written (the log holds about as much as the state).
+        /// Compact a group's log once this many applied entries follow its start: the entries are dropped
+        /// (the state machine's stored state holds their effects), nothing is copied. A follower that needs
+        /// dropped entries gets a snapshot of the state, made when it is needed.
         public var compactionEntries: UInt64 = 20_000
         /// Idle groups go quiet: a leader with nothing in flight stops ticking and heartbeating, and followers
         /// stop ticking while the leader's node is alive (its one liveness frame per tick).
@@ -72,6 +72,8 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         var quietTicks = 0
         /// This follower stopped ticking because its leader's node is alive.
         var suspended = false
+        /// The applier is making a snapshot of the state for a follower the log cannot catch up.
+        var snapshotRequested = false
 
         init(id: UInt32, node: RawNode, log: RaftLogStore, applier: Applier) {
             self.id = id
@@ -104,8 +106,6 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     let database: Database
     let raftFamily: ColumnFamily
     let clusterFamily: ColumnFamily
-    /// Where compaction snapshots keep their data (beside the database).
-    let snapshotFiles: SnapshotFiles
     let transport: PeerTransport?
     let logger: Logger
     let makeMachine: @Sendable (UInt32) throws -> Machine
@@ -162,7 +162,6 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         self.database = database
         self.raftFamily = raftFamily
         self.clusterFamily = clusterFamily
-        self.snapshotFiles = SnapshotFiles(besideDatabaseAt: database.path)
         self.transport = transport
         self.logger = logger
         self.makeMachine = makeMachine
@@ -171,19 +170,17 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         for id in try RaftLogStore.groups(in: database, family: raftFamily) {
             groups[id] = try openGroup(id)
         }
-        // Files no log refers to: a compaction that stopped before its reference was stored, data a leader's
-        // snapshot replaced, groups this node left.
-        snapshotFiles.removeFiles(keeping: groups.compactMapValues { $0.log.snapshotFile?.index })
         view = try ClusterView.load(from: database, family: clusterFamily)
         publishView()
     }
 
     func openGroup(_ id: UInt32) throws -> Group {
-        var log = try RaftLogStore(database: database, family: raftFamily, group: id, snapshotFiles: snapshotFiles)
+        var log = try RaftLogStore(database: database, family: raftFamily, group: id)
         let machine = try makeMachine(id)
         if try recover(id, log: log, machine: machine) {
-            log = try RaftLogStore(database: database, family: raftFamily, group: id, snapshotFiles: snapshotFiles)
+            log = try RaftLogStore(database: database, family: raftFamily, group: id)
         }
+        log.snapshotNeeded = { [weak self] in self?.snapshotNeeded(id) }
         var config = Config(id: nodeID)
         config.electionTick = options.electionTicks
         config.heartbeatTick = options.heartbeatTicks
@@ -195,8 +192,8 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
             machine: machine,
             confState: try log.initialState().1,
             applied: config.applied,
+            appliedTerm: try log.term(at: config.applied),
             compactedThrough: try log.firstIndex() - 1,
-            snapshotBytes: try log.snapshot().data.count,
             view: id == 0 ? try ClusterView.load(from: database, family: clusterFamily) : ClusterView(),
             pool: applyPool
         )

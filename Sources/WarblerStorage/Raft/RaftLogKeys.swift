@@ -5,7 +5,6 @@ enum RaftLogKeys {
     static let hardStateTag: UInt8 = 0x02
     static let snapshotTag: UInt8 = 0x03
     static let confStateTag: UInt8 = 0x04
-    static let snapshotFileTag: UInt8 = 0x05
 
     /// `0x01 | group u32 | index u64`
     static func entry(group: UInt32, index: UInt64) -> [UInt8] {
@@ -33,13 +32,6 @@ enum RaftLogKeys {
     /// `0x04 | group u32`: the membership as of the applied index (written with the applied state).
     static func confState(group: UInt32) -> [UInt8] {
         var key: [UInt8] = [confStateTag]
-        appendBigEndian(group, to: &key)
-        return key
-    }
-
-    /// `0x05 | group u32`: the file holding the snapshot's data, when it is not inline (``SnapshotFiles``).
-    static func snapshotFile(group: UInt32) -> [UInt8] {
-        var key: [UInt8] = [snapshotFileTag]
         appendBigEndian(group, to: &key)
         return key
     }

@@ -14,9 +14,14 @@ public final class RaftLogStore: RaftStorage {
     private let database: Database
     private let family: ColumnFamily
     private var hard: HardState
+    /// Where the log starts: the last compaction, a snapshot received from a leader, or the bootstrap. Its
+    /// data is empty after a compaction (the state machine holds the state; see ``snapshot()``).
     private var snap: Snapshot
-    /// The file holding the snapshot's data, when the last compaction wrote one.
-    public private(set) var snapshotFile: SnapshotFiles.Reference?
+    /// A snapshot of the applied state made for a follower the log cannot catch up (see ``offer(_:)``).
+    private var served: Snapshot?
+    /// Called (on the owner's thread) when Raft needs a snapshot the log does not hold: the owner makes one of
+    /// the applied state and hands it to ``offer(_:)``; Raft asks again meanwhile, and sends it then.
+    public var snapshotNeeded: (() -> Void)?
     /// The membership as of the applied index, as stored when the log was opened (see
     /// ``stage(appliedConfState:group:family:into:)``).
     private let appliedConfState: ConfState?
@@ -30,17 +35,10 @@ public final class RaftLogStore: RaftStorage {
     /// `terms[i]` is the term of the entry at `snapshotIndex + i`; `terms[0]` is the snapshot's term.
     private var terms: [UInt64]
 
-    /// Opens the log of `group`, loading its hard state, snapshot (from `snapshotFiles` when its data is kept in
-    /// a file) and entry terms.
+    /// Opens the log of `group`, loading its hard state, where it starts and its entries' terms.
     ///
-    /// - Throws: ``StorageError/Code/corruption`` when records cannot be decoded, the log has holes, or the
-    ///   snapshot's file is missing or does not match its reference.
-    public init(
-        database: Database,
-        family: ColumnFamily,
-        group: UInt32,
-        snapshotFiles: SnapshotFiles? = nil
-    ) throws(StorageError) {
+    /// - Throws: ``StorageError/Code/corruption`` when records cannot be decoded or the log has holes.
+    public init(database: Database, family: ColumnFamily, group: UInt32) throws(StorageError) {
         self.database = database
         self.family = family
         self.group = group
@@ -57,18 +55,6 @@ public final class RaftLogStore: RaftStorage {
             }
         } else {
             snap = Snapshot()
-        }
-        if let bytes = try database.get(RaftLogKeys.snapshotFile(group: group), in: family) {
-            guard let reference = SnapshotFiles.Reference(decoding: bytes),
-                reference.index == snap.metadata.index
-            else {
-                throw StorageError(.corruption, "the snapshot file reference of group \(group) is not its snapshot's")
-            }
-            guard let snapshotFiles else {
-                throw StorageError(.invalidArgument, "group \(group) keeps its snapshot in a file; no directory given")
-            }
-            snap.data = try snapshotFiles.read(reference, group: group)
-            snapshotFile = reference
         }
         if let bytes = try database.get(RaftLogKeys.confState(group: group), in: family) {
             do { appliedConfState = try RaftRecordCodec.decodeConfState(bytes) } catch {
@@ -138,7 +124,6 @@ public final class RaftLogStore: RaftStorage {
         batch.delete(RaftLogKeys.hardState(group: group), in: family)
         batch.delete(RaftLogKeys.snapshot(group: group), in: family)
         batch.delete(RaftLogKeys.confState(group: group), in: family)
-        batch.delete(RaftLogKeys.snapshotFile(group: group), in: family)
     }
 
     /// True when the group has no state at all (never bootstrapped, never received a snapshot).
@@ -217,7 +202,25 @@ public final class RaftLogStore: RaftStorage {
     public func firstIndex() throws(RaftError) -> UInt64 { snap.metadata.index + 1 }
     public func lastIndex() throws(RaftError) -> UInt64 { lastIndexValue }
     private var lastIndexValue: UInt64 { snap.metadata.index + UInt64(terms.count) - 1 }
-    public func snapshot() throws(RaftError) -> Snapshot { snap }
+
+    /// The snapshot Raft sends a follower whose next entry was compacted: the one the log starts from when it
+    /// holds data (received from a leader, or given at bootstrap or compaction), else the last one offered
+    /// that is not older than the log's start. Without either, asks for one through ``snapshotNeeded`` and
+    /// throws ``RaftError/Code/snapshotTemporarilyUnavailable`` (Raft tries again on a later heartbeat).
+    public func snapshot() throws(RaftError) -> Snapshot {
+        if let served, served.metadata.index >= snap.metadata.index { return served }
+        guard snap.data.isEmpty, let snapshotNeeded else { return snap }
+        snapshotNeeded()
+        throw RaftError(.snapshotTemporarilyUnavailable, "group \(group) is making a snapshot of its state")
+    }
+
+    /// Keeps `snapshot` (of the applied state, at an index this log still holds or has compacted) for
+    /// ``snapshot()``; an older one than the log's start, or than the one kept, is dropped.
+    public func offer(_ snapshot: Snapshot) {
+        let index = snapshot.metadata.index
+        guard index >= snap.metadata.index, index <= lastIndexValue, index > served?.metadata.index ?? 0 else { return }
+        served = snapshot
+    }
 
     // MARK: - Staging writes
 
@@ -306,21 +309,21 @@ public final class RaftLogStore: RaftStorage {
             in: family
         )
         batch.put(RaftLogKeys.snapshot(group: group), RaftRecordCodec.encode(snapshot), in: family)
-        batch.delete(RaftLogKeys.snapshotFile(group: group), in: family)
-        snapshotFile = nil
         cacheClear()
         snap = snapshot
+        served = nil
         terms = [snapshot.metadata.term]
     }
 
-    /// Stages a snapshot of the applied state at `index` and discards the entries it covers. With `file` (the
-    /// data already written by ``SnapshotFiles/write(_:group:index:)``) the log stores only the reference; the
-    /// batch should then be synced before older files are removed.
+    /// Stages discarding the entries up to `index` (applied, and committed in this log). With empty `data` —
+    /// what the runtime does — the log keeps only where it now starts: the state machine's stored state is the
+    /// state, so the batch MUST be synced, which also makes durable every unsynced apply written before it
+    /// (RocksDB's write-ahead log is one sequence). With `data` (a state machine kept elsewhere, as in the
+    /// simulation) the log keeps that snapshot and serves it.
     public func stageCompaction(
         at index: UInt64,
         confState: ConfState,
-        data: [UInt8],
-        file: SnapshotFiles.Reference? = nil,
+        data: [UInt8] = [],
         into batch: WriteBatch
     ) throws(StorageError) {
         let base = snap.metadata.index
@@ -336,29 +339,11 @@ public final class RaftLogStore: RaftStorage {
             to: RaftLogKeys.entry(group: group, index: index + 1),
             in: family
         )
-        let metadata = SnapshotMetadata(index: index, term: term, confState: confState)
-        if let file {
-            guard file.index == index, file.size == UInt64(data.count) else {
-                throw StorageError(.invalidArgument, "group \(group): the snapshot file is not the data at \(index)")
-            }
-            batch.put(
-                RaftLogKeys.snapshot(group: group),
-                RaftRecordCodec.encode(Snapshot(metadata: metadata)),
-                in: family
-            )
-            batch.put(RaftLogKeys.snapshotFile(group: group), file.encoded, in: family)
-        } else {
-            batch.put(
-                RaftLogKeys.snapshot(group: group),
-                RaftRecordCodec.encode(Snapshot(data: data, metadata: metadata)),
-                in: family
-            )
-            batch.delete(RaftLogKeys.snapshotFile(group: group), in: family)
-        }
-        snapshotFile = file
-        let snapshot = Snapshot(data: data, metadata: metadata)
+        let snapshot = Snapshot(data: data, metadata: SnapshotMetadata(index: index, term: term, confState: confState))
+        batch.put(RaftLogKeys.snapshot(group: group), RaftRecordCodec.encode(snapshot), in: family)
         terms.removeFirst(Int(index - base))
         cacheDrop(through: index)
         snap = snapshot
+        if let served, served.metadata.index < index { self.served = nil }
     }
 }
