@@ -135,7 +135,14 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
-        .testTarget(name: "WarblerServerTests", dependencies: ["WarblerServer"]),
+        .testTarget(
+            name: "WarblerServerTests",
+            dependencies: [
+                "WarblerServer", "WarblerWire", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+            ]
+        ),
         .testTarget(
             name: "WarblerClusterTests",
             dependencies: [

@@ -28,6 +28,10 @@ public final class WarblerClient: Sendable {
         public var reconnect = true
         /// Largest frame accepted from the node.
         public var maxFrameBytes = 1 << 20
+        /// The event loops the connection runs on, shared with other clients of the process (an application
+        /// that keeps many connections, a load generator); the caller shuts them down. Nil: the client runs a
+        /// thread of its own, released by ``WarblerClient/close()``.
+        public var eventLoopGroup: (any EventLoopGroup)?
 
         public init(host: String, port: Int) {
             self.host = host
@@ -43,7 +47,8 @@ public final class WarblerClient: Sendable {
     }
 
     private struct State {
-        var channel: (any Channel)?
+        /// The open connection; requests written to it leave with one flush per burst.
+        var connection: CoalescingWriter?
         var nextRequestID: UInt64 = 1
         var pending: [UInt64: PendingRequest] = [:]
         var credentials: (user: String, password: String)?
@@ -60,13 +65,20 @@ public final class WarblerClient: Sendable {
     public let events: AsyncStream<ClientEvent>
     private let eventSink: AsyncStream<ClientEvent>.Continuation
     private let state = Mutex(State())
-    private let group: MultiThreadedEventLoopGroup
+    private let group: any EventLoopGroup
+    /// The client's own thread, when it was given no event loops.
+    private let ownGroup: MultiThreadedEventLoopGroup?
 
     /// Creates a client; nothing happens until ``connect()``.
     public init(configuration: Configuration) {
         self.configuration = configuration
         (events, eventSink) = AsyncStream.makeStream(of: ClientEvent.self, bufferingPolicy: .unbounded)
-        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        if let shared = configuration.eventLoopGroup {
+            (group, ownGroup) = (shared, nil)
+        } else {
+            let own = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            (group, ownGroup) = (own, own)
+        }
     }
 
     public convenience init(host: String, port: Int) { self.init(configuration: Configuration(host: host, port: port)) }
@@ -74,7 +86,7 @@ public final class WarblerClient: Sendable {
     deinit {
         // For clients that were never closed. The last reference may go away on one of the group's own
         // threads: shut down without waiting.
-        group.shutdownGracefully { _ in }
+        ownGroup?.shutdownGracefully { _ in }
     }
 
     // MARK: - Connection
@@ -110,20 +122,20 @@ public final class WarblerClient: Sendable {
                 }
             }
         let channel = try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
-        state.withLock { $0.channel = channel }
+        state.withLock { $0.connection = CoalescingWriter(channel: channel) }
     }
 
     /// Closes the connection for good; pending requests fail.
     public func close() async {
         let channel = state.withLock { state -> (any Channel)? in
             state.closed = true
-            return state.channel
+            return state.connection?.channel
         }
         try? await channel?.close()
         failPending(ClientError.disconnected("closed by the client"), keepResendable: false)
         eventSink.finish()
         // Release the client's thread now rather than whenever the last reference goes.
-        try? await group.shutdownGracefully()
+        try? await ownGroup?.shutdownGracefully()
     }
 
     // MARK: - Session
@@ -367,9 +379,9 @@ public final class WarblerClient: Sendable {
                     state.pending[id] = PendingRequest(frame: frame, continuation: continuation, resend: resend)
                     return .queued
                 }
-                guard let channel = state.channel else { return .failed }
+                guard let connection = state.connection else { return .failed }
                 state.pending[id] = PendingRequest(frame: frame, continuation: continuation, resend: resend)
-                write(frame, to: channel)
+                write(frame, to: connection)
                 return .written
             }
             if route == .failed { continuation.resume(throwing: ClientError.disconnected("not connected")) }
@@ -378,8 +390,9 @@ public final class WarblerClient: Sendable {
         return reply
     }
 
-    private func write(_ frame: Warbler_V1_ClientFrame, to channel: any Channel) {
-        channel.writeAndFlush(FrameCodec.lengthPrefixed(frame, allocator: channel.allocator), promise: nil)
+    /// Writes a request (called under the state lock, so requests leave in the order they were numbered).
+    private func write(_ frame: Warbler_V1_ClientFrame, to connection: CoalescingWriter) {
+        connection.write(FrameCodec.lengthPrefixed(frame, allocator: connection.channel.allocator))
     }
 
     // Called by the handler on the event loop.
@@ -414,8 +427,8 @@ public final class WarblerClient: Sendable {
 
     func connectionClosed() {
         let (reconnect, wasOpen) = state.withLock { state -> (Bool, Bool) in
-            let wasOpen = state.channel != nil
-            state.channel = nil
+            let wasOpen = state.connection != nil
+            state.connection = nil
             let reconnect = configuration.reconnect && !state.closed && state.sessionToken != nil && !state.reconnecting
             if reconnect { state.reconnecting = true }
             return (reconnect, wasOpen)
@@ -467,19 +480,19 @@ public final class WarblerClient: Sendable {
                 }
                 guard case .loggedIn(let loggedIn) = reply.body else { throw ClientError.unexpected("\(reply)") }
                 // Resend what was not acknowledged, in its original order, then catch up.
-                let (channel, resend) = state.withLock { state -> ((any Channel)?, [Warbler_V1_ClientFrame]) in
+                let (connection, resend) = state.withLock { state -> (CoalescingWriter?, [Warbler_V1_ClientFrame]) in
                     state.sessionToken = loggedIn.sessionToken
                     state.reconnecting = false
-                    return (state.channel, state.pending.values.map(\.frame).sorted { $0.requestID < $1.requestID })
+                    return (state.connection, state.pending.values.map(\.frame).sorted { $0.requestID < $1.requestID })
                 }
-                if let channel { for frame in resend { write(frame, to: channel) } }
+                if let connection { for frame in resend { write(frame, to: connection) } }
                 _ = try await sync()
                 eventSink.yield(.reconnected)
                 return
             } catch {
                 let channel = state.withLock { state -> (any Channel)? in
-                    defer { state.channel = nil }
-                    return state.channel
+                    defer { state.connection = nil }
+                    return state.connection?.channel
                 }
                 try? await channel?.close()
                 try? await Task.sleep(nanoseconds: delay)
@@ -491,18 +504,18 @@ public final class WarblerClient: Sendable {
     /// A request during reconnection (bypasses the reconnecting gate).
     private func rawRequest(_ body: Warbler_V1_ClientFrame.OneOf_Body) async throws -> Warbler_V1_ServerFrame {
         try await withCheckedThrowingContinuation { continuation in
-            let channel = state.withLock { state -> (any Channel)? in
+            let written = state.withLock { state -> Bool in
                 let id = state.nextRequestID
                 state.nextRequestID += 1
                 var frame = Warbler_V1_ClientFrame()
                 frame.requestID = id
                 frame.body = body
-                guard let channel = state.channel else { return nil }
+                guard let connection = state.connection else { return false }
                 state.pending[id] = PendingRequest(frame: frame, continuation: continuation, resend: false)
-                write(frame, to: channel)
-                return channel
+                write(frame, to: connection)
+                return true
             }
-            if channel == nil { continuation.resume(throwing: ClientError.disconnected("not connected")) }
+            if !written { continuation.resume(throwing: ClientError.disconnected("not connected")) }
         }
     }
 }

@@ -9,6 +9,9 @@ import WarblerWire
 struct Fleet: Sendable {
     var targets: [Target]
     var password: String
+    /// The event loops every client connection of the run shares (one thread per core, like a real application
+    /// with many connections; a thread per connection would measure the bench's context switches).
+    var eventLoops: any EventLoopGroup
 
     struct Target: Sendable {
         var host: String
@@ -18,7 +21,9 @@ struct Fleet: Sendable {
     /// A logged-in connection of `user` to node `index % targets.count`.
     func connect(_ user: String, node index: Int) async throws -> WarblerClient {
         let target = targets[index % targets.count]
-        let client = WarblerClient(host: target.host, port: target.port)
+        var configuration = WarblerClient.Configuration(host: target.host, port: target.port)
+        configuration.eventLoopGroup = eventLoops
+        let client = WarblerClient(configuration: configuration)
         try await client.connect()
         do { try await client.login(user: user, password: password) } catch {
             await client.close()

@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import NIOCore
+import NIOPosix
 import WarblerClient
 import WarblerWire
 
@@ -125,9 +127,17 @@ struct WarblerBench: AsyncParsableCommand {
         }
         guard !targets.isEmpty else { throw ValidationError("give --target HOST:PORT[,…] or --spawn single|cluster:N") }
         defer { spawned?.stop() }
-        let fleet = Fleet(targets: targets, password: password)
+        let eventLoops = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let fleet = Fleet(targets: targets, password: password, eventLoops: eventLoops)
         let pids = spawned?.pids ?? serverPid
-        let report = try await measure(fleet: fleet, pids: pids)
+        let report: BenchReport
+        do {
+            report = try await measure(fleet: fleet, pids: pids)
+            try? await eventLoops.shutdownGracefully()
+        } catch {
+            try? await eventLoops.shutdownGracefully()
+            throw error
+        }
         if json { print(report.json) } else { print(report.table) }
         if let svg {
             try report.svg.write(toFile: svg, atomically: true, encoding: .utf8)

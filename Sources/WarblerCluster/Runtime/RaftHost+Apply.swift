@@ -141,7 +141,7 @@ extension RaftHost {
                     self.failed(error, staged, host: host)
                     return
                 }
-                self.finish(staged, host: host)
+                host.completionScope { self.finish(staged, host: host) }
             }
         }
 

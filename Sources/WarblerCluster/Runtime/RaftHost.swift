@@ -110,6 +110,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     let logger: Logger
     let makeMachine: @Sendable (UInt32) throws -> Machine
     let appliedHandler: @Sendable (UInt32, [Machine.Outcome]) -> Void
+    let completionScope: @Sendable (() -> Void) -> Void
     let queue = DispatchQueue(label: "warbler.raft")
     /// Where every round's committed entries are applied, all groups' in one batch, while the scheduler goes
     /// on persisting and sending the next rounds.
@@ -146,6 +147,9 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     ///   - makeMachine: the state machine of a group (called for stored groups now, and for groups a leader
     ///     creates on this node later).
     ///   - onApplied: every applied batch of outcomes, per group, on every replica (delivery to local sessions).
+    ///   - completionScope: runs the completions and `onApplied` calls of each written apply batch (its
+    ///     argument), on the thread that applied it: a server gathers what they write to each connection and
+    ///     writes it once per batch.
     public init(
         nodeID: UInt64,
         database: Database,
@@ -155,7 +159,8 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         options: Options = Options(),
         logger: Logger,
         makeMachine: @escaping @Sendable (UInt32) throws -> Machine,
-        onApplied: @escaping @Sendable (UInt32, [Machine.Outcome]) -> Void
+        onApplied: @escaping @Sendable (UInt32, [Machine.Outcome]) -> Void,
+        completionScope: @escaping @Sendable (() -> Void) -> Void = { $0() }
     ) throws {
         self.nodeID = nodeID
         self.options = options
@@ -166,6 +171,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         self.logger = logger
         self.makeMachine = makeMachine
         self.appliedHandler = onApplied
+        self.completionScope = completionScope
         view = ClusterView()
         for id in try RaftLogStore.groups(in: database, family: raftFamily) {
             groups[id] = try openGroup(id)
@@ -746,7 +752,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
             for (applier, item) in staged { applier.failed(error, item, host: self) }
             return
         }
-        for (applier, item) in staged { applier.finish(item, host: self) }
+        completionScope { for (applier, item) in staged { applier.finish(item, host: self) } }
     }
 
     /// What the group's applier must do with a Ready's snapshot and committed entries (on disk now), with their

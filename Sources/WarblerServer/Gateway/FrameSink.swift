@@ -1,4 +1,5 @@
 import NIOCore
+import NIOPosix
 import NIOWebSocket
 import Synchronization
 import WarblerWire
@@ -21,41 +22,21 @@ enum InboundFrame: Sendable {
 
 /// Writes server frames to one connection in its format. Safe from any thread: NIO channels accept writes
 /// from anywhere and keep their order. A WebSocket client is answered in the kind of message it last sent.
-///
-/// Writes are coalesced: a frame is written without a flush, and one flush is scheduled on the channel's event
-/// loop for everything written before it runs — so the acks and pushes of one commit round reach a connection
-/// in one `writev` rather than one syscall each. The write and the flush bookkeeping both happen on the event
-/// loop, so a write can never slip in after the last scheduled flush and wait forever.
-final class FrameSink: @unchecked Sendable {
-    let channel: any Channel
+/// Writes are coalesced (``CoalescingWriter``): the acks and pushes of one commit round reach a connection in
+/// one `writev` rather than one syscall each.
+final class FrameSink: Sendable {
+    private let writer: CoalescingWriter
     private let format: Atomic<UInt8>
-    /// Touched only on the channel's event loop.
-    private var flushPending = false
 
     init(channel: any Channel, format: WireFormat) {
-        self.channel = channel
+        self.writer = CoalescingWriter(channel: channel)
         self.format = Atomic(format.rawValue)
     }
 
-    private func write(_ data: some Sendable) {
-        let loop = channel.eventLoop
-        if loop.inEventLoop {
-            writeOnLoop(data)
-        } else {
-            loop.execute { self.writeOnLoop(data) }
-        }
-    }
+    /// The connection's channel.
+    var channel: any Channel { writer.channel }
 
-    private func writeOnLoop(_ data: some Sendable) {
-        channel.write(data, promise: nil)
-        guard !flushPending else { return }
-        flushPending = true
-        // Runs after every write queued so far; a write queued after it finds the flag clear and schedules anew.
-        channel.eventLoop.execute {
-            self.flushPending = false
-            self.channel.flush()
-        }
-    }
+    private func write(_ data: some Sendable) { writer.write(data) }
 
     /// Switches between binary and text for a WebSocket connection.
     func noteClientUsed(_ newFormat: WireFormat) { format.store(newFormat.rawValue, ordering: .relaxed) }
@@ -66,16 +47,66 @@ final class FrameSink: @unchecked Sendable {
     }
 
     /// Sends a frame that may go to many connections: it is encoded once per wire format, not once per
-    /// connection (the buffers are shared; writing does not change them).
+    /// connection (the buffers are shared; writing does not change them). Inside ``OutboundRound/gather(_:)``
+    /// the frame waits for the end of the round, with the round's other frames to this connection.
     func send(_ encoded: inout EncodedFrame) {
+        let round = OutboundRound.current
         switch WireFormat(rawValue: format.load(ordering: .relaxed)) ?? .lengthPrefixed {
         case .lengthPrefixed:
-            write(encoded.lengthPrefixed(channel.allocator))
+            let bytes = encoded.lengthPrefixed(channel.allocator)
+            if let round { round.add(bytes, to: self) } else { write(bytes) }
         case .webSocketBinary:
-            write(WebSocketFrame(fin: true, opcode: .binary, data: encoded.body(channel.allocator)))
+            let frame = WebSocketFrame(fin: true, opcode: .binary, data: encoded.body(channel.allocator))
+            if let round { round.add(frame, to: self) } else { write(frame) }
         case .webSocketText:
-            write(WebSocketFrame(fin: true, opcode: .text, data: encoded.json(channel.allocator)))
+            let frame = WebSocketFrame(fin: true, opcode: .text, data: encoded.json(channel.allocator))
+            if let round { round.add(frame, to: self) } else { write(frame) }
         }
+    }
+
+    /// Writes what a round gathered for this connection: its length-prefixed frames as one buffer, or its
+    /// WebSocket messages in one event-loop task.
+    fileprivate func write(gathered bytes: ByteBuffer?, _ frames: [WebSocketFrame]) {
+        if let bytes { writer.write(bytes) }
+        if !frames.isEmpty { writer.write(contentsOf: frames) }
+    }
+}
+
+/// The frames one thread writes to connections during a round of completions and deliveries (an apply batch:
+/// its acks and pushes), gathered per connection and written when the round ends — one event-loop task and
+/// one pipeline write per connection and round, instead of one per frame. Frames keep their order per
+/// connection; a round is written before the thread starts the next one. Confined to the thread that gathers
+/// it (it is reachable only through that thread's thread-specific slot).
+final class OutboundRound: @unchecked Sendable {
+    private struct Pending {
+        let sink: FrameSink
+        var bytes: ByteBuffer?
+        var frames: [WebSocketFrame] = []
+    }
+
+    private static let currentRound = ThreadSpecificVariable<OutboundRound>()
+    private var pending: [ObjectIdentifier: Pending] = [:]
+
+    /// The round the calling thread is gathering, if any.
+    static var current: OutboundRound? { currentRound.currentValue }
+
+    /// Runs `body`, gathering the frames it sends, then writes them.
+    static func gather(_ body: () -> Void) {
+        guard currentRound.currentValue == nil else { return body() }
+        let round = OutboundRound()
+        currentRound.currentValue = round
+        body()
+        currentRound.currentValue = nil
+        for entry in round.pending.values { entry.sink.write(gathered: entry.bytes, entry.frames) }
+    }
+
+    fileprivate func add(_ bytes: ByteBuffer, to sink: FrameSink) {
+        var bytes = bytes
+        pending[ObjectIdentifier(sink), default: Pending(sink: sink)].bytes.setOrWriteBuffer(&bytes)
+    }
+
+    fileprivate func add(_ frame: WebSocketFrame, to sink: FrameSink) {
+        pending[ObjectIdentifier(sink), default: Pending(sink: sink)].frames.append(frame)
     }
 }
 

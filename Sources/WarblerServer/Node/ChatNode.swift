@@ -136,7 +136,8 @@ public final class ChatNode: Sendable {
                     family: chatFamily
                 )
             },
-            onApplied: { _, outcomes in registry.deliver(outcomes) }
+            onApplied: { _, outcomes in registry.deliver(outcomes) },
+            completionScope: { OutboundRound.gather($0) }
         )
         hostBox.host = host
         transport.setDelegate(host)
