@@ -13,7 +13,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${WARBLER:-$ROOT/.build/release/warbler}"
 DIR="$ROOT/cluster/.local"
 
-build() { [ -x "$BIN" ] || (cd "$ROOT" && swift build -c release --product warbler); }
+build() { [ -x "$BIN" ] || make -C "$ROOT" build; }
 
 up() {
   local count="${1:-3}"

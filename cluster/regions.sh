@@ -75,8 +75,7 @@ start_node() {
 
 up() {
   local count="${1:-3}"
-  [ -x "$BIN" ] && [ -x "$BENCH" ] || (cd "$ROOT" && swift build -c release --product warbler && \
-    swift build -c release --product warbler-bench)
+  [ -x "$BIN" ] && [ -x "$BENCH" ] || make -C "$ROOT" build
   mkdir -p "$DIR"
   echo "$count" >"$DIR/size"
   network "$count"
