@@ -3,10 +3,11 @@ import Foundation
 import Logging
 import Synchronization
 import Testing
-@testable import WarblerCluster
 import WarblerRaft
 import WarblerStorage
 import WarblerWire
+
+@testable import WarblerCluster
 
 /// A list-of-values state machine whose apply (or snapshot) can be held shut for one group: every entry appends
 /// its data under `group|index`, and the outcome is the number of values the group holds afterwards.

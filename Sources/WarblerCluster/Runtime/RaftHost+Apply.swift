@@ -264,7 +264,10 @@ extension RaftHost {
                     state.state = try self.machine.snapshotState(reading: reading).map(\.record)
                     made = Snapshot(data: try state.serializedBytes(), metadata: metadata)
                 } catch {
-                    host.logger.error("cannot snapshot a group", metadata: ["raft.group": "\(id)", "error": "\(error)"])
+                    host.logger.error(
+                        "cannot snapshot a group",
+                        metadata: ["raft.group": "\(id)", "error": "\(error)"]
+                    )
                     made = nil
                 }
                 host.enqueue { host.made(made, of: id) }

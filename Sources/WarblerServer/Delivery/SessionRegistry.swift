@@ -76,13 +76,24 @@ final class SessionRegistry: Sendable {
             members[id] = record
             return record
         }
+        // ...and look up its members' sessions once per round, not once per message.
+        var recipients: [String: [ConnectionHandle]] = [:]
         for outcome in outcomes {
             switch outcome {
             case .posted(let message, duplicate: false):
-                guard let conversation = conversation(message.conversationID) else { continue }
+                let id = message.conversationID
+                let handles: [ConnectionHandle]
+                if let known = recipients[id] {
+                    handles = known
+                } else {
+                    guard let conversation = conversation(id) else { continue }
+                    handles = sessions(of: conversation.members)
+                    recipients[id] = handles
+                }
                 var frame = Warbler_V1_ServerFrame()
                 frame.messagePush.message = ClientRecords.message(message)
-                push(frame, to: conversation.members)
+                var encoded = EncodedFrame(frame)
+                for handle in handles { handle.send(&encoded) }
             case .readMarked(let conversationID, let user, let seq):
                 guard let conversation = conversation(conversationID) else { continue }
                 var frame = Warbler_V1_ServerFrame()
@@ -94,11 +105,13 @@ final class SessionRegistry: Sendable {
                 push(frame, to: conversation.members.filter { $0 != user })
             case .conversation(let record, created: true):
                 members[record.conversationID] = record
+                recipients[record.conversationID] = nil
                 var frame = Warbler_V1_ServerFrame()
                 frame.conversationPush.conversation = ClientRecords.conversation(record, lastMessage: nil, readSeq: 0)
                 push(frame, to: record.members)
             case .membersChanged(let record, _, let removed):
                 members[record.conversationID] = record
+                recipients[record.conversationID] = nil
                 var frame = Warbler_V1_ServerFrame()
                 let lastMessage = try? queries.message(conversation: record.conversationID, seq: record.lastSeq)
                 frame.conversationPush.conversation = ClientRecords.conversation(
