@@ -34,8 +34,8 @@ public struct NodeConfiguration: Sendable, Hashable {
         public var partitionCount: UInt32 = 64
         /// Replicas per partition of a new cluster.
         public var replicationFactor: UInt32 = 3
-        /// A group's log is compacted (its state snapshotted) once this many applied entries follow the last
-        /// snapshot; members further behind catch up from the snapshot.
+        /// A group's log drops its applied entries once this many follow its start (the stored state keeps
+        /// their effects); members further behind catch up from a snapshot of the state, made when needed.
         public var compactionEntries: UInt64 = 20_000
         public init() {}
     }

@@ -17,8 +17,8 @@ struct Serve: AsyncParsableCommand {
 
     @OptionGroup var node: NodeOptions
     @Option(help: "Join the cluster a member at HOST:PEERPORT belongs to (first start only).") var join: String?
-    @Option(help: "Compact a group's log after this many applied entries (snapshot).") var compactAfter: UInt64 =
-        20_000
+    @Option(help: "Drop a group's applied log entries once this many follow the log's start.")
+    var compactAfter: UInt64 = 20_000
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
 
     func run() async throws {
