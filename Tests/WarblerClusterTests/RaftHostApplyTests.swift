@@ -241,6 +241,37 @@ struct RaftHostApplyTests {
         )
     }
 
+    @Test func aLeaderKeepsTheEntriesMembersThatAreCatchingUpNeed() {
+        typealias Host = RaftHost<GatedListMachine>
+        // No members (a follower, or one voter): everything applied goes.
+        #expect(Host.compactionIndex(applied: 50_000, members: [], hold: nil, retained: 100_000) == (50_000, false))
+        // An active member that lags keeps the entries after its match; an inactive one keeps nothing.
+        let lagging = [(match: UInt64(40_000), active: true), (match: UInt64(10_000), active: false)]
+        #expect(
+            Host.compactionIndex(applied: 50_000, members: lagging, hold: nil, retained: 100_000) == (40_000, false)
+        )
+        // While a snapshot for a member is made, sent and stored, the entries after it and after the lowest match
+        // of the lagging members stay, even when that member does not answer meanwhile.
+        let storing = [(match: UInt64(50_000), active: true), (match: UInt64(10_000), active: false)]
+        #expect(
+            Host.compactionIndex(applied: 50_000, members: storing, hold: 30_000, retained: 100_000) == (30_000, true)
+        )
+        // Once it stored the snapshot it goes on from the log: what follows its match stays.
+        let after = [(match: UInt64(50_000), active: true), (match: UInt64(35_000), active: false)]
+        #expect(
+            Host.compactionIndex(applied: 50_000, members: after, hold: 30_000, retained: 100_000) == (35_000, true)
+        )
+        // Caught up: the hold ends.
+        let caughtUp = [(match: UInt64(50_000), active: true), (match: UInt64(50_000), active: true)]
+        #expect(
+            Host.compactionIndex(applied: 50_000, members: caughtUp, hold: 30_000, retained: 100_000) == (50_000, false)
+        )
+        // Nobody keeps more than `retained` entries.
+        #expect(
+            Host.compactionIndex(applied: 250_000, members: storing, hold: 30_000, retained: 100_000) == (150_000, true)
+        )
+    }
+
     @Test func aStuckApplyHoldsUpNoGroupsReplication() async throws {
         let cluster = try GatedCluster(gating: .apply)
         try cluster.start()

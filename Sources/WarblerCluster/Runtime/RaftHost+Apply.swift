@@ -357,10 +357,13 @@ extension RaftHost {
         publishView()
     }
 
-    /// Drops a group's log up to `index`, which its applier applied: one small synced write, which also makes
-    /// durable the state written (unsynced) by the applies before it, so the entries are no longer needed.
-    func compact(_ id: UInt32, at index: UInt64, confState: ConfState) {
-        guard let group = groups[id], let first = try? group.log.firstIndex(), index >= first else { return }
+    /// Drops a group's log up to `applied` (or less, see ``compactionIndex(_:applied:)``), which its applier
+    /// applied: one small synced write, which also makes durable the state written (unsynced) by the applies
+    /// before it, so the entries are no longer needed.
+    func compact(_ id: UInt32, at applied: UInt64, confState: ConfState) {
+        guard let group = groups[id], let first = try? group.log.firstIndex() else { return }
+        let index = compactionIndex(group, applied: applied)
+        guard index >= first else { return }
         let batch = WriteBatch()
         do { try group.log.stageCompaction(at: index, confState: confState, into: batch) } catch {
             logger.error("compaction failed", metadata: ["raft.group": "\(id)", "error": "\(error)"])
@@ -373,11 +376,57 @@ extension RaftHost {
         logger.debug("compacted a group log", metadata: ["raft.group": "\(id)", "raft.index": "\(index)"])
     }
 
+    /// How far a compaction may cut the log: to `applied`, except that a leader keeps what members still
+    /// catching up need — while a snapshot for one is being made, sent and stored (which takes seconds for a
+    /// large partition, and the member may not answer meanwhile), the entries after the snapshot and after the
+    /// lagging members' matches, until they have caught up or ``snapshotRetentionTicks`` passed; and always
+    /// the entries after an active member's match. Otherwise the log moves on faster than a large snapshot
+    /// travels, and the member needs snapshot after snapshot. Members never hold back more than
+    /// ``retainedEntries``: one that is gone for good gets a snapshot when it returns.
+    func compactionIndex(_ group: Group, applied: UInt64) -> UInt64 {
+        let members = group.node.progress.filter { $0.key != nodeID }.values.map { ($0.match, $0.recentActive) }
+        let (index, holding) = Self.compactionIndex(
+            applied: applied,
+            members: members,
+            hold: group.snapshotHold.flatMap { ticks - $0.tick < Self.snapshotRetentionTicks ? $0.index : nil },
+            retained: retainedEntries
+        )
+        if !holding { group.snapshotHold = nil }
+        return index
+    }
+
+    /// The rule of ``compactionIndex(_:applied:)``: `members` are the other members' matches and whether they
+    /// answered lately (empty unless this node leads), `hold` the index of a snapshot being made or sent for a
+    /// member (if still within its time). Returns the index, and whether the hold still holds.
+    static func compactionIndex(
+        applied: UInt64,
+        members: [(match: UInt64, active: Bool)],
+        hold: UInt64?,
+        retained: UInt64
+    ) -> (index: UInt64, holding: Bool) {
+        var index = applied
+        var holding = false
+        if let hold, let lowest = members.map(\.match).filter({ $0 < applied }).min() {
+            index = min(index, max(hold, lowest))
+            holding = true
+        }
+        for member in members where member.active { index = min(index, member.match) }
+        return (max(index, applied - min(applied, retained)), holding)
+    }
+
+    /// The most entries a compaction keeps for members that are catching up.
+    var retainedEntries: UInt64 { max(5 * options.compactionEntries, 100_000) }
+
+    /// How long (in ticks) a compaction keeps the entries after a snapshot sent to a member: two minutes.
+    static var snapshotRetentionTicks: Int { 1_200 }
+
     /// Raft needs a snapshot of group `id` to catch a follower up: the applier makes one of its applied state,
     /// in the order of its applies (one request at a time).
     func snapshotNeeded(_ id: UInt32) {
         guard let group = groups[id], !group.snapshotRequested, !failed else { return }
         group.snapshotRequested = true
+        // The snapshot will be at the applied index, which the log still holds: keep it until it is sent.
+        group.snapshotHold = ((try? group.log.firstIndex()).map { $0 - 1 } ?? 0, ticks)
         let applier = group.applier
         applyQueue.async {
             self.apply([(applier, ApplyJob(snapshot: nil, entries: [], waiters: [:], makesSnapshot: true))])
@@ -389,7 +438,11 @@ extension RaftHost {
     func made(_ snapshot: Snapshot?, of id: UInt32) {
         guard let group = groups[id] else { return }
         group.snapshotRequested = false
-        guard let snapshot else { return }
+        guard let snapshot else {
+            group.snapshotHold = nil
+            return
+        }
+        group.snapshotHold = (snapshot.metadata.index, ticks)
         group.log.offer(snapshot)
         logger.info(
             "made a snapshot for a follower",

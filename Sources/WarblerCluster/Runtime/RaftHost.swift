@@ -74,6 +74,9 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         var suspended = false
         /// The applier is making a snapshot of the state for a follower the log cannot catch up.
         var snapshotRequested = false
+        /// A snapshot for a member is being made (at an index at or after the log's start) or was made or sent
+        /// (at `index`) at `tick`: compaction keeps the entries after it until the members have caught up.
+        var snapshotHold: (index: UInt64, tick: Int)?
 
         init(id: UInt32, node: RawNode, log: RaftLogStore, applier: Applier) {
             self.id = id
@@ -705,6 +708,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
                 outgoing[message.to, default: RaftBatchRecord()].messages.append(record)
                 if message.type == .snap {
                     let peer = message.to
+                    group.snapshotHold = (message.snapshot?.metadata.index ?? 0, ticks)
                     enqueue { [weak group] in group?.node.reportSnapshot(peer, succeeded: true) }
                 }
             }
