@@ -62,56 +62,52 @@ final class SessionRegistry: Sendable {
         to users: some Sequence<String>,
         except excluded: ConnectionHandle? = nil
     ) {
+        send(frame, to: sessions(of: users).filter { $0 !== excluded })
+    }
+
+    /// Sends `frame` to `handles`, encoded once for all of them.
+    private func send(_ frame: Warbler_V1_ServerFrame, to handles: [ConnectionHandle]) {
         var encoded = EncodedFrame(frame)
-        for handle in sessions(of: users) where handle !== excluded { handle.send(&encoded) }
+        for handle in handles { handle.send(&encoded) }
     }
 
     /// Delivers the effects of applied commands to online sessions.
     func deliver(_ outcomes: [ApplyOutcome]) {
-        // A round often holds many messages of one conversation: read its members once per round.
-        var members: [String: ConversationRecord] = [:]
-        func conversation(_ id: String) -> ConversationRecord? {
-            if let known = members[id] { return known }
-            let record = try? queries.conversation(id: id)
-            members[id] = record
-            return record
+        // A round often holds many messages of one conversation: its members' sessions are looked up once per
+        // round (again after a change of members), not once per message.
+        var known: [String: [ConnectionHandle]] = [:]
+        func recipients(of id: String) -> [ConnectionHandle]? {
+            if let handles = known[id] { return handles }
+            guard let record = try? queries.conversation(id: id) else { return nil }
+            let handles = sessions(of: record.members)
+            known[id] = handles
+            return handles
         }
-        // ...and look up its members' sessions once per round, not once per message.
-        var recipients: [String: [ConnectionHandle]] = [:]
         for outcome in outcomes {
             switch outcome {
             case .posted(let message, duplicate: false):
-                let id = message.conversationID
-                let handles: [ConnectionHandle]
-                if let known = recipients[id] {
-                    handles = known
-                } else {
-                    guard let conversation = conversation(id) else { continue }
-                    handles = sessions(of: conversation.members)
-                    recipients[id] = handles
-                }
+                guard let handles = recipients(of: message.conversationID) else { continue }
                 var frame = Warbler_V1_ServerFrame()
                 frame.messagePush.message = ClientRecords.message(message)
-                var encoded = EncodedFrame(frame)
-                for handle in handles { handle.send(&encoded) }
+                send(frame, to: handles)
             case .readMarked(let conversationID, let user, let seq):
-                guard let conversation = conversation(conversationID) else { continue }
+                guard let handles = recipients(of: conversationID) else { continue }
                 var frame = Warbler_V1_ServerFrame()
                 frame.receiptPush = .with {
                     $0.conversationID = conversationID
                     $0.user = user
                     $0.readSeq = seq
                 }
-                push(frame, to: conversation.members.filter { $0 != user })
+                send(frame, to: handles.filter { $0.userID != user })
             case .conversation(let record, created: true):
-                members[record.conversationID] = record
-                recipients[record.conversationID] = nil
+                let handles = sessions(of: record.members)
+                known[record.conversationID] = handles
                 var frame = Warbler_V1_ServerFrame()
                 frame.conversationPush.conversation = ClientRecords.conversation(record, lastMessage: nil, readSeq: 0)
-                push(frame, to: record.members)
+                send(frame, to: handles)
             case .membersChanged(let record, _, let removed):
-                members[record.conversationID] = record
-                recipients[record.conversationID] = nil
+                let handles = sessions(of: record.members)
+                known[record.conversationID] = handles
                 var frame = Warbler_V1_ServerFrame()
                 let lastMessage = try? queries.message(conversation: record.conversationID, seq: record.lastSeq)
                 frame.conversationPush.conversation = ClientRecords.conversation(
@@ -119,7 +115,7 @@ final class SessionRegistry: Sendable {
                     lastMessage: lastMessage,
                     readSeq: 0
                 )
-                push(frame, to: record.members)
+                send(frame, to: handles)
                 frame.conversationPush.removed = true
                 push(frame, to: removed)
             default:

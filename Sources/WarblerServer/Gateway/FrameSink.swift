@@ -36,8 +36,6 @@ final class FrameSink: Sendable {
     /// The connection's channel.
     var channel: any Channel { writer.channel }
 
-    private func write(_ data: some Sendable) { writer.write(data) }
-
     /// Switches between binary and text for a WebSocket connection.
     func noteClientUsed(_ newFormat: WireFormat) { format.store(newFormat.rawValue, ordering: .relaxed) }
 
@@ -51,17 +49,18 @@ final class FrameSink: Sendable {
     /// the frame waits for the end of the round, with the round's other frames to this connection.
     func send(_ encoded: inout EncodedFrame) {
         let round = OutboundRound.current
+        let message: WebSocketFrame
         switch WireFormat(rawValue: format.load(ordering: .relaxed)) ?? .lengthPrefixed {
         case .lengthPrefixed:
             let bytes = encoded.lengthPrefixed(channel.allocator)
-            if let round { round.add(bytes, to: self) } else { write(bytes) }
+            if let round { round.add(bytes, to: self) } else { writer.write(bytes) }
+            return
         case .webSocketBinary:
-            let frame = WebSocketFrame(fin: true, opcode: .binary, data: encoded.body(channel.allocator))
-            if let round { round.add(frame, to: self) } else { write(frame) }
+            message = WebSocketFrame(fin: true, opcode: .binary, data: encoded.body(channel.allocator))
         case .webSocketText:
-            let frame = WebSocketFrame(fin: true, opcode: .text, data: encoded.json(channel.allocator))
-            if let round { round.add(frame, to: self) } else { write(frame) }
+            message = WebSocketFrame(fin: true, opcode: .text, data: encoded.json(channel.allocator))
         }
+        if let round { round.add(message, to: self) } else { writer.write(message) }
     }
 
     /// Writes what a round gathered for this connection: its length-prefixed frames as one buffer, or its

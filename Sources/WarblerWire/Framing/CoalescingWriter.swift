@@ -17,23 +17,17 @@ public final class CoalescingWriter: @unchecked Sendable {
     public init(channel: any Channel) { self.channel = channel }
 
     /// Writes `data` (an outbound message of the channel's pipeline) and makes sure a flush follows.
-    public func write(_ data: some Sendable) {
-        let loop = channel.eventLoop
-        if loop.inEventLoop {
-            writeOnLoop(data)
-        } else {
-            loop.execute { self.writeOnLoop(data) }
-        }
-    }
+    public func write(_ data: some Sendable) { onLoop { self.writeOnLoop(data) } }
 
     /// Writes every item of `data` in order, in one event-loop task, and makes sure a flush follows.
     public func write<Item: Sendable>(contentsOf data: [Item]) {
+        onLoop { for item in data { self.writeOnLoop(item) } }
+    }
+
+    /// Runs `body` on the channel's event loop: at once when called there.
+    private func onLoop(_ body: @escaping @Sendable () -> Void) {
         let loop = channel.eventLoop
-        if loop.inEventLoop {
-            for item in data { writeOnLoop(item) }
-        } else {
-            loop.execute { for item in data { self.writeOnLoop(item) } }
-        }
+        if loop.inEventLoop { body() } else { loop.execute(body) }
     }
 
     private func writeOnLoop(_ data: some Sendable) {
