@@ -197,21 +197,40 @@ final class NodeProcess: @unchecked Sendable {
         return (client, recorder)
     }
 
+    /// Ports for nodes come from outside the kernel's ephemeral range (`ip_local_port_range`): a port the
+    /// kernel hands out for `bind(0)` can be taken, between this check and the node's own bind, by an outgoing
+    /// connection of another test running in parallel (seen: "Address already in use"). One range per run,
+    /// walked by a counter from a random start, each port checked by binding it.
+    static let portRange: Range<Int> = {
+        let bounds = ((try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? "")
+            .split(whereSeparator: \.isWhitespace).compactMap { Int($0) }
+        let (low, high) = bounds.count == 2 ? (bounds[0], bounds[1]) : (32_768, 60_999)
+        // Above the range when there is room there, else below it (and above the bench's spawned nodes).
+        return high <= 64_000 ? (high + 1)..<65_536 : 31_000..<low
+    }()
+    static let nextPort = Atomic<Int>(Int.random(in: 0..<1_000))
+
     static func freePort() throws -> Int {
+        for _ in 0..<portRange.count {
+            let offset = nextPort.add(1, ordering: .relaxed).newValue % portRange.count
+            let port = portRange.lowerBound + offset
+            if canBind(port: port) { return port }
+        }
+        throw TestFailure("no free port in \(portRange)")
+    }
+
+    static func canBind(port: Int) -> Bool {
         let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(socket) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        return withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(socket, $0, length) == 0 && getsockname(socket, $0, &length) == 0
+                bind(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
             }
         }
-        guard bound else { throw TestFailure("no free port") }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 
     static func canConnect(host: String = "127.0.0.1", port: Int) -> Bool {
