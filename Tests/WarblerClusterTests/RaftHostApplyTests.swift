@@ -272,6 +272,36 @@ struct RaftHostApplyTests {
         )
     }
 
+    @Test func theSchedulerLooksAtTheGroupsItDroveWithoutWaitingForATick() async throws {
+        // A round looks only at the groups driven since the last one (and at every group once a tick). Ticks are
+        // an hour apart here: were a proposal, an election or a read not noted, it would wait for a tick and fail.
+        let cluster = try GatedCluster(gating: .apply)
+        cluster.gate.open()
+        var options = RaftHost<GatedListMachine>.Options()
+        options.tickInterval = .seconds(3_600)
+        try cluster.start(options: options)
+        let host = cluster.host!
+        // Nothing here would time out by itself (a proposal waits for its commit): the test waits at most 20 s.
+        final class Count: Sendable { let value = Mutex(0) }
+        let answered = Count()
+        for index in 1...5 {
+            for group: UInt32 in [1, 2] {
+                Task {
+                    _ = try await host.propose(Array("\(group)-\(index)".utf8), to: group)
+                    answered.value.withLock { $0 += 1 }
+                }
+            }
+        }
+        #expect(try await eventually { answered.value.withLock { $0 } == 10 }, "a proposal waited for a tick")
+        Task {
+            try await host.readBarrier(group: 1)
+            answered.value.withLock { $0 += 1 }
+        }
+        #expect(try await eventually { answered.value.withLock { $0 } == 11 }, "a read waited for a tick")
+        #expect(try cluster.machine(1).count() == 5)
+        #expect(try cluster.machine(2).count() == 5)
+    }
+
     @Test func aStuckApplyHoldsUpNoGroupsReplication() async throws {
         let cluster = try GatedCluster(gating: .apply)
         try cluster.start()

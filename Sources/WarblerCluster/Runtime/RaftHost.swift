@@ -58,7 +58,15 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
 
     final class Group: @unchecked Sendable {
         let id: UInt32
-        var node: RawNode
+        /// Whatever drives the node — a step, a proposal, a tick, taking or advancing a Ready — may give it
+        /// something to do: the group is noted for the scheduler's next look (``RaftHost/processReadies()``
+        /// looks only at the groups noted since its last look, not at every group).
+        var node: RawNode {
+            didSet { note() }
+        }
+        /// The group is in the scheduler's list of groups to look at.
+        var isNoted = false
+        let noted: (Group) -> Void
         let log: RaftLogStore
         var waiting: [UInt64: (term: UInt64, waiter: Waiter)] = [:]
         var readRequests: [UInt64: ReadRequest] = [:]
@@ -78,9 +86,17 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         /// (at `index`) at `tick`: compaction keeps the entries after it until the members have caught up.
         var snapshotHold: (index: UInt64, tick: Int)?
 
-        init(id: UInt32, node: RawNode, log: RaftLogStore, applier: Applier) {
+        /// Puts the group in the scheduler's list of groups to look at (once).
+        func note() {
+            guard !isNoted else { return }
+            isNoted = true
+            noted(self)
+        }
+
+        init(id: UInt32, node: RawNode, log: RaftLogStore, applier: Applier, noted: @escaping (Group) -> Void) {
             self.id = id
             self.node = node
+            self.noted = noted
             self.log = log
             self.applier = applier
             self.wasMember = node.confState.voters.contains(node.id) || node.confState.learners.contains(node.id)
@@ -134,6 +150,8 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
 
     // Confined to `queue`.
     var groups: [UInt32: Group] = [:]
+    /// Groups whose node was driven since the scheduler last looked for Readies (see ``Group/node``).
+    var noted: [Group] = []
     var view: ClusterView
     var ticks = 0
     var timer: DispatchSourceTimer?
@@ -208,7 +226,9 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         )
         applier.host = self
         let node = try RawNode(config: config, storage: log)
-        return Group(id: id, node: node, log: log, applier: applier)
+        let group = Group(id: id, node: node, log: log, applier: applier) { [unowned self] in self.noted.append($0) }
+        group.note()
+        return group
     }
 
     // MARK: - Lifecycle
@@ -503,6 +523,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         for group in groups.values {
             for _ in 0..<ticksDue(group, live: live, now: now, window: window) { group.node.tick() }
             expireReads(group)
+            group.note()  // every group is looked at once a tick, driven or not
         }
         expireReadsAwaitingReplicas()
         if ticks % options.reconcileTicks == 0 { reconcile() }
@@ -668,7 +689,10 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         var jobs: [(applier: Applier, job: ApplyJob)] = []
         let batch = WriteBatch()
         var sync = false
-        for group in groups.values where group.node.hasReady {
+        let candidates = noted
+        noted = []
+        for group in candidates { group.isNoted = false }
+        for group in candidates where groups[group.id] === group && group.node.hasReady {
             let ready = group.node.ready()
             group.log.stage(ready, into: batch)
             // Only new entries, a new term or vote, and snapshots must be synced before anything is sent or
