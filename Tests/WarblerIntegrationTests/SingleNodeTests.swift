@@ -1,4 +1,5 @@
 import Foundation
+import NIOPosix
 import Synchronization
 import Testing
 import WarblerClient
@@ -82,6 +83,49 @@ struct SingleNodeTests {
         let history = try await ada.history(of: direct.conversationID)
         #expect(history.messages.count == 1)
         await ada.close()
+        node.stop()
+    }
+
+    @Test func aTaskThatPrefersTheClientsExecutorRunsOnTheClientsEventLoop() async throws {
+        let node = try await node(users: ["ada", "bob"])
+        let loops = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        func client() -> WarblerClient {
+            var configuration = WarblerClient.Configuration(host: node.clientHost, port: node.port)
+            configuration.eventLoopGroup = loops
+            return WarblerClient(configuration: configuration)
+        }
+        let (ada, bob) = (client(), client())
+        try await ada.connect()
+        try await ada.login(user: "ada", password: Self.password)
+        try await bob.connect()
+        try await bob.login(user: "bob", password: Self.password)
+        let direct = try await ada.createDirect(with: "bob")
+        // Bob's events and Ada's sends run on their connections' loops: every resumption lands there, and
+        // everything arrives, in order.
+        let received = Task(executorPreference: bob.executor) { () -> [UInt64] in
+            var seqs: [UInt64] = []
+            for await event in bob.events {
+                guard bob.eventLoop.inEventLoop else { return [] }
+                if case .message(let message) = event { seqs.append(message.seq) }
+                if seqs.count == 40 { break }
+            }
+            return seqs
+        }
+        let sent = Task(executorPreference: ada.executor) { () throws -> [UInt64] in
+            var seqs: [UInt64] = []
+            for index in 1...40 {
+                let ack = try await ada.send(Data("on the loop \(index)".utf8), to: direct.conversationID)
+                guard ada.eventLoop.inEventLoop else { return [] }
+                seqs.append(ack.seq)
+            }
+            return seqs
+        }
+        #expect(try await sent.value == Array(1...40), "a send resumed off the client's event loop")
+        #expect(await received.value == Array(1...40), "an event resumed off the client's event loop")
+        #expect(!ada.eventLoop.inEventLoop)
+        await ada.close()
+        await bob.close()
+        try await loops.shutdownGracefully()
         node.stop()
     }
 

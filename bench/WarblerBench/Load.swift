@@ -40,7 +40,8 @@ func drive(
         await withDiscardingTaskGroup { group in
             for sender in senders {
                 for _ in 0..<window {
-                    group.addTask {
+                    // On the connection's event loop: a reply resumes its sender without a thread switch.
+                    group.addTask(executorPreference: sender.client.executor) {
                         while !counters.finished {
                             await send(
                                 sender,
@@ -60,7 +61,7 @@ func drive(
         let start = monotonicNanoseconds()
         await withDiscardingTaskGroup { group in
             for (index, sender) in senders.enumerated() {
-                group.addTask {
+                group.addTask(executorPreference: sender.client.executor) {
                     await withDiscardingTaskGroup { sends in
                         var next = Double(start) + interval * Double(index) / Double(senders.count)
                         let outstanding = InFlight()
@@ -73,7 +74,7 @@ func drive(
                                 // so every late send's latency) still counts from the intended times.
                                 if outstanding.count.load(ordering: .relaxed) >= 10_000 { continue }
                                 outstanding.count.add(1, ordering: .relaxed)
-                                sends.addTask {
+                                sends.addTask(executorPreference: sender.client.executor) {
                                     await send(
                                         sender,
                                         intended: intended,

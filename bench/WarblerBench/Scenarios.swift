@@ -60,7 +60,7 @@ struct BenchFailure: Error, CustomStringConvertible {
 
 /// Counts `client`'s pushes of messages sent by others as deliveries, until cancelled.
 func receive(_ client: WarblerClient, as user: String, counters: RunCounters) -> Task<Void, Never> {
-    Task {
+    Task(executorPreference: client.executor) {
         for await event in client.events {
             guard case .message(let message) = event, message.sender != user,
                 let stamp = StampedPayload.stamp(of: message.payload)
