@@ -266,6 +266,12 @@ struct RaftHostApplyTests {
         #expect(
             Host.compactionIndex(applied: 50_000, members: caughtUp, hold: 30_000, retained: 100_000) == (50_000, false)
         )
+        // A member counts as active while it answered lately or is being streamed entries (busy applying a
+        // catch-up, it can be silent for longer than an election timeout); not one that is being probed.
+        #expect(Host.keepsEntries(recentlyActive: false, state: .replicate))
+        #expect(Host.keepsEntries(recentlyActive: true, state: .probe))
+        #expect(!Host.keepsEntries(recentlyActive: false, state: .probe))
+        #expect(!Host.keepsEntries(recentlyActive: false, state: .snapshot))
         // Nobody keeps more than `retained` entries.
         #expect(
             Host.compactionIndex(applied: 250_000, members: storing, hold: 30_000, retained: 100_000) == (150_000, true)

@@ -380,11 +380,13 @@ extension RaftHost {
     /// catching up need — while a snapshot for one is being made, sent and stored (which takes seconds for a
     /// large partition, and the member may not answer meanwhile), the entries after the snapshot and after the
     /// lagging members' matches, until they have caught up or ``snapshotRetentionTicks`` passed; and always
-    /// the entries after an active member's match. Otherwise the log moves on faster than a large snapshot
-    /// travels, and the member needs snapshot after snapshot. Members never hold back more than
-    /// ``retainedEntries``: one that is gone for good gets a snapshot when it returns.
+    /// the entries after an active member's match (``keepsEntries(recentlyActive:state:)``). Otherwise the log
+    /// moves on faster than a large snapshot travels, and the member needs snapshot after snapshot. Members never
+    /// hold back more than ``retainedEntries``: one that is gone for good gets a snapshot when it returns.
     func compactionIndex(_ group: Group, applied: UInt64) -> UInt64 {
-        let members = group.node.progress.filter { $0.key != nodeID }.values.map { ($0.match, $0.recentActive) }
+        let members = group.node.progress.filter { $0.key != nodeID }.values.map {
+            ($0.match, Self.keepsEntries(recentlyActive: $0.recentActive, state: $0.state))
+        }
         let (index, holding) = Self.compactionIndex(
             applied: applied,
             members: members,
@@ -412,6 +414,16 @@ extension RaftHost {
         }
         for member in members where member.active { index = min(index, member.match) }
         return (max(index, applied - min(applied, retained)), holding)
+    }
+
+    /// Whether a member's progress keeps the entries after its match from compaction: it answered since the
+    /// last check-quorum round, or the leader is streaming entries to it. A member that is catching up can be
+    /// silent for longer than an election timeout while it stores and applies what it received (seen: a
+    /// follower that had just installed a 73 MB snapshot acknowledged nothing for a second); were its entries
+    /// dropped then, it would need another snapshot, and another. A member that stopped for good stays in that
+    /// state too, so it holds back at most ``retainedEntries``.
+    static func keepsEntries(recentlyActive: Bool, state: WarblerRaft.Progress.State) -> Bool {
+        recentlyActive || state == .replicate
     }
 
     /// The most entries a compaction keeps for members that are catching up.
