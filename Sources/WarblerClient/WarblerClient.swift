@@ -65,6 +65,9 @@ public final class WarblerClient: Sendable {
     public let events: AsyncStream<ClientEvent>
     private let eventSink: AsyncStream<ClientEvent>.Continuation
     private let state = Mutex(State())
+    /// The prefix of the message ids this client makes (64 random bits), and how many it made.
+    private let messageIDPrefix = String(UInt64.random(in: .min ... .max), radix: 36) + "-"
+    private let messageIDs = Atomic<UInt64>(0)
     /// The event loop every connection of this client runs on (one of the group's, for the client's lifetime).
     private let loop: any EventLoop
     /// The client's own thread, when it was given no event loops.
@@ -231,14 +234,17 @@ public final class WarblerClient: Sendable {
     // MARK: - Messages
 
     /// Sends a message and returns once it is committed. Resending the same `clientMessageID` (which the SDK
-    /// does itself after a reconnect) never creates a second message.
+    /// does itself after a reconnect) never creates a second message. Without one, the client makes one that no
+    /// other client makes: its own random prefix and a counter (an application that keeps unsent messages
+    /// across restarts passes the id it stored with each).
     public func send(
         _ payload: Data,
         to conversationID: String,
-        clientMessageID: String = UUID().uuidString
+        clientMessageID: String? = nil
     )
         async throws -> Warbler_V1_Ack
     {
+        let clientMessageID = clientMessageID ?? nextMessageID()
         let reply = try await request(
             .send(
                 .with {
@@ -401,6 +407,12 @@ public final class WarblerClient: Sendable {
         }
         if case .error(let error) = reply.body { throw ClientError(error) }
         return reply
+    }
+
+    /// A message id no other client makes, without a random draw per message (the id of every message is
+    /// stored in its conversation's dedup index, so it is short too).
+    private func nextMessageID() -> String {
+        messageIDPrefix + String(messageIDs.add(1, ordering: .relaxed).newValue, radix: 36)
     }
 
     /// Writes a request (called under the state lock, so requests leave in the order they were numbered).

@@ -86,6 +86,25 @@ struct SingleNodeTests {
         node.stop()
     }
 
+    @Test func messageIDsTheSDKMakesNeverCollideAcrossClientsOfOneUser() async throws {
+        // Two devices of one user send into one conversation without ids of their own: the ids the SDK makes
+        // (a random prefix per client and a counter) never make the node take a message for a resend.
+        let node = try await node(users: ["ada", "bob"])
+        let (phone, _) = try await node.login("ada", password: Self.password)
+        let (laptop, _) = try await node.login("ada", password: Self.password)
+        let direct = try await phone.createDirect(with: "bob")
+        var acks: [Warbler_V1_Ack] = []
+        for index in 1...20 {
+            acks.append(try await phone.send(Data("phone \(index)".utf8), to: direct.conversationID))
+            acks.append(try await laptop.send(Data("laptop \(index)".utf8), to: direct.conversationID))
+        }
+        #expect(acks.allSatisfy { !$0.duplicate })
+        #expect(acks.map(\.seq) == Array(1...40))
+        await phone.close()
+        await laptop.close()
+        node.stop()
+    }
+
     @Test func aTaskThatPrefersTheClientsExecutorRunsOnTheClientsEventLoop() async throws {
         let node = try await node(users: ["ada", "bob"])
         let loops = MultiThreadedEventLoopGroup(numberOfThreads: 2)
