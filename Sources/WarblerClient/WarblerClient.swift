@@ -78,7 +78,11 @@ public final class WarblerClient: Sendable {
     /// `withTaskExecutorPreference(client.executor) { … }` — writes its requests and is resumed with their
     /// replies (and with ``events``) on that thread, without a thread switch per request: an application that
     /// sends at a high rate spends far less CPU. Such a task must not block: the connection waits meanwhile.
-    public let executor: any TaskExecutor
+    /// Once a client that runs its own thread is closed, the executor runs what still comes to it on the
+    /// global executor; with a shared ``Configuration/eventLoopGroup``, the application stops preferring it
+    /// before it shuts the group down.
+    public var executor: any TaskExecutor { loopExecutor }
+    private let loopExecutor: EventLoopTaskExecutor
 
     /// The event loop the client's connection runs on (one of ``Configuration/eventLoopGroup``'s, or the client's
     /// own thread), for the client's lifetime; ``executor`` runs tasks there.
@@ -94,7 +98,7 @@ public final class WarblerClient: Sendable {
             let own = MultiThreadedEventLoopGroup(numberOfThreads: 1)
             (loop, ownGroup) = (own.next(), own)
         }
-        executor = EventLoopTaskExecutor(loop)
+        loopExecutor = EventLoopTaskExecutor(loop)
     }
 
     public convenience init(host: String, port: Int) { self.init(configuration: Configuration(host: host, port: port)) }
@@ -151,7 +155,10 @@ public final class WarblerClient: Sendable {
         failPending(ClientError.disconnected("closed by the client"), keepResendable: false)
         eventSink.finish()
         // Release the client's thread now rather than whenever the last reference goes.
-        try? await ownGroup?.shutdownGracefully()
+        if let ownGroup {
+            loopExecutor.stopUsingLoop()
+            try? await ownGroup.shutdownGracefully()
+        }
     }
 
     // MARK: - Session
@@ -571,13 +578,21 @@ final class ClientFrameHandler: ChannelInboundHandler, @unchecked Sendable {
 }
 
 /// A task executor over a NIO event loop: jobs run on the loop's thread, in order (queued from the loop itself,
-/// without waking anything).
+/// without waking anything) — until the loop is about to shut down; then on the global executor (a job given to
+/// a loop that shut down would be dropped, and its task would never resume).
 final class EventLoopTaskExecutor: TaskExecutor {
     let loop: any EventLoop
+    private let loopStopped = Atomic<Bool>(false)
 
     init(_ loop: any EventLoop) { self.loop = loop }
 
+    /// Jobs from now on run on the global executor (called before the loop shuts down).
+    func stopUsingLoop() { loopStopped.store(true, ordering: .sequentiallyConsistent) }
+
     func enqueue(_ job: consuming ExecutorJob) {
+        guard !loopStopped.load(ordering: .sequentiallyConsistent) else {
+            return globalConcurrentExecutor.enqueue(job)
+        }
         let job = UnownedJob(job)
         loop.execute { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
     }

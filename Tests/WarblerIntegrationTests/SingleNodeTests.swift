@@ -148,6 +148,30 @@ struct SingleNodeTests {
         node.stop()
     }
 
+    @Test func aTaskOnAClientsOwnThreadGoesOnAfterItClosesTheClient() async throws {
+        // The client runs its own thread, which close() shuts down: what the task awaits afterwards resumes on
+        // the global executor instead of being handed to a loop that is gone (and never resuming).
+        let node = try await node(users: ["ada", "bob"])
+        let client = node.client()
+        try await client.connect()
+        try await client.login(user: "ada", password: Self.password)
+        final class Steps: Sendable { let value = Mutex<[String]>([]) }
+        let steps = Steps()
+        Task(executorPreference: client.executor) {
+            _ = try await client.createDirect(with: "bob")
+            steps.value.withLock { $0.append("sent on \(client.eventLoop.inEventLoop ? "the loop" : "elsewhere")") }
+            await client.close()
+            try await Task.sleep(for: .milliseconds(20))
+            steps.value.withLock { $0.append("went on") }
+        }
+        let deadline = ContinuousClock.now + .seconds(15)
+        while steps.value.withLock({ $0.count }) < 2 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(steps.value.withLock { $0 } == ["sent on the loop", "went on"])
+        node.stop()
+    }
+
     @Test func everyAcknowledgedMessageSurvivesKill9() async throws {
         let node = try await node(users: ["ada", "bob"])
         let (ada, _) = try await node.login("ada", password: Self.password, reconnect: false)
