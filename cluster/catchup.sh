@@ -14,7 +14,8 @@ COMPACT="${2:-2000}"
 [ -x "$BIN" ] && [ -x "$BENCH" ] || make -C "$ROOT" build
 rm -rf "$DIR"
 mkdir -p "$DIR"
-trap 'for i in 1 2 3; do [ -f "$DIR/n$i.pid" ] && kill -CONT "$(cat "$DIR/n$i.pid")" 2>/dev/null; \
+# Every node is stopped, even when one of them already exited (set +e: a failed kill must not end the trap).
+trap 'set +e; for i in 1 2 3; do [ -f "$DIR/n$i.pid" ] && kill -CONT "$(cat "$DIR/n$i.pid")" 2>/dev/null; \
   [ -f "$DIR/n$i.pid" ] && kill "$(cat "$DIR/n$i.pid")" 2>/dev/null; done; true' EXIT
 echo "bench-password-not-secret" | "$BIN" user add bench-s0 bench-r0 --data "$DIR/n1" >/dev/null
 start() {
