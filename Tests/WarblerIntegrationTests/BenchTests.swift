@@ -45,6 +45,13 @@ struct BenchTests {
         #expect((latency(closed, "delivery")["count"] as? Int ?? 0) > 0)
         #expect((closed["servers"] as? [Any])?.count == 1, "the spawned node's CPU and memory")
 
+        // --verify reads every acknowledged message back (the report stays pure JSON and counts them): at least
+        // the measured second's acknowledgements, and the warm-up's.
+        let verified = try bench(["--senders", "2", "--window", "4", "--verify"])
+        let checked = (verified["extras"] as? [String: Any])?["verified_messages"] as? Int ?? 0
+        #expect(checked > 0 && Double(checked) >= number(verified, "acks_per_second"))
+        #expect(number(verified, "errors") == 0)
+
         // Open loop at a rate the debug node sustains: about that many sends, every one acknowledged.
         let open = try bench(["--senders", "1", "--rate", "50"])
         #expect((35...65).contains(number(open, "sends_per_second")))

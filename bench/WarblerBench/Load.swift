@@ -108,8 +108,9 @@ func send(
     if counters.measured(intended) { counters.sends.add(1, ordering: .relaxed) }
     do {
         if let verify {
-            let id = UUID().uuidString
-            payload.replaceSubrange(8..<min(payload.count, 8 + 36), with: Data(id.utf8).prefix(payload.count - 8))
+            let id = verify.nextMessageID()
+            let idBytes = Data(id.utf8).prefix(payload.count - 8)
+            payload.replaceSubrange(8..<8 + idBytes.count, with: idBytes)
             let ack = try await sendUntilAcknowledged(payload, id: id, to: sender.conversation, with: sender.client)
             verify.record(conversation: sender.conversation, seq: ack.seq, payload: payload)
         } else {

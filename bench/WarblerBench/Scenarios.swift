@@ -79,6 +79,8 @@ struct ScenarioExtras: Codable, Sendable {
     var backlog: Int?
     var syncSeconds: Double?
     var syncedPerSecond: Double?
+    /// `--verify`: acknowledged messages found on every node.
+    var verifiedMessages: Int?
 
     enum CodingKeys: String, CodingKey {
         case connections
@@ -87,6 +89,7 @@ struct ScenarioExtras: Codable, Sendable {
         case backlog
         case syncSeconds = "sync_seconds"
         case syncedPerSecond = "synced_per_second"
+        case verifiedMessages = "verified_messages"
     }
 }
 

@@ -5,7 +5,9 @@ import WarblerWire
 
 extension WarblerBench {
     /// Every node holds every acknowledged message at its seq, gap-free, and the same sequence as the others.
-    func check(_ acknowledged: AcknowledgedMessages, fleet: Fleet) async throws {
+    /// Returns how many messages were checked; says so on standard output (standard error with `--json`, whose
+    /// output is the report alone).
+    func check(_ acknowledged: AcknowledgedMessages, fleet: Fleet) async throws -> Int {
         let expected = acknowledged.all
         var total = 0
         for (conversation, reader) in acknowledged.readers {
@@ -26,9 +28,10 @@ extension WarblerBench {
             }
             total += expected[conversation]?.count ?? 0
         }
-        print(
+        let line =
             "verified: \(total) acknowledged messages present, gap-free and in one order on \(fleet.targets.count) node(s)"
-        )
+        if json { FileHandle.standardError.write(Data((line + "\n").utf8)) } else { print(line) }
+        return total
     }
 
     /// Every message of `conversation` as node `node` holds it, in seq order. A node that is restarting (a chaos
@@ -85,6 +88,12 @@ func sendUntilAcknowledged(
 /// What the nodes acknowledged, per conversation and seq.
 final class AcknowledgedMessages: Sendable {
     private let messages = Mutex<[String: [UInt64: Data]]>([:])
+    /// Message ids of verified sends: a random prefix per run and a counter, like the ids the SDK makes (random
+    /// ids would make verified runs slower than others: the node's dedup index prefers ordered ones).
+    private let idPrefix = String(UInt64.random(in: .min ... .max), radix: 36) + "-v"
+    private let ids = Atomic<UInt64>(0)
+    /// A message id no other send of the run uses (also written into its payload, so every payload differs).
+    func nextMessageID() -> String { idPrefix + String(ids.add(1, ordering: .relaxed).newValue, radix: 36) }
     private let readerOf = Mutex<[String: String]>([:])
     /// A member who may read `conversation` (the check logs in as it).
     func reader(of conversation: String, is user: String) { readerOf.withLock { $0[conversation] = user } }

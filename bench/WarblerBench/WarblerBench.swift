@@ -168,7 +168,7 @@ struct WarblerBench: AsyncParsableCommand {
                 onStart: sampleServers
             )
             if let verified {
-                try await check(verified, fleet: fleet)
+                extras.verifiedMessages = try await check(verified, fleet: fleet)
             }
         case .group:
             counters = try await GroupScenario.prepareAndRun(
