@@ -68,8 +68,6 @@ public final class WarblerClient: Sendable {
     /// The prefix of the message ids this client makes (64 random bits), and how many it made.
     private let messageIDPrefix = String(UInt64.random(in: .min ... .max), radix: 36) + "-"
     private let messageIDs = Atomic<UInt64>(0)
-    /// The event loop every connection of this client runs on (one of the group's, for the client's lifetime).
-    private let loop: any EventLoop
     /// The client's own thread, when it was given no event loops.
     private let ownGroup: MultiThreadedEventLoopGroup?
 
@@ -84,21 +82,21 @@ public final class WarblerClient: Sendable {
     public var executor: any TaskExecutor { loopExecutor }
     private let loopExecutor: EventLoopTaskExecutor
 
-    /// The event loop the client's connection runs on (one of ``Configuration/eventLoopGroup``'s, or the client's
-    /// own thread), for the client's lifetime; ``executor`` runs tasks there.
-    public var eventLoop: any EventLoop { loop }
+    /// The event loop the client's connections run on (one of ``Configuration/eventLoopGroup``'s, or the
+    /// client's own thread), for the client's lifetime; ``executor`` runs tasks there.
+    public let eventLoop: any EventLoop
 
     /// Creates a client; nothing happens until ``connect()``.
     public init(configuration: Configuration) {
         self.configuration = configuration
         (events, eventSink) = AsyncStream.makeStream(of: ClientEvent.self, bufferingPolicy: .unbounded)
         if let shared = configuration.eventLoopGroup {
-            (loop, ownGroup) = (shared.next(), nil)
+            (eventLoop, ownGroup) = (shared.next(), nil)
         } else {
             let own = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-            (loop, ownGroup) = (own.next(), own)
+            (eventLoop, ownGroup) = (own.next(), own)
         }
-        loopExecutor = EventLoopTaskExecutor(loop)
+        loopExecutor = EventLoopTaskExecutor(eventLoop)
     }
 
     public convenience init(host: String, port: Int) { self.init(configuration: Configuration(host: host, port: port)) }
@@ -130,7 +128,7 @@ public final class WarblerClient: Sendable {
 
     private func openChannel() async throws {
         let maxFrame = configuration.maxFrameBytes
-        let bootstrap = ClientBootstrap(group: loop)
+        let bootstrap = ClientBootstrap(group: eventLoop)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(5))
             .channelInitializer { [weak self] channel in
@@ -251,7 +249,7 @@ public final class WarblerClient: Sendable {
     )
         async throws -> Warbler_V1_Ack
     {
-        let clientMessageID = clientMessageID ?? nextMessageID()
+        let clientMessageID = clientMessageID ?? newMessageID()
         let reply = try await request(
             .send(
                 .with {
@@ -416,9 +414,10 @@ public final class WarblerClient: Sendable {
         return reply
     }
 
-    /// A message id no other client makes, without a random draw per message (the id of every message is
-    /// stored in its conversation's dedup index, so it is short too).
-    private func nextMessageID() -> String {
+    /// A message id no other client makes — what ``send(_:to:clientMessageID:)`` uses when given none; an
+    /// application that must know the id before sending (to store it with an unsent message) takes one here.
+    /// Without a random draw per message, short, and mostly in order (the node's dedup index prefers that).
+    public func newMessageID() -> String {
         messageIDPrefix + String(messageIDs.add(1, ordering: .relaxed).newValue, radix: 36)
     }
 

@@ -121,6 +121,13 @@ final class GatedCluster: @unchecked Sendable {
         }
     }
 
+    /// Starts the host with the default options changed by `configure`.
+    func start(_ configure: (inout RaftHost<GatedListMachine>.Options) -> Void) throws {
+        var options = RaftHost<GatedListMachine>.Options()
+        configure(&options)
+        try start(options: options)
+    }
+
     func start(options: RaftHost<GatedListMachine>.Options = .init()) throws {
         let database = self.database!
         let state = self.state!
@@ -195,9 +202,7 @@ struct RaftHostApplyTests {
 
     @Test func aSnapshotForAFollowerIsMadeOffTheSchedulerAndServedOnceMade() async throws {
         let cluster = try GatedCluster(gating: .snapshot)
-        var options = RaftHost<GatedListMachine>.Options()
-        options.compactionEntries = 5
-        try cluster.start(options: options)
+        try cluster.start { $0.compactionEntries = 5 }
         let host = cluster.host!
         for index in 1...6 { _ = try await host.propose(Array("before-\(index)".utf8), to: 1) }
         let raft = try cluster.database.columnFamily("raft")
@@ -283,9 +288,7 @@ struct RaftHostApplyTests {
         // an hour apart here: were a proposal, an election or a read not noted, it would wait for a tick and fail.
         let cluster = try GatedCluster(gating: .apply)
         cluster.gate.open()
-        var options = RaftHost<GatedListMachine>.Options()
-        options.tickInterval = .seconds(3_600)
-        try cluster.start(options: options)
+        try cluster.start { $0.tickInterval = .seconds(3_600) }
         let host = cluster.host!
         // Nothing here would time out by itself (a proposal waits for its commit): the test waits at most 20 s.
         final class Count: Sendable { let value = Mutex(0) }
@@ -345,9 +348,7 @@ struct RaftHostApplyTests {
     @Test func aReadOfAGroupThisNodeDoesNotReplicateWaitsForItsReplicaThenFails() async throws {
         let cluster = try GatedCluster(gating: .apply)
         cluster.gate.open()
-        var options = RaftHost<GatedListMachine>.Options()
-        options.requestTimeout = .seconds(1)
-        try cluster.start(options: options)
+        try cluster.start { $0.requestTimeout = .seconds(1) }
         // A replicated group answers; one that no leader creates here waits for its replica until the deadline.
         try await cluster.host.readBarrier(group: 1)
         let started = ContinuousClock.now

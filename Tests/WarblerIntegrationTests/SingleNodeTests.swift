@@ -108,12 +108,7 @@ struct SingleNodeTests {
     @Test func aTaskThatPrefersTheClientsExecutorRunsOnTheClientsEventLoop() async throws {
         let node = try await node(users: ["ada", "bob"])
         let loops = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-        func client() -> WarblerClient {
-            var configuration = WarblerClient.Configuration(host: node.clientHost, port: node.port)
-            configuration.eventLoopGroup = loops
-            return WarblerClient(configuration: configuration)
-        }
-        let (ada, bob) = (client(), client())
+        let (ada, bob) = (node.client(eventLoopGroup: loops), node.client(eventLoopGroup: loops))
         try await ada.connect()
         try await ada.login(user: "ada", password: Self.password)
         try await bob.connect()

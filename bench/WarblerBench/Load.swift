@@ -108,7 +108,8 @@ func send(
     if counters.measured(intended) { counters.sends.add(1, ordering: .relaxed) }
     do {
         if let verify {
-            let id = verify.nextMessageID()
+            // The id goes into the payload too, so that every payload differs (the check compares payloads).
+            let id = sender.client.newMessageID()
             let idBytes = Data(id.utf8).prefix(payload.count - 8)
             payload.replaceSubrange(8..<8 + idBytes.count, with: idBytes)
             let ack = try await sendUntilAcknowledged(payload, id: id, to: sender.conversation, with: sender.client)

@@ -88,12 +88,6 @@ func sendUntilAcknowledged(
 /// What the nodes acknowledged, per conversation and seq.
 final class AcknowledgedMessages: Sendable {
     private let messages = Mutex<[String: [UInt64: Data]]>([:])
-    /// Message ids of verified sends: a random prefix per run and a counter, like the ids the SDK makes (random
-    /// ids would make verified runs slower than others: the node's dedup index prefers ordered ones).
-    private let idPrefix = String(UInt64.random(in: .min ... .max), radix: 36) + "-v"
-    private let ids = Atomic<UInt64>(0)
-    /// A message id no other send of the run uses (also written into its payload, so every payload differs).
-    func nextMessageID() -> String { idPrefix + String(ids.add(1, ordering: .relaxed).newValue, radix: 36) }
     private let readerOf = Mutex<[String: String]>([:])
     /// A member who may read `conversation` (the check logs in as it).
     func reader(of conversation: String, is user: String) { readerOf.withLock { $0[conversation] = user } }

@@ -398,8 +398,9 @@ extension RaftHost {
     }
 
     /// The rule of ``compactionIndex(_:applied:)``: `members` are the other members' matches and whether they
-    /// answered lately (empty unless this node leads), `hold` the index of a snapshot being made or sent for a
-    /// member (if still within its time). Returns the index, and whether the hold still holds.
+    /// count as active (``keepsEntries(recentlyActive:state:)``; empty unless this node leads), `hold` the index
+    /// of a snapshot being made or sent for a member (if still within its time). Returns the index, and whether
+    /// the hold still holds.
     static func compactionIndex(
         applied: UInt64,
         members: [(match: UInt64, active: Bool)],

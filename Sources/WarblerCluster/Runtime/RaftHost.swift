@@ -691,8 +691,9 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         var sync = false
         let candidates = noted
         noted = []
-        for group in candidates { group.isNoted = false }
-        for group in candidates where groups[group.id] === group && group.node.hasReady {
+        for group in candidates {
+            group.isNoted = false  // driving its node from here on notes it again
+            guard groups[group.id] === group, group.node.hasReady else { continue }
             let ready = group.node.ready()
             group.log.stage(ready, into: batch)
             // Only new entries, a new term or vote, and snapshots must be synced before anything is sent or

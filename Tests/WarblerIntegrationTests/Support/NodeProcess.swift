@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import Synchronization
 import WarblerClient
 import WarblerWire
@@ -181,9 +182,10 @@ final class NodeProcess: @unchecked Sendable {
 
     var isRunning: Bool { process?.isRunning ?? false }
 
-    func client(reconnect: Bool = true) -> WarblerClient {
+    func client(reconnect: Bool = true, eventLoopGroup: (any EventLoopGroup)? = nil) -> WarblerClient {
         var configuration = WarblerClient.Configuration(host: clientHost, port: port)
         configuration.reconnect = reconnect
+        configuration.eventLoopGroup = eventLoopGroup
         return WarblerClient(configuration: configuration)
     }
 
