@@ -32,13 +32,31 @@ struct GatedListMachine: GroupStateMachine {
             self.gatedWork = work
         }
 
+        private let released = Mutex<Set<[UInt8]>>([])
+
+        /// Opens the gate, and releases every hold.
         func open() { opened.withLock { $0 = true } }
         var waiters: Int { waiting.withLock { $0 } }
 
+        /// Lets applies that hold `marker` go on.
+        func release(_ marker: String) { _ = released.withLock { $0.insert(Array(marker.utf8)) } }
+
         func pass(_ group: UInt32, _ work: Work) {
             guard group == gatedGroup, work == gatedWork else { return }
+            wait { opened.withLock { $0 } }
+        }
+
+        /// An apply of any group whose entries include one whose data starts with "hold-" waits until that data
+        /// is released (or the gate opened).
+        func pass(_ entries: [Entry]) {
+            for entry in entries where entry.data.starts(with: Array("hold-".utf8)) {
+                wait { opened.withLock { $0 } || released.withLock { $0.contains(entry.data) } }
+            }
+        }
+
+        private func wait(until done: () -> Bool) {
             waiting.withLock { $0 += 1 }
-            while !opened.withLock({ $0 }) { usleep(1_000) }
+            while !done() { usleep(1_000) }
             waiting.withLock { $0 -= 1 }
         }
     }
@@ -59,6 +77,7 @@ struct GatedListMachine: GroupStateMachine {
 
     func apply(_ entries: [Entry], into batch: WriteBatch) throws(StorageError) -> [UInt64] {
         gate.pass(group, .apply)
+        gate.pass(entries)
         var held = (try? count()) ?? 0
         var outcomes: [UInt64] = []
         for entry in entries {
@@ -309,6 +328,60 @@ struct RaftHostApplyTests {
         #expect(try await eventually { answered.value.withLock { $0 } == 11 }, "a read waited for a tick")
         #expect(try cluster.machine(1).count() == 5)
         #expect(try cluster.machine(2).count() == 5)
+    }
+
+    @Test func aRoundIsWrittenAndAnsweredInBatchesOfAtMostTheChunkSize() async throws {
+        // Only the holds stop applies here (group 1's snapshots are gated, and no snapshot is made).
+        let cluster = try GatedCluster(gating: .snapshot)
+        try cluster.start {
+            $0.applyChunkEntries = 4
+            // Proposals wait for the round being applied (however long): the held ones make one round.
+            $0.proposalWindow = .seconds(3_600)
+        }
+        let host = cluster.host!
+        func held() -> Int { host.inbox.withLock { $0.proposals.count } }
+        let first = Task { try await host.propose(Array("hold-1".utf8), to: 1) }
+        #expect(try await eventually { cluster.gate.waiters == 1 }, "the first round's apply never started")
+        final class Count: Sendable { let value = Mutex(0) }
+        let answered = Count()
+        for index in 1...4 {
+            Task {
+                _ = try await host.propose(Array("early-\(index)".utf8), to: 1)
+                answered.value.withLock { $0 += 1 }
+            }
+        }
+        #expect(try await eventually { held() == 4 })
+        let last = Task { try await host.propose(Array("hold-2".utf8), to: 1) }
+        #expect(try await eventually { held() == 5 })
+        cluster.gate.release("hold-1")
+        #expect(try await first.value == 1)
+        // The second round is [early ×4, hold-2]: its first four entries are written and answered while the
+        // fifth is still being applied. Applied as one batch, none would be answered before hold-2 is released.
+        #expect(
+            try await eventually { answered.value.withLock { $0 } == 4 },
+            "the round's first batch was not answered before the rest was applied"
+        )
+        #expect(cluster.gate.waiters == 1, "hold-2 was applied with the first batch")
+        #expect(try cluster.machine(1).count() == 5)
+        cluster.gate.release("hold-2")
+        #expect(try await last.value == 6)
+        #expect(try cluster.machine(1).count() == 6)
+    }
+
+    @Test func anApplyJobSplitsIntoPiecesInOrder() {
+        typealias Job = RaftHost<GatedListMachine>.ApplyJob
+        let entries = (1...10).map { Entry(term: 1, index: UInt64($0), kind: .normal, data: [0]) }
+        var waiters: [UInt64: RaftHost<GatedListMachine>.Waiter] = [:]
+        for index: UInt64 in [2, 5, 9] { waiters[index] = { _ in } }
+        let snapshot = Snapshot(data: [1], metadata: SnapshotMetadata(index: 0, term: 1, confState: ConfState()))
+        var job = Job(snapshot: snapshot, entries: entries, waiters: waiters)
+        job.makesSnapshot = true
+        let pieces = job.pieces(of: 4)
+        #expect(pieces.map { $0.entries.map(\.index) } == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]])
+        #expect(pieces.map { $0.waiters.keys.sorted() } == [[2], [5], [9]])
+        #expect(pieces.map { $0.snapshot != nil } == [true, false, false])
+        #expect(pieces.map(\.makesSnapshot) == [false, false, true])
+        #expect(job.pieces(of: 10).count == 1)
     }
 
     @Test func aStuckApplyHoldsUpNoGroupsReplication() async throws {

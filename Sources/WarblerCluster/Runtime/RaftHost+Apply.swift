@@ -18,6 +18,26 @@ extension RaftHost {
         var entries: [Entry]
         var waiters: [UInt64: Waiter]
         var makesSnapshot = false
+
+        /// This job as jobs of at most `limit` entries each, in order: the snapshot to install goes with the
+        /// first, the request for a snapshot with the last, each proposer with its entry.
+        func pieces(of limit: Int) -> [ApplyJob] {
+            guard entries.count > limit, limit > 0 else { return [self] }
+            var pieces: [ApplyJob] = []
+            var start = 0
+            while start < entries.count {
+                let end = min(start + limit, entries.count)
+                let slice = Array(entries[start..<end])
+                var piece = ApplyJob(snapshot: start == 0 ? snapshot : nil, entries: slice, waiters: [:])
+                for entry in slice {
+                    if let waiter = waiters[entry.index] { piece.waiters[entry.index] = waiter }
+                }
+                piece.makesSnapshot = end == entries.count && makesSnapshot
+                pieces.append(piece)
+                start = end
+            }
+            return pieces
+        }
     }
 
     /// Applies one group's committed entries to its state machine, in index order: on the node's apply queue

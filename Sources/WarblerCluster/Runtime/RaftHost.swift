@@ -39,6 +39,11 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         public var quiesce = true
         /// How long local proposals may wait for the round being applied, to go into one round together.
         public var proposalWindow: Duration = .milliseconds(2)
+        /// The apply queue writes and answers a round's entries in batches of at most this many (a round of
+        /// one sender's window holds hundreds): the first acknowledgements and deliveries leave while the rest
+        /// is applied, so clients send again and the next round is persisted meanwhile, instead of every stage
+        /// waiting for the whole round before it.
+        public var applyChunkEntries = 64
         /// A peer not heard from for this many ticks (or whose connection closed) is considered down.
         public var livenessTicks = 3
         public init() {}
@@ -759,21 +764,42 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         return true
     }
 
-    /// Applies one round's committed entries (on the apply queue, in round order): every group's in one batch,
+    /// Applies one round's committed entries (on the apply queue, in round order): the groups' together, in
+    /// batches of at most ``Options/applyChunkEntries`` entries, each answered once it is written. Batches are
     /// written without fsync (the scheduler synced the entries: RocksDB's write-ahead log replays in order, so
     /// state can lag the log after a crash, never lead it; a restart replays from the stored applied index).
     /// Heavy work — a snapshot to install, a large catch-up — goes to the group's own queue, with the group's
     /// later jobs until it is done, so it holds up no other group's apply either.
     func apply(_ jobs: [(applier: Applier, job: ApplyJob)]) {
-        let batch = WriteBatch()
+        var batch = WriteBatch()
         var staged: [(applier: Applier, staged: Applier.Staged)] = []
+        var entries = 0
+        let limit = options.applyChunkEntries
         for (applier, job) in jobs {
             if applier.isDetached || Applier.isHeavy(job) {
                 applier.detach(job)
-            } else if let item = applier.stage(job, into: batch, host: self) {
-                staged.append((applier, item))
+                continue
+            }
+            // A group's pieces never share a batch (each but the last fills one), so each stages on the state
+            // the one before wrote.
+            for piece in job.pieces(of: limit) {
+                if entries > 0, entries + piece.entries.count > limit {
+                    write(batch, staged)
+                    batch = WriteBatch()
+                    staged = []
+                    entries = 0
+                }
+                if let item = applier.stage(piece, into: batch, host: self) {
+                    staged.append((applier, item))
+                    entries += piece.entries.count
+                }
             }
         }
+        write(batch, staged)
+    }
+
+    /// Writes one apply batch and completes what it holds.
+    private func write(_ batch: WriteBatch, _ staged: [(applier: Applier, staged: Applier.Staged)]) {
         guard !staged.isEmpty else { return }
         do {
             try database.write(batch, sync: false)
