@@ -159,6 +159,7 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
+        .testTarget(name: "WarblerClientTests", dependencies: ["WarblerClient", "WarblerWire"]),
         .testTarget(name: "WarblerStorageTests", dependencies: ["WarblerStorage", "WarblerRaft", "WarblerWire"]),
         .testTarget(
             name: "WarblerWireTests",

@@ -61,9 +61,9 @@ public final class WarblerClient: Sendable {
     }
 
     public let configuration: Configuration
-    /// Pushes and connection changes, in arrival order.
-    public let events: AsyncStream<ClientEvent>
-    private let eventSink: AsyncStream<ClientEvent>.Continuation
+    /// Pushes and connection changes, in arrival order; one task iterates at a time.
+    public let events: ClientEvents
+    private let eventSink = EventQueue()
     private let state = Mutex(State())
     /// The prefix of the message ids this client makes (64 random bits), and how many it made.
     private let messageIDPrefix = String(UInt64.random(in: .min ... .max), radix: 36) + "-"
@@ -89,7 +89,7 @@ public final class WarblerClient: Sendable {
     /// Creates a client; nothing happens until ``connect()``.
     public init(configuration: Configuration) {
         self.configuration = configuration
-        (events, eventSink) = AsyncStream.makeStream(of: ClientEvent.self, bufferingPolicy: .unbounded)
+        events = ClientEvents(queue: eventSink)
         if let shared = configuration.eventLoopGroup {
             (eventLoop, ownGroup) = (shared.next(), nil)
         } else {
