@@ -339,7 +339,7 @@ public final class WarblerClient: Sendable {
             )
             guard case .syncPage(let page) = reply.body else { throw ClientError.unexpected("\(reply)") }
             for conversation in page.conversations { noteSeen(conversation.conversationID, upTo: 0) }
-            for message in page.messages where deliver(message) { delivered += 1 }
+            for message in page.messages where deliver(message) == .fresh { delivered += 1 }
             if !page.more { return delivered }
         }
     }
@@ -365,17 +365,31 @@ public final class WarblerClient: Sendable {
         }
     }
 
-    /// Delivers a message event unless it was delivered before. Returns true if delivered.
+    /// What to do with a message that arrived: deliver it, drop it (delivered before), or — for a push that
+    /// skips a seq (`allowingGap` false) — fetch the missing ones first.
+    private enum Arrival {
+        case fresh
+        case duplicate
+        case gap
+    }
+
+    /// Delivers a message event unless it was delivered before (or, unless `allowingGap`, it skips a seq of a
+    /// conversation this client has seen: then nothing is delivered and the caller syncs). One lookup of the
+    /// conversation under one lock: every push of a receiving client comes through here.
     @discardableResult
-    private func deliver(_ message: Warbler_V1_ChatMessage) -> Bool {
-        let fresh = state.withLock { state -> Bool in
-            let last = state.lastSeq[message.conversationID] ?? 0
-            guard message.seq > last else { return false }
-            state.lastSeq[message.conversationID] = message.seq
-            return true
+    private func deliver(_ message: Warbler_V1_ChatMessage, allowingGap: Bool = true) -> Arrival {
+        let arrival = state.withLock { state -> Arrival in
+            Self.arrive(message.seq, after: &state.lastSeq[message.conversationID, default: 0], allowingGap)
         }
-        if fresh { eventSink.yield(.message(message)) }
-        return fresh
+        if arrival == .fresh { eventSink.yield(.message(message)) }
+        return arrival
+    }
+
+    private static func arrive(_ seq: UInt64, after last: inout UInt64, _ allowingGap: Bool) -> Arrival {
+        if !allowingGap && last > 0 && seq > last + 1 { return .gap }
+        guard seq > last else { return .duplicate }
+        last = seq
+        return .fresh
     }
 
     private func request(
@@ -435,13 +449,9 @@ public final class WarblerClient: Sendable {
         }
         switch frame.body {
         case .messagePush(let push):
-            let message = push.message
-            let last = state.withLock { $0.lastSeq[message.conversationID] ?? 0 }
-            if message.seq > last + 1 && last > 0 {
+            if deliver(push.message, allowingGap: false) == .gap {
                 // A gap (a push was missed): fetch what is missing, in order, before this one.
                 Task { [weak self] in try? await self?.sync() }
-            } else {
-                deliver(message)
             }
         case .receiptPush(let push): eventSink.yield(.receipt(push))
         case .typingPush(let push): eventSink.yield(.typing(push))
