@@ -7,12 +7,11 @@ import Testing
 struct BenchTests {
     static let binary = NodeProcess.packageRoot.appendingPathComponent(".build/debug/warbler-bench").path
 
-    /// Runs the bench with `arguments` and returns its parsed JSON report.
-    func bench(_ arguments: [String]) throws -> [String: Any] {
+    /// Runs `executable` to its end; returns its exit status, standard output and standard error.
+    func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: Data, errors: String) {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.binary)
-        process.arguments =
-            ["--spawn", "single", "--json", "--quiet", "--seconds", "1", "--warm-up", "0.5"] + arguments
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
         let output = Pipe()
         let errors = Pipe()
         process.standardOutput = output
@@ -21,9 +20,16 @@ struct BenchTests {
         let data = output.fileHandleForReading.readDataToEndOfFile()
         let diagnostics = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw TestFailure("warbler-bench \(arguments) exited \(process.terminationStatus): \(diagnostics)")
-        }
+        return (process.terminationStatus, data, diagnostics)
+    }
+
+    /// Runs the bench with `arguments` and returns its parsed JSON report.
+    func bench(_ arguments: [String]) throws -> [String: Any] {
+        let (status, data, diagnostics) = try run(
+            Self.binary,
+            ["--spawn", "single", "--json", "--quiet", "--seconds", "1", "--warm-up", "0.5"] + arguments
+        )
+        guard status == 0 else { throw TestFailure("warbler-bench \(arguments) exited \(status): \(diagnostics)") }
         guard let report = try JSONSerialization.jsonObject(with: data) as? [String: Any] else {
             throw TestFailure("warbler-bench printed no JSON report: \(String(decoding: data, as: UTF8.self))")
         }
@@ -32,6 +38,31 @@ struct BenchTests {
 
     func number(_ report: [String: Any], _ key: String) -> Double { (report[key] as? NSNumber)?.doubleValue ?? -1 }
     func latency(_ report: [String: Any], _ key: String) -> [String: Any] { report[key] as? [String: Any] ?? [:] }
+
+    @Test func compareRunsEachBuildInTurnAndPrintsMedians() throws {
+        // bench/compare.sh against the debug build twice (labelled, one with an extra environment variable).
+        let debug = NodeProcess.packageRoot.appendingPathComponent(".build/debug").path
+        let (status, output, progress) = try run(
+            "/bin/bash",
+            [
+                NodeProcess.packageRoot.appendingPathComponent("bench/compare.sh").path, "2",
+                "--spawn single --senders 1 --window 2 --seconds 0.5 --warm-up 0.2", "one=\(debug)",
+                "two=\(debug):WARBLER_UNUSED=1",
+            ]
+        )
+        let printed = String(decoding: output, as: UTF8.self)
+        #expect(status == 0, "\(progress)")
+        // The builds alternate: one, two, one, two.
+        let order = progress.split(separator: "\n").compactMap { $0.split(separator: " ").dropFirst(2).first }
+        #expect(order == ["one:", "two:", "one:", "two:"])
+        let lines = printed.split(separator: "\n")
+        #expect(lines.count == 2)
+        for (line, label) in zip(lines, ["one", "two"]) {
+            #expect(line.hasPrefix(label) && line.contains("acks/s") && line.contains("delivery p99"), "\(line)")
+            let median = line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first
+            #expect((Double(median.map(String.init) ?? "") ?? 0) > 0, "\(line)")
+        }
+    }
 
     @Test func pairsInClosedAndOpenLoop() throws {
         let closed = try bench(["--senders", "2", "--window", "4"])

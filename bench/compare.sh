@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Compares builds fairly on a noisy machine: runs the same warbler-bench command against each build in turn,
+# ROUNDS times (A B C A B C …, so drift over time hits every build alike), then prints per build the median and
+# range of acks/s and the medians of ack p50/p99, delivery p99 and the first server's CPU.
+#
+#   bench/compare.sh ROUNDS "BENCH ARGS" DIR [DIR …]
+#   bench/compare.sh 5 "--spawn single --senders 1 --window 256 --seconds 6" /tmp/before /tmp/after
+#
+# Each DIR holds a `warbler-bench` and the `warbler` it spawns (copy both from .build/release/ after each build).
+# Label a build with LABEL=DIR. Extra environment for one build: LABEL=DIR:NAME=VALUE[,NAME=VALUE…].
+set -euo pipefail
+[ $# -ge 3 ] || { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+ROUNDS="$1"
+ARGS="$2"
+shift 2
+OUT="$(mktemp -d)"
+trap 'rm -rf "$OUT"' EXIT
+for round in $(seq "$ROUNDS"); do
+  for spec in "$@"; do
+    label="${spec%%=*}"; rest="${spec#*=}"
+    [ "$label" = "$spec" ] && { label="$(basename "$spec")"; rest="$spec"; }
+    dir="${rest%%:*}"; envs=""
+    [ "$dir" != "$rest" ] && envs="${rest#*:}"
+    # shellcheck disable=SC2086 # ARGS is a list of options
+    env ${envs//,/ } "$dir/warbler-bench" $ARGS --json --quiet > "$OUT/run.json"
+    python3 - "$OUT/run.json" >> "$OUT/$label.txt" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+cpu = d["servers"][0]["cpu_cores"] if d.get("servers") else 0
+print(d["acks_per_second"], d["ack"]["p50_us"], d["ack"]["p99_us"], d["delivery"]["p99_us"], cpu)
+PY
+    echo "round $round/$ROUNDS $label: $(cut -d' ' -f1 < <(tail -1 "$OUT/$label.txt")) acks/s" >&2
+  done
+done
+for spec in "$@"; do
+  label="${spec%%=*}"
+  [ "$label" = "$spec" ] && label="$(basename "$spec")"
+  python3 - "$OUT/$label.txt" "$label" <<'PY'
+import statistics as st, sys
+rows = [list(map(float, line.split())) for line in open(sys.argv[1])]
+acks = sorted(r[0] for r in rows)
+med = lambda i: st.median(r[i] for r in rows)
+print("%-10s %8.0f acks/s (%.0f – %.0f)  ack p50 %.2f ms  p99 %.2f ms  delivery p99 %.2f ms  node %.2f cores"
+      % (sys.argv[2], st.median(acks), acks[0], acks[-1], med(1) / 1000, med(2) / 1000, med(3) / 1000, med(4)))
+PY
+done
