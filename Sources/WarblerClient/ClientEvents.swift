@@ -40,54 +40,44 @@ final class EventQueue: Sendable {
     func yield(_ event: ClientEvent) {
         let waiter = state.withLock { state -> UnsafeContinuation<ClientEvent?, Never>? in
             guard !state.finished else { return nil }
-            guard let waiter = state.waiter else {
-                state.buffer.append(event)
-                return nil
-            }
-            state.waiter = nil
-            return waiter
+            if let waiter = state.waiter.take() { return waiter }
+            state.buffer.append(event)
+            return nil
         }
         waiter?.resume(returning: event)
     }
 
     /// No events follow: the consumer gets the buffered ones, then nil.
     func finish() {
-        let waiter = state.withLock { state -> UnsafeContinuation<ClientEvent?, Never>? in
+        let waiter = state.withLock { state in
             state.finished = true
-            defer { state.waiter = nil }
-            return state.waiter
+            return state.waiter.take()
         }
         waiter?.resume(returning: nil)
     }
 
     func next() async -> ClientEvent? {
-        enum Taken {
-            case event(ClientEvent?)
-            case none
-        }
         // Without suspending when an event is buffered (or the queue is finished).
-        let taken = state.withLock { state -> Taken in
-            if let event = state.buffer.popFirst() { return .event(event) }
-            return state.finished ? .event(nil) : .none
-        }
-        if case .event(let event) = taken { return event }
+        if let taken = state.withLock({ Self.take(from: &$0, cancelled: false) }) { return taken }
         return await withTaskCancellationHandler {
             await withUnsafeContinuation { continuation in
-                let taken = state.withLock { state -> Taken in
-                    if let event = state.buffer.popFirst() { return .event(event) }
-                    if state.finished || Task.isCancelled { return .event(nil) }
+                let taken = state.withLock { state -> ClientEvent?? in
+                    if let taken = Self.take(from: &state, cancelled: Task.isCancelled) { return taken }
                     precondition(state.waiter == nil, "two tasks iterate a client's events at once")
                     state.waiter = continuation
-                    return .none
+                    return nil
                 }
-                if case .event(let event) = taken { continuation.resume(returning: event) }
+                if let taken { continuation.resume(returning: taken) }
             }
         } onCancel: {
-            let waiter = state.withLock { state -> UnsafeContinuation<ClientEvent?, Never>? in
-                defer { state.waiter = nil }
-                return state.waiter
-            }
-            waiter?.resume(returning: nil)
+            state.withLock { $0.waiter.take() }?.resume(returning: nil)
         }
+    }
+
+    /// What `next()` returns without waiting: the first buffered event, or nil (the end) once the queue is
+    /// finished or the consumer cancelled; `.none` when it must wait.
+    private static func take(from state: inout State, cancelled: Bool) -> ClientEvent?? {
+        if let event = state.buffer.popFirst() { return .some(event) }
+        return state.finished || cancelled ? .some(nil) : .none
     }
 }

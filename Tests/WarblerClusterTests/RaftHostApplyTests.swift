@@ -176,6 +176,9 @@ final class GatedCluster: @unchecked Sendable {
     }
 }
 
+/// A count that tasks add to.
+final class Count: Sendable { let value = Mutex(0) }
+
 struct RaftHostApplyTests {
     /// Waits until `condition` holds (up to 20 s: the suite runs beside CPU-bound simulations).
     func eventually(_ condition: () async throws -> Bool) async throws -> Bool {
@@ -310,7 +313,6 @@ struct RaftHostApplyTests {
         try cluster.start { $0.tickInterval = .seconds(3_600) }
         let host = cluster.host!
         // Nothing here would time out by itself (a proposal waits for its commit): the test waits at most 20 s.
-        final class Count: Sendable { let value = Mutex(0) }
         let answered = Count()
         for index in 1...5 {
             for group: UInt32 in [1, 2] {
@@ -342,7 +344,6 @@ struct RaftHostApplyTests {
         func held() -> Int { host.inbox.withLock { $0.proposals.count } }
         let first = Task { try await host.propose(Array("hold-1".utf8), to: 1) }
         #expect(try await eventually { cluster.gate.waiters == 1 }, "the first round's apply never started")
-        final class Count: Sendable { let value = Mutex(0) }
         let answered = Count()
         for index in 1...4 {
             Task {

@@ -157,11 +157,7 @@ extension RaftHost {
                 }
                 let batch = WriteBatch()
                 guard let staged = self.stage(job, into: batch, host: host) else { return }
-                do { try host.database.write(batch, sync: false) } catch {
-                    self.failed(error, staged, host: host)
-                    return
-                }
-                host.completionScope { self.finish(staged, host: host) }
+                host.write(batch, [(self, staged)])
             }
         }
 

@@ -798,8 +798,9 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         write(batch, staged)
     }
 
-    /// Writes one apply batch and completes what it holds.
-    private func write(_ batch: WriteBatch, _ staged: [(applier: Applier, staged: Applier.Staged)]) {
+    /// Writes one apply batch (without fsync) and completes what it holds; when the write fails, their appliers
+    /// fail.
+    func write(_ batch: WriteBatch, _ staged: [(applier: Applier, staged: Applier.Staged)]) {
         guard !staged.isEmpty else { return }
         do {
             try database.write(batch, sync: false)
