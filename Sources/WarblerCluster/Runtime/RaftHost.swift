@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import Logging
+import NIOCore
 import Synchronization
 import WarblerRaft
 import WarblerStorage
@@ -135,10 +136,10 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     let makeMachine: @Sendable (UInt32) throws -> Machine
     let appliedHandler: @Sendable (UInt32, [Machine.Outcome]) -> Void
     let completionScope: @Sendable (() -> Void) -> Void
-    let queue = DispatchQueue(label: "warbler.raft")
+    let queue = SerialLoop(name: "warbler-raft")
     /// Where every round's committed entries are applied, all groups' in one batch, while the scheduler goes
     /// on persisting and sending the next rounds.
-    let applyQueue = DispatchQueue(label: "warbler.apply")
+    let applyQueue = SerialLoop(name: "warbler-apply")
     /// Rounds handed to the apply queue, and rounds it finished.
     let applyRounds = Mutex<(queued: Int, done: Int)>((0, 0))
     /// Where groups' heavy apply work runs (each group on its own serial queue).
@@ -159,7 +160,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     var noted: [Group] = []
     var view: ClusterView
     var ticks = 0
-    var timer: DispatchSourceTimer?
+    var timer: RepeatedTask?
     var failed = false
     /// Groups this node left whose replica is being deleted (messages for them are ignored meanwhile).
     var destroying: Set<UInt32> = []
@@ -240,15 +241,12 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
 
     /// Starts ticking; one-voter groups elect themselves at once.
     public func start() {
-        queue.sync {
+        queue.sync { [self] in
             for group in groups.values where group.node.confState.voters == [nodeID] { group.node.campaign() }
             runRound()
-            let timer = DispatchSource.makeTimerSource(queue: queue)
-            let interval = DispatchTimeInterval.nanoseconds(Self.nanoseconds(options.tickInterval))
-            timer.schedule(deadline: .now() + interval, repeating: interval)
-            timer.setEventHandler { [weak self] in self?.tick() }
-            timer.resume()
-            self.timer = timer
+            timer = queue.repeating(every: .nanoseconds(Int64(Self.nanoseconds(options.tickInterval)))) {
+                [weak self] in self?.tick()
+            }
         }
     }
 
@@ -261,7 +259,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
         let stopped = ClusterError(.stopped, "the node is stopping")
         for proposal in pending { proposal.waiter(.failure(stopped)) }
-        let appliers = queue.sync {
+        let appliers = queue.sync { [self] in
             timer?.cancel()
             timer = nil
             failed = true

@@ -1,0 +1,62 @@
+import Dispatch
+import Foundation
+import NIOCore
+import NIOPosix
+
+/// A serial queue with a thread of its own (a SwiftNIO event loop): the Raft scheduler and the apply queue run
+/// on one each. Work handed to an idle loop wakes that one thread, and a timer is the loop's own `epoll`
+/// deadline; a `DispatchQueue` woke whichever threads of its pool were idle (several per hand-over under load)
+/// and a manager thread for every timer, so a round trip cost more context switches (docs/performance.md).
+final class SerialLoop: @unchecked Sendable {
+    private let group: MultiThreadedEventLoopGroup
+    /// The loop everything runs on.
+    let loop: any EventLoop
+
+    /// Starts the loop's thread, named `name` (at most 15 bytes show in `top -H` and `perf`).
+    init(name: String) {
+        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        loop = group.next()
+        loop.execute { Thread.current.name = name }
+    }
+
+    deinit {
+        group.shutdownGracefully { _ in }
+    }
+
+    /// Runs `body` on the loop, after everything it was given before.
+    func async(execute body: @escaping @Sendable () -> Void) {
+        loop.execute(body)
+    }
+
+    /// Runs `body` on the loop at `deadline` (at once when it has passed).
+    func asyncAfter(deadline: DispatchTime, execute body: @escaping @Sendable () -> Void) {
+        let now = DispatchTime.now().uptimeNanoseconds
+        let delay = deadline.uptimeNanoseconds > now ? deadline.uptimeNanoseconds - now : 0
+        loop.scheduleTask(in: .nanoseconds(Int64(delay)), body)
+    }
+
+    /// Runs `body` on the loop every `interval`, the first time one interval from now, until the returned task
+    /// is cancelled.
+    func repeating(every interval: TimeAmount, _ body: @escaping @Sendable () -> Void) -> RepeatedTask {
+        loop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in body() }
+    }
+
+    /// Runs `body` on the loop and returns its result once it ran (on the loop itself, runs it at once).
+    func sync<T>(execute body: @escaping @Sendable () -> T) -> T {
+        if loop.inEventLoop { return body() }
+        let done = DispatchSemaphore(value: 0)
+        let result = SyncResult<T>()
+        loop.execute {
+            result.value = body()
+            done.signal()
+        }
+        done.wait()
+        return result.value!
+    }
+}
+
+/// The result of a ``SerialLoop/sync(execute:)`` body: written on the loop, read by the caller after the
+/// semaphore, so never at the same time.
+private final class SyncResult<T>: @unchecked Sendable {
+    var value: T?
+}
