@@ -169,6 +169,54 @@ struct DatabaseTests {
         }
     }
 
+    @Test func aWriteAheadLogBoundBelowTheBufferIsRefused() {
+        var options = Database.Options()
+        options.maxTotalWALSize = options.writeBufferSize - 1
+        do {
+            try options.validate()
+            Issue.record("accepted a write-ahead log bound below one write buffer")
+        } catch {
+            #expect(error.message.contains("maxTotalWALSize"))
+        }
+    }
+
+    /// A family written once and then left alone must not pin every later write-ahead log file: past
+    /// `maxTotalWALSize` it is flushed and the old files go (RocksDB's own bound here would be 4 × 3 × 4 MiB).
+    @Test func aQuietColumnFamilyDoesNotKeepTheWriteAheadLogGrowing() throws {
+        let path = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var options = Database.Options()
+        options.columnFamilies = ["busy", "quiet"]
+        options.writeBufferSize = 1 << 20
+        options.maxTotalWALSize = 2 << 20
+        do {
+            let database = try Database(path: path, options: options)
+            let busy = try database.columnFamily("busy")
+            let quiet = try database.columnFamily("quiet")
+            try database.put(b("once"), b("kept"), in: quiet, sync: true)
+            let value = [UInt8](repeating: 0x5A, count: 4096)
+            for round in 0..<64 {
+                let batch = WriteBatch()
+                for index in 0..<64 { batch.put(b("key-\(round)-\(index)"), value, in: busy) }
+                try database.write(batch, sync: false)
+            }
+            // 16 MiB went through the log; flushes run in the background, so wait for the old files to go.
+            var logBytes = 0
+            for _ in 0..<100 {
+                let files = try FileManager.default.contentsOfDirectory(atPath: path).filter { $0.hasSuffix(".log") }
+                logBytes = try files.reduce(0) {
+                    $0 + ((try FileManager.default.attributesOfItem(atPath: path + "/" + $1)[.size] as? Int) ?? 0)
+                }
+                if logBytes <= 6 << 20 { break }
+                Thread.sleep(forTimeInterval: 0.05)
+            }
+            #expect(logBytes <= 6 << 20, "\(logBytes) bytes of write-ahead log after 16 MiB of writes")
+        }
+        // The quiet family's write was flushed, not lost.
+        let reopened = try Database(path: path, options: options)
+        #expect(try reopened.get(b("once"), in: reopened.columnFamily("quiet")) == b("kept"))
+    }
+
     /// Writes 2 MB of compressible values, flushes, and returns the SST files' bytes.
     func sstFiles(compression: Database.Compression) throws -> [Data] {
         let path = temporaryDirectory()

@@ -19,6 +19,12 @@ extension Database {
         public var compression: Compression = .lz4
         /// Bytes buffered in memory per column family before a flush to an SST file.
         public var writeBufferSize = 64 << 20
+        /// Write-ahead log kept on disk at most, in bytes: beyond it RocksDB flushes the column families that
+        /// hold the oldest log file, so that it can be deleted. A log file lives until every family with data
+        /// in it has flushed; without a bound a quiet family (a few writes, never a full memtable) keeps every
+        /// later file too — RocksDB's own bound is four times the memtables' total, several GiB here, all of
+        /// it replayed by the next start.
+        public var maxTotalWALSize = 256 << 20
         /// Background threads for flushes and compactions.
         public var backgroundThreads = 2
         /// Verify checksums aggressively and refuse to open a database that looks damaged.
@@ -31,6 +37,12 @@ extension Database {
         public func validate() throws(StorageError) {
             if writeBufferSize < 1 << 16 {
                 throw StorageError(.invalidArgument, "writeBufferSize must be at least 64 KiB, got \(writeBufferSize)")
+            }
+            if maxTotalWALSize < writeBufferSize {
+                throw StorageError(
+                    .invalidArgument,
+                    "maxTotalWALSize (\(maxTotalWALSize)) must be at least writeBufferSize (\(writeBufferSize))"
+                )
             }
             if backgroundThreads < 1 {
                 throw StorageError(.invalidArgument, "backgroundThreads must be positive, got \(backgroundThreads)")
@@ -51,6 +63,7 @@ extension Database {
             rocksdb_options_increase_parallelism(options, Int32(backgroundThreads))
             rocksdb_options_set_write_buffer_size(options, writeBufferSize)
             rocksdb_options_set_max_write_buffer_number(options, 4)
+            rocksdb_options_set_max_total_wal_size(options, UInt64(maxTotalWALSize))
             rocksdb_options_set_paranoid_checks(options, paranoidChecks ? 1 : 0)
             // Bloom filters over whole keys, in SST files (10 bits a key) and in memtables: most point reads on
             // the hot path miss (a message's dedup key, a new conversation), and a miss then costs no search of
