@@ -41,7 +41,10 @@ public final class WarblerClient: Sendable {
 
     private struct PendingRequest {
         var frame: Warbler_V1_ClientFrame
-        var continuation: CheckedContinuation<Warbler_V1_ServerFrame, any Error>
+        /// Resumed exactly once, by whoever removes the request from `pending` (a reply, a failed connection,
+        /// `close()`), so the unchecked kind is safe — and it costs no allocation per request, as a checked one
+        /// does.
+        var continuation: UnsafeContinuation<Warbler_V1_ServerFrame, any Error>
         /// Safe to send again after a reconnect (idempotent on the node).
         var resend: Bool
     }
@@ -398,7 +401,7 @@ public final class WarblerClient: Sendable {
     ) async throws
         -> Warbler_V1_ServerFrame
     {
-        let reply = try await withCheckedThrowingContinuation { continuation in
+        let reply = try await withUnsafeThrowingContinuation { continuation in
             enum Route {
                 case written
                 case queued
@@ -544,7 +547,7 @@ public final class WarblerClient: Sendable {
 
     /// A request during reconnection (bypasses the reconnecting gate).
     private func rawRequest(_ body: Warbler_V1_ClientFrame.OneOf_Body) async throws -> Warbler_V1_ServerFrame {
-        try await withCheckedThrowingContinuation { continuation in
+        try await withUnsafeThrowingContinuation { continuation in
             let written = state.withLock { state -> Bool in
                 let id = state.nextRequestID
                 state.nextRequestID += 1
