@@ -4,6 +4,7 @@ import Synchronization
 import Testing
 
 @testable import WarblerCluster
+@testable import WarblerStorage
 
 /// The serial loop the Raft scheduler and the apply queue run on: one named thread, work in order, `sync` that
 /// waits (and runs inline on the loop), timers.
@@ -60,6 +61,20 @@ import Testing
         // A deadline in the past runs at once.
         loop.asyncAfter(deadline: start) { ran.signal() }
         #expect(ran.wait(timeout: .now() + 10) == .success)
+    }
+
+    @Test func rocksDBCountsNothingOnTheLoop() throws {
+        let path = NSTemporaryDirectory() + "warbler-serial-loop-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let database = try Database(path: path)
+        let loop = SerialLoop(name: "test-rocksdb")
+        let comparisons = loop.sync {
+            let batch = WriteBatch()
+            for index in 0..<200 { batch.put(Array("key-\(index * 7919 % 200)".utf8), [1], in: database.defaultFamily) }
+            try? database.write(batch, sync: false)
+            return Database.keyComparisonsOnThisThread()
+        }
+        #expect(comparisons == 0)
     }
 
     @Test func repeatingWorkStopsWhenCancelled() {

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 
 @testable import WarblerStorage
@@ -167,6 +168,36 @@ struct DatabaseTests {
         } catch {
             #expect(error.message.contains("writeBufferSize"))
         }
+    }
+
+    /// RocksDB's performance counters are on by default on every thread; a thread that turns them off stops
+    /// counting (the Raft loops do, see `SerialLoop`).
+    @Test func aThreadThatTurnsOffPerformanceCountersStopsCounting() throws {
+        let path = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let database = try Database(path: path)
+        let counts = Mutex<(before: UInt64, afterFirst: UInt64, afterSecond: UInt64)?>(nil)
+        let thread = Thread {
+            func writeKeys(_ round: Int) {
+                let batch = WriteBatch()
+                for index in 0..<200 {
+                    batch.put(b("key-\(round)-\(index * 7919 % 200)"), b("v"), in: database.defaultFamily)
+                }
+                try? database.write(batch, sync: false)
+            }
+            let before = Database.keyComparisonsOnThisThread()
+            writeKeys(1)
+            let afterFirst = Database.keyComparisonsOnThisThread()
+            Database.disablePerformanceCountersOnThisThread()
+            writeKeys(2)
+            counts.withLock { $0 = (before, afterFirst, Database.keyComparisonsOnThisThread()) }
+        }
+        thread.start()
+        let deadline = Date().addingTimeInterval(10)
+        while counts.withLock({ $0 == nil }) && Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
+        let result = try #require(counts.withLock { $0 })
+        #expect(result.afterFirst > result.before, "the first batch's memtable inserts compared keys")
+        #expect(result.afterSecond == result.afterFirst, "nothing counted once the counters were off")
     }
 
     @Test func aWriteAheadLogBoundBelowTheBufferIsRefused() {

@@ -123,6 +123,20 @@ public final class Database: @unchecked Sendable {
 
     func writeOptions(sync: Bool) -> OpaquePointer { sync ? syncWrites : bufferedWrites }
 
+    /// Turns RocksDB's performance counters off for the calling thread. They are on by default, per thread, and
+    /// the memtable's key comparator bumps a thread-local counter on every comparison; Warbler never reads them.
+    /// For the threads that do most of the writing (the Raft scheduler and the apply queue).
+    public static func disablePerformanceCountersOnThisThread() {
+        rocksdb_set_perf_level(Int32(rocksdb_disable))
+    }
+
+    /// The calling thread's count of key comparisons (a RocksDB performance counter; for tests).
+    static func keyComparisonsOnThisThread() -> UInt64 {
+        let context = rocksdb_perfcontext_create()!
+        defer { rocksdb_perfcontext_destroy(context) }
+        return rocksdb_perfcontext_metric(context, Int32(rocksdb_user_key_comparison_count))
+    }
+
     // MARK: - Point operations
 
     /// Reads the value stored under `key`, or nil.
