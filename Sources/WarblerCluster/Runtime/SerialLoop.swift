@@ -6,8 +6,8 @@ import WarblerStorage
 
 /// A serial queue with a thread of its own (a SwiftNIO event loop): the Raft scheduler and the apply queue run
 /// on one each. Work handed to an idle loop wakes that one thread, and a timer is the loop's own `epoll`
-/// deadline; a `DispatchQueue` woke whichever threads of its pool were idle (several per hand-over under load)
-/// and a manager thread for every timer, so a round trip cost more context switches (docs/performance.md).
+/// deadline; a `DispatchQueue` ran on whichever of libdispatch's pool threads was free (four or five took
+/// turns) and sent every timer through its manager thread (docs/performance.md has the before and after).
 final class SerialLoop: @unchecked Sendable {
     private let group: MultiThreadedEventLoopGroup
     /// The loop everything runs on.
