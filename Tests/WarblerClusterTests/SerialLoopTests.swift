@@ -47,19 +47,19 @@ import Testing
         #expect(nested == 8)
     }
 
-    @Test func asyncAfterRunsNoEarlierThanItsDeadline() {
+    @Test func delayedWorkRunsNoEarlierThanItsDelay() {
         let loop = SerialLoop(name: "test-after")
         let ran = DispatchSemaphore(value: 0)
         let start = DispatchTime.now()
         let elapsed = Mutex<UInt64>(0)
-        loop.asyncAfter(deadline: start + .milliseconds(50)) {
+        loop.after(.milliseconds(50)) {
             elapsed.withLock { $0 = DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds }
             ran.signal()
         }
         #expect(ran.wait(timeout: .now() + 10) == .success)
         #expect(elapsed.withLock { $0 } >= 50_000_000)
-        // A deadline in the past runs at once.
-        loop.asyncAfter(deadline: start) { ran.signal() }
+        // No delay runs at once.
+        loop.after(.zero) { ran.signal() }
         #expect(ran.wait(timeout: .now() + 10) == .success)
     }
 

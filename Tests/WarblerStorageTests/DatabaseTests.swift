@@ -159,14 +159,20 @@ struct DatabaseTests {
         #expect(throws: StorageError.self) { try database.columnFamily("nope") }
     }
 
-    @Test func invalidOptionsAreRefusedWithTheFieldNamed() {
+    /// Each wrong field is refused, naming it: a 10-byte write buffer, a write-ahead log bound below one buffer.
+    @Test(arguments: ["writeBufferSize", "maxTotalWALSize"])
+    func invalidOptionsAreRefusedWithTheFieldNamed(field: String) {
         var options = Database.Options()
-        options.writeBufferSize = 10
+        if field == "writeBufferSize" {
+            options.writeBufferSize = 10
+        } else {
+            options.maxTotalWALSize = options.writeBufferSize - 1
+        }
         do {
             try options.validate()
-            Issue.record("accepted a 10-byte write buffer")
+            Issue.record("accepted a wrong \(field)")
         } catch {
-            #expect(error.message.contains("writeBufferSize"))
+            #expect(error.message.contains(field))
         }
     }
 
@@ -198,17 +204,6 @@ struct DatabaseTests {
         let result = try #require(counts.withLock { $0 })
         #expect(result.afterFirst > result.before, "the first batch's memtable inserts compared keys")
         #expect(result.afterSecond == result.afterFirst, "nothing counted once the counters were off")
-    }
-
-    @Test func aWriteAheadLogBoundBelowTheBufferIsRefused() {
-        var options = Database.Options()
-        options.maxTotalWALSize = options.writeBufferSize - 1
-        do {
-            try options.validate()
-            Issue.record("accepted a write-ahead log bound below one write buffer")
-        } catch {
-            #expect(error.message.contains("maxTotalWALSize"))
-        }
     }
 
     /// A family written once and then left alone must not pin every later write-ahead log file: past

@@ -244,9 +244,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         queue.sync { [self] in
             for group in groups.values where group.node.confState.voters == [nodeID] { group.node.campaign() }
             runRound()
-            timer = queue.repeating(every: .nanoseconds(Int64(Self.nanoseconds(options.tickInterval)))) {
-                [weak self] in self?.tick()
-            }
+            timer = queue.repeating(every: options.tickInterval) { [weak self] in self?.tick() }
         }
     }
 
@@ -580,9 +578,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
                 return (proposals, inbox.messages, inbox.tasks, holdUntil)
             }
             if let holdUntil {
-                queue.asyncAfter(deadline: .now() + .nanoseconds(Self.nanoseconds(holdUntil - now))) {
-                    self.releaseHeldProposals()
-                }
+                queue.after(holdUntil - now) { self.releaseHeldProposals() }
             }
             for task in tasks { task() }
             if !messages.isEmpty {
@@ -604,11 +600,6 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     func releaseHeldProposals() {
         let schedule = inbox.withLock { inbox in inbox.hold != nil && scheduleLocked(&inbox) }
         if schedule { queue.async { self.runRound() } }
-    }
-
-    /// `duration` in whole nanoseconds (at least 0).
-    static func nanoseconds(_ duration: Duration) -> Int {
-        max(0, Int(duration.components.seconds) * 1_000_000_000 + Int(duration.components.attoseconds / 1_000_000_000))
     }
 
     func step(_ message: Message, into id: UInt32, incarnations: [UInt64: UInt64]) {

@@ -1,4 +1,3 @@
-import Dispatch
 import Foundation
 import NIOCore
 import NIOPosix
@@ -33,35 +32,21 @@ final class SerialLoop: @unchecked Sendable {
         loop.execute(body)
     }
 
-    /// Runs `body` on the loop at `deadline` (at once when it has passed).
-    func asyncAfter(deadline: DispatchTime, execute body: @escaping @Sendable () -> Void) {
-        let now = DispatchTime.now().uptimeNanoseconds
-        let delay = deadline.uptimeNanoseconds > now ? deadline.uptimeNanoseconds - now : 0
-        loop.scheduleTask(in: .nanoseconds(Int64(delay)), body)
+    /// Runs `body` on the loop once `delay` has passed.
+    func after(_ delay: Duration, execute body: @escaping @Sendable () -> Void) {
+        loop.scheduleTask(in: TimeAmount(delay), body)
     }
 
     /// Runs `body` on the loop every `interval`, the first time one interval from now, until the returned task
     /// is cancelled.
-    func repeating(every interval: TimeAmount, _ body: @escaping @Sendable () -> Void) -> RepeatedTask {
-        loop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in body() }
+    func repeating(every interval: Duration, _ body: @escaping @Sendable () -> Void) -> RepeatedTask {
+        loop.scheduleRepeatedTask(initialDelay: TimeAmount(interval), delay: TimeAmount(interval)) { _ in body() }
     }
 
     /// Runs `body` on the loop and returns its result once it ran (on the loop itself, runs it at once).
-    func sync<T>(execute body: @escaping @Sendable () -> T) -> T {
+    func sync<T: Sendable>(execute body: @escaping @Sendable () -> T) -> T {
         if loop.inEventLoop { return body() }
-        let done = DispatchSemaphore(value: 0)
-        let result = SyncResult<T>()
-        loop.execute {
-            result.value = body()
-            done.signal()
-        }
-        done.wait()
-        return result.value!
+        // `submit` cannot fail on a running loop, and these loops run until the host is gone.
+        return try! loop.submit(body).wait()
     }
-}
-
-/// The result of a ``SerialLoop/sync(execute:)`` body: written on the loop, read by the caller after the
-/// semaphore, so never at the same time.
-private final class SyncResult<T>: @unchecked Sendable {
-    var value: T?
 }
