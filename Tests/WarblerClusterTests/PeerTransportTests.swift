@@ -26,6 +26,20 @@ final class EchoDelegate: PeerTransportDelegate {
     }
 }
 
+/// Answers every request after `delay`.
+final class SlowDelegate: PeerTransportDelegate {
+    let delay: Duration
+    init(delay: Duration) { self.delay = delay }
+    func peerTransport(received batch: RaftBatchRecord, from node: UInt64) {}
+    func peerTransport(lost node: UInt64) {}
+    func peerTransport(handle request: PeerRequest, from node: UInt64) async -> PeerResponse {
+        try? await Task.sleep(for: delay)
+        var response = PeerResponse()
+        response.status.nodeID = 2
+        return response
+    }
+}
+
 struct PeerTransportTests {
     let root = NSTemporaryDirectory() + "warbler-certs-\(UUID().uuidString)"
 
@@ -76,6 +90,38 @@ struct PeerTransportTests {
         }
         client.shutdown()
         stranger.shutdown()
+        server.shutdown()
+        try await channel.close()
+        try await loops.shutdownGracefully()
+    }
+
+    /// A request's timeout counts its fraction of a second: 800 ms is enough for an answer after 150 ms, and
+    /// 300 ms gives up on an answer that takes 1.2 s after about 300 ms (neither at once nor after the answer).
+    @Test func requestTimeoutsKeepTheirFractionOfASecond() async throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try ClusterCertificates.initCA(in: root + "/ca")
+        let loops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let server = try transport(2, ca: root + "/ca", loops: loops)
+        server.setDelegate(SlowDelegate(delay: .milliseconds(150)))
+        let channel = try await server.bind(host: "127.0.0.1", port: 0)
+        let client = try transport(1, ca: root + "/ca", loops: loops)
+        client.setDelegate(EchoDelegate(nodeID: 1))
+        client.setAddress("127.0.0.1:\(channel.localAddress!.port!)", for: 2)
+        // The first request also opens the connection (TLS handshake) under a generous timeout.
+        _ = try await client.request(.status(.init()), to: 2, timeout: .seconds(120))
+        let answered = try await client.request(.status(.init()), to: 2, timeout: .milliseconds(800))
+        #expect(answered.status.nodeID == 2)
+        server.setDelegate(SlowDelegate(delay: .milliseconds(1200)))
+        let clock = ContinuousClock()
+        let start = clock.now
+        await #expect(throws: PeerTransportError.self) {
+            _ = try await client.request(.status(.init()), to: 2, timeout: .milliseconds(300))
+        }
+        let waited = clock.now - start
+        #expect(waited >= .milliseconds(250) && waited < .milliseconds(1000), "gave up after \(waited)")
+        // Let the late answer go out before the loops stop.
+        try await Task.sleep(for: .seconds(1))
+        client.shutdown()
         server.shutdown()
         try await channel.close()
         try await loops.shutdownGracefully()

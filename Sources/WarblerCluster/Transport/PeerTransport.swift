@@ -188,7 +188,7 @@ public final class PeerTransport: Sendable {
         var frame = PeerFrame()
         frame.request.id = id
         frame.request.body = body
-        let timer = group.next().scheduleTask(in: .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000)) {
+        let timer = group.next().scheduleTask(in: TimeAmount(timeout)) {
             self.complete(id, with: .failure(PeerTransportError("node \(connection.node) did not answer in time")))
         }
         defer { timer.cancel() }
