@@ -26,14 +26,18 @@ final class EchoDelegate: PeerTransportDelegate {
     }
 }
 
-/// Answers every request after `delay`.
+/// Answers every request after `delay`, or as soon as it is released.
 final class SlowDelegate: PeerTransportDelegate {
     let delay: Duration
+    let released = Mutex(false)
     init(delay: Duration) { self.delay = delay }
     func peerTransport(received batch: RaftBatchRecord, from node: UInt64) {}
     func peerTransport(lost node: UInt64) {}
     func peerTransport(handle request: PeerRequest, from node: UInt64) async -> PeerResponse {
-        try? await Task.sleep(for: delay)
+        let deadline = ContinuousClock.now + delay
+        while ContinuousClock.now < deadline, !released.withLock({ $0 }) {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
         var response = PeerResponse()
         response.status.nodeID = 2
         return response
@@ -95,8 +99,8 @@ struct PeerTransportTests {
         try await loops.shutdownGracefully()
     }
 
-    /// A request's timeout counts its fraction of a second: 800 ms is enough for an answer after 150 ms, and
-    /// 300 ms gives up on an answer that takes 1.2 s after about 300 ms (neither at once nor after the answer).
+    /// A request's timeout counts its fraction of a second: 3.5 s is enough for an answer after 150 ms, and
+    /// 300 ms gives up on an answer that would take 10 s (not at once, as a timeout cut to whole seconds did).
     @Test func requestTimeoutsKeepTheirFractionOfASecond() async throws {
         defer { try? FileManager.default.removeItem(atPath: root) }
         try ClusterCertificates.initCA(in: root + "/ca")
@@ -109,18 +113,20 @@ struct PeerTransportTests {
         client.setAddress("127.0.0.1:\(channel.localAddress!.port!)", for: 2)
         // The first request also opens the connection (TLS handshake) under a generous timeout.
         _ = try await client.request(.status(.init()), to: 2, timeout: .seconds(120))
-        let answered = try await client.request(.status(.init()), to: 2, timeout: .milliseconds(800))
+        let answered = try await client.request(.status(.init()), to: 2, timeout: .milliseconds(3500))
         #expect(answered.status.nodeID == 2)
-        server.setDelegate(SlowDelegate(delay: .milliseconds(1200)))
+        let stuck = SlowDelegate(delay: .seconds(10))
+        server.setDelegate(stuck)
         let clock = ContinuousClock()
         let start = clock.now
         await #expect(throws: PeerTransportError.self) {
             _ = try await client.request(.status(.init()), to: 2, timeout: .milliseconds(300))
         }
         let waited = clock.now - start
-        #expect(waited >= .milliseconds(250) && waited < .milliseconds(1000), "gave up after \(waited)")
+        #expect(waited >= .milliseconds(250) && waited < .seconds(10), "gave up after \(waited)")
         // Let the late answer go out before the loops stop.
-        try await Task.sleep(for: .seconds(1))
+        stuck.released.withLock { $0 = true }
+        try await Task.sleep(for: .milliseconds(200))
         client.shutdown()
         server.shutdown()
         try await channel.close()
