@@ -137,9 +137,8 @@ public final class WarblerClient: Sendable {
             .channelInitializer { [weak self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrame))
+                        ClientFrameHandler(client: self, maxFrameBytes: maxFrame)
                     )
-                    try channel.pipeline.syncOperations.addHandler(ClientFrameHandler(client: self))
                 }
             }
         let channel = try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
@@ -565,21 +564,35 @@ public final class WarblerClient: Sendable {
 }
 
 /// Decodes server frames and hands them to the client.
+/// Splits the connection's bytes into frames (``FrameDecoder``, run in this handler rather than in a
+/// `ByteToMessageHandler` of its own: one pipeline step less per read) and hands each decoded frame to the
+/// client. A frame over the limit, a malformed one or a stream that ends inside a frame closes the connection.
 final class ClientFrameHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     private weak var client: WarblerClient?
+    private let frames: NIOSingleStepByteToMessageProcessor<FrameDecoder>
 
-    init(client: WarblerClient?) { self.client = client }
+    init(client: WarblerClient?, maxFrameBytes: Int) {
+        self.client = client
+        frames = NIOSingleStepByteToMessageProcessor(FrameDecoder(maxFrameBytes: maxFrameBytes))
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard let frame = try? FrameCodec.decodeServerFrame(unwrapInboundIn(data)) else {
+        do {
+            try frames.process(buffer: unwrapInboundIn(data)) { try self.received($0) }
+        } catch {
             context.close(promise: nil)
-            return
         }
+    }
+
+    private func received(_ body: ByteBuffer) throws {
+        let frame = try FrameCodec.decodeServerFrame(body)
         client?.received(frame)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        // Frames that arrived whole before the end still count; a partial one is dropped with the connection.
+        try? frames.finishProcessing(seenEOF: true) { try self.received($0) }
         client?.connectionClosed()
         context.fireChannelInactive()
     }

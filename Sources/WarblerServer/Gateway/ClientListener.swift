@@ -24,10 +24,7 @@ public final class ClientListener: Service, Sendable {
         let bootstrap = ServerBootstrap.warblerListener(group: group)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrame))
-                    )
-                    try channel.pipeline.syncOperations.addHandler(LengthPrefixedAdapter())
+                    try channel.pipeline.syncOperations.addHandler(LengthPrefixedFramer(maxFrameBytes: maxFrame))
                     try channel.pipeline.syncOperations.addHandler(
                         ClientChannelHandler(node: node, format: .lengthPrefixed, logger: logger)
                     )
