@@ -110,6 +110,39 @@ func sampleRequests() -> [Warbler_V1_ClientFrame] {
 }
 
 struct FramingTests {
+    /// Frames decode straight from the slices of the buffer they arrived in (``ByteBufferBytes``), wherever the
+    /// slice starts in it.
+    @Test func framesDecodeFromSlicesOfTheBufferTheyArrivedIn() throws {
+        let requests = sampleRequests()
+        var push = Warbler_V1_ServerFrame()
+        push.messagePush.message = .with {
+            $0.conversationID = "c-1"
+            $0.seq = 7
+            $0.payload = Data(repeating: 0xAB, count: 300)
+        }
+        var buffer = ByteBuffer(bytes: [9, 9, 9])
+        for request in requests {
+            writeFrame(ByteBuffer(bytes: try request.serializedBytes() as [UInt8]), into: &buffer)
+        }
+        writeFrame(ByteBuffer(bytes: try push.serializedBytes() as [UInt8]), into: &buffer)
+        buffer.moveReaderIndex(forwardBy: 3)
+        var decoder = FrameDecoder(maxFrameBytes: 1 << 20)
+        var decoded: [Warbler_V1_ClientFrame] = []
+        for _ in requests {
+            let body = try #require(try decoder.decode(buffer: &buffer))
+            decoded.append(try FrameCodec.decodeClientFrame(body))
+        }
+        #expect(decoded == requests)
+        let body = try #require(try decoder.decode(buffer: &buffer))
+        #expect(try FrameCodec.decodeServerFrame(body) == push)
+        #expect(buffer.readableBytes == 0)
+        // Only the readable bytes count, not what was read before them or the room after them.
+        var partlyRead = ByteBuffer(bytes: [0xFF, 0xFF] + (try push.serializedBytes() as [UInt8]))
+        partlyRead.moveReaderIndex(forwardBy: 2)
+        partlyRead.reserveCapacity(partlyRead.writerIndex + 64)
+        #expect(try FrameCodec.decodeServerFrame(partlyRead) == push)
+    }
+
     @Test func framesSurviveAnyChunking() {
         let bodies: [[UInt8]] = [[], [1], Array(repeating: 7, count: 300), [1, 2, 3]]
         let stream = framed(bodies)

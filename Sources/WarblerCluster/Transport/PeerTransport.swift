@@ -537,7 +537,7 @@ final class PeerChannelHandler: ChannelInboundHandler, @unchecked Sendable {
         let body = unwrapInboundIn(data)
         let frame: PeerFrame
         do {
-            frame = try PeerFrame(serializedBytes: Array(body.readableBytesView))
+            frame = try PeerFrame(serializedBytes: ByteBufferBytes(body))
         } catch {
             refuse(context, "malformed peer frame: \(error)")
             return

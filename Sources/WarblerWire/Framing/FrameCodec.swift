@@ -10,7 +10,7 @@ public enum FrameCodec {
     public static func decodeClientFrame(_ body: ByteBuffer) throws(WireError) -> Warbler_V1_ClientFrame {
         let frame: Warbler_V1_ClientFrame
         do {
-            frame = try Warbler_V1_ClientFrame(serializedBytes: Array(body.readableBytesView))
+            frame = try Warbler_V1_ClientFrame(serializedBytes: ByteBufferBytes(body))
         } catch {
             throw WireError(.malformedFrame, "frame is not a valid ClientFrame: \(error)")
         }
@@ -68,7 +68,7 @@ public enum FrameCodec {
     /// Decodes a server frame (used by the SDK).
     public static func decodeServerFrame(_ body: ByteBuffer) throws(WireError) -> Warbler_V1_ServerFrame {
         do {
-            return try Warbler_V1_ServerFrame(serializedBytes: Array(body.readableBytesView))
+            return try Warbler_V1_ServerFrame(serializedBytes: ByteBufferBytes(body))
         } catch {
             throw WireError(.malformedFrame, "frame is not a valid ServerFrame: \(error)")
         }
