@@ -159,7 +159,10 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
         ),
-        .testTarget(name: "WarblerClientTests", dependencies: ["WarblerClient", "WarblerWire"]),
+        .testTarget(
+            name: "WarblerClientTests",
+            dependencies: ["WarblerClient", "WarblerWire", .product(name: "NIOEmbedded", package: "swift-nio")]
+        ),
         .testTarget(name: "WarblerStorageTests", dependencies: ["WarblerStorage", "WarblerRaft", "WarblerWire"]),
         .testTarget(
             name: "WarblerWireTests",

@@ -563,7 +563,6 @@ public final class WarblerClient: Sendable {
     }
 }
 
-/// Decodes server frames and hands them to the client.
 /// Splits the connection's bytes into frames (``FrameDecoder``, run in this handler rather than in a
 /// `ByteToMessageHandler` of its own: one pipeline step less per read) and hands each decoded frame to the
 /// client. A frame over the limit, a malformed one or a stream that ends inside a frame closes the connection.
@@ -571,6 +570,8 @@ final class ClientFrameHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     private weak var client: WarblerClient?
     private let frames: NIOSingleStepByteToMessageProcessor<FrameDecoder>
+    /// Set by the first bad frame: nothing after it is read.
+    private var failed = false
 
     init(client: WarblerClient?, maxFrameBytes: Int) {
         self.client = client
@@ -578,9 +579,11 @@ final class ClientFrameHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !failed else { return }
         do {
             try frames.process(buffer: unwrapInboundIn(data)) { try self.received($0) }
         } catch {
+            failed = true
             context.close(promise: nil)
         }
     }
@@ -592,7 +595,7 @@ final class ClientFrameHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func channelInactive(context: ChannelHandlerContext) {
         // Frames that arrived whole before the end still count; a partial one is dropped with the connection.
-        try? frames.finishProcessing(seenEOF: true) { try self.received($0) }
+        if !failed { try? frames.finishProcessing(seenEOF: true) { try self.received($0) } }
         client?.connectionClosed()
         context.fireChannelInactive()
     }
