@@ -563,27 +563,24 @@ public final class WarblerClient: Sendable {
     }
 }
 
-/// Splits the connection's bytes into frames (``FrameDecoder``, run in this handler rather than in a
+/// Splits the connection's bytes into frames (``FrameSplitter``, in this handler rather than in a
 /// `ByteToMessageHandler` of its own: one pipeline step less per read) and hands each decoded frame to the
-/// client. A frame over the limit, a malformed one or a stream that ends inside a frame closes the connection.
+/// client. A frame over the limit, a malformed one or a stream that ends inside a frame closes the connection,
+/// and nothing after it is read.
 final class ClientFrameHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     private weak var client: WarblerClient?
-    private let frames: NIOSingleStepByteToMessageProcessor<FrameDecoder>
-    /// Set by the first bad frame: nothing after it is read.
-    private var failed = false
+    private let frames: FrameSplitter
 
     init(client: WarblerClient?, maxFrameBytes: Int) {
         self.client = client
-        frames = NIOSingleStepByteToMessageProcessor(FrameDecoder(maxFrameBytes: maxFrameBytes))
+        frames = FrameSplitter(maxFrameBytes: maxFrameBytes)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !failed else { return }
         do {
-            try frames.process(buffer: unwrapInboundIn(data)) { try self.received($0) }
+            try frames.split(unwrapInboundIn(data)) { try self.received($0) }
         } catch {
-            failed = true
             context.close(promise: nil)
         }
     }
@@ -595,7 +592,7 @@ final class ClientFrameHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func channelInactive(context: ChannelHandlerContext) {
         // Frames that arrived whole before the end still count; a partial one is dropped with the connection.
-        if !failed { try? frames.finishProcessing(seenEOF: true) { try self.received($0) } }
+        try? frames.finish { try self.received($0) }
         client?.connectionClosed()
         context.fireChannelInactive()
     }

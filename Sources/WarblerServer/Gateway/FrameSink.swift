@@ -145,7 +145,7 @@ struct EncodedFrame {
     }
 }
 
-/// Splits a TCP connection's bytes into length-prefixed frames (``FrameDecoder``) and passes each body on as an
+/// Splits a TCP connection's bytes into length-prefixed frames (``FrameSplitter``) and passes each body on as an
 /// inbound frame: one pipeline step instead of NIO's `ByteToMessageHandler` and an adapter after it. A framing
 /// error (an oversize frame, which is refused at its header, or a stream that ends inside a frame) goes on as
 /// `errorCaught`, and the bytes after it are ignored: the stream cannot be resynchronised.
@@ -153,30 +153,23 @@ final class LengthPrefixedFramer: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = InboundFrame
 
-    private let frames: NIOSingleStepByteToMessageProcessor<FrameDecoder>
-    private var failed = false
+    private let frames: FrameSplitter
 
-    init(maxFrameBytes: Int) {
-        frames = NIOSingleStepByteToMessageProcessor(FrameDecoder(maxFrameBytes: maxFrameBytes))
-    }
+    init(maxFrameBytes: Int) { frames = FrameSplitter(maxFrameBytes: maxFrameBytes) }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !failed else { return }
         do {
-            try frames.process(buffer: unwrapInboundIn(data)) { context.fireChannelRead(wrapInboundOut(.binary($0))) }
+            try frames.split(unwrapInboundIn(data)) { context.fireChannelRead(wrapInboundOut(.binary($0))) }
         } catch {
-            failed = true
             context.fireErrorCaught(error)
         }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if !failed {
-            do {
-                try frames.finishProcessing(seenEOF: true) { context.fireChannelRead(wrapInboundOut(.binary($0))) }
-            } catch {
-                context.fireErrorCaught(error)
-            }
+        do {
+            try frames.finish { context.fireChannelRead(wrapInboundOut(.binary($0))) }
+        } catch {
+            context.fireErrorCaught(error)
         }
         context.fireChannelInactive()
     }

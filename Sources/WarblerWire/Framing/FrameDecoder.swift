@@ -46,6 +46,45 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder {
     }
 }
 
+/// A connection's byte stream split into frame bodies by ``FrameDecoder`` (run through NIO's
+/// `NIOSingleStepByteToMessageProcessor`), for a channel handler that takes the bodies itself instead of
+/// putting a `ByteToMessageHandler` of its own in front of it (one pipeline step less per read).
+///
+/// The first error — a framing error, or one thrown by the handler's `body` for a frame — ends the stream:
+/// nothing after it is handed on, not even whole frames left at the end.
+public final class FrameSplitter {
+    private let frames: NIOSingleStepByteToMessageProcessor<FrameDecoder>
+    private var failed = false
+
+    /// Splits frames of at most `maxFrameBytes`.
+    public init(maxFrameBytes: Int) {
+        frames = NIOSingleStepByteToMessageProcessor(FrameDecoder(maxFrameBytes: maxFrameBytes))
+    }
+
+    /// Adds `bytes` to what arrived before and calls `body` with each whole frame body, in order; rethrows the
+    /// first error.
+    public func split(_ bytes: ByteBuffer, _ body: (ByteBuffer) throws -> Void) throws {
+        try untilFailure { try frames.process(buffer: bytes, body) }
+    }
+
+    /// At the end of the stream: calls `body` with any whole frame body left, then throws
+    /// ``ErrorCode/malformedFrame`` if a partial one remains.
+    public func finish(_ body: (ByteBuffer) throws -> Void) throws {
+        try untilFailure { try frames.finishProcessing(seenEOF: true, body) }
+    }
+
+    /// Runs `work` unless an earlier call failed; an error it throws ends the stream.
+    private func untilFailure(_ work: () throws -> Void) throws {
+        guard !failed else { return }
+        do {
+            try work()
+        } catch {
+            failed = true
+            throw error
+        }
+    }
+}
+
 /// Writes one frame: the 4-byte big-endian length, then the body.
 public func writeFrame(_ body: ByteBuffer, into output: inout ByteBuffer) {
     output.writeInteger(UInt32(body.readableBytes), endianness: .big)
