@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 
 /// `warbler-bench` itself: every scenario runs against a node it spawns from the debug build, and its JSON
@@ -95,6 +96,71 @@ struct BenchTests {
         #expect(acks > 0)
         // Three receivers per message (the sender's own push is not a delivery).
         #expect(abs(number(report, "deliveries_per_second") - 3 * acks) <= 0.2 * 3 * acks)
+    }
+
+    /// The processes whose parent is `parent`, with their command lines.
+    func children(of parent: Int32) -> [(pid: Int32, arguments: [String])] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap { entry -> (Int32, [String])? in
+            guard let pid = Int32(entry),
+                let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                let close = stat.lastIndex(of: ")")
+            else { return nil }
+            // "pid (comm) state ppid …": the command name may hold spaces, so fields count from its ")".
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 2, Int32(fields[1]) == parent,
+                let line = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline")
+            else { return nil }
+            return (pid, line.split(separator: 0).map { String(decoding: $0, as: UTF8.self) })
+        }
+    }
+
+    /// True while `pid` runs (not gone, not a zombie: a zombie's command line is empty).
+    func isRunning(_ pid: Int32) -> Bool {
+        !(FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") ?? Data()).isEmpty
+    }
+
+    @Test(arguments: [SIGINT, SIGTERM])
+    func aStopSignalStopsTheSpawnedNodesAndRemovesTheirData(signal: Int32) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = ["--spawn", "single", "--senders", "1", "--seconds", "600", "--quiet"]
+        // Standard error is read as it comes: the spawned node shares it, so it may never reach its end.
+        let errors = Pipe()
+        let said = Mutex(Data())
+        errors.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            said.withLock { $0.append(data) }
+        }
+        defer { errors.fileHandleForReading.readabilityHandler = nil }
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        // Until the node runs and has its data folder, and a little longer (the bench is connecting or measuring).
+        var node: (pid: Int32, arguments: [String])?
+        for _ in 0..<600 where node == nil {
+            node = children(of: process.processIdentifier).first { $0.arguments.dropFirst().first == "serve" }
+            if node == nil { usleep(50_000) }
+        }
+        let spawned = try #require(node, "the bench started no node")
+        let data = try #require(spawned.arguments.firstIndex(of: "--data").map { spawned.arguments[$0 + 1] })
+        let folder = URL(fileURLWithPath: data).deletingLastPathComponent().path
+        #expect(FileManager.default.fileExists(atPath: folder))
+        sleep(2)
+
+        kill(process.processIdentifier, signal)
+        let stopped = ContinuousClock.now
+        while process.isRunning && ContinuousClock.now - stopped < .seconds(30) { usleep(50_000) }
+        #expect(!process.isRunning, "the bench is still running 30 s after the signal")
+        #expect(process.terminationStatus == 128 + signal)
+        usleep(200_000)
+        let diagnostics = String(decoding: said.withLock { $0 }, as: UTF8.self)
+        #expect(diagnostics.contains("stopping 1 process(es)"), "\(diagnostics)")
+        #expect(!isRunning(spawned.pid), "the spawned node outlived the bench")
+        if isRunning(spawned.pid) { kill(spawned.pid, SIGKILL) }
+        #expect(!FileManager.default.fileExists(atPath: folder), "the spawned node's data folder is left behind")
+        try? FileManager.default.removeItem(atPath: folder)
     }
 
     @Test func syncMixedAndConnections() throws {

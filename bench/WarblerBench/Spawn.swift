@@ -18,11 +18,22 @@ final class SpawnedCluster {
     var processes: [Process] = []
     let binary: URL
 
+    /// Starts `size` nodes with `users` created; on failure, stops the nodes it started and removes their data.
     init(size: Int, users: [String], password: String) throws {
         binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(
             "warbler"
         )
         directory = NSTemporaryDirectory() + "warbler-bench-\(UUID().uuidString)"
+        ChildProcesses.shared.own(directory)
+        do {
+            try start(size: size, users: users, password: password)
+        } catch {
+            stop()
+            throw error
+        }
+    }
+
+    private func start(size: Int, users: [String], password: String) throws {
         let first = directory + "/n1"
         // One `warbler user add` for every account (opening the node once, not once per user).
         for chunk in stride(from: 0, to: users.count, by: 500).map({ Array(users[$0..<min($0 + 500, users.count)]) }) {
@@ -32,10 +43,11 @@ final class SpawnedCluster {
             let input = Pipe()
             add.standardInput = input
             add.standardOutput = FileHandle.nullDevice
-            try add.run()
+            try ChildProcesses.shared.launch(add)
             input.fileHandleForWriting.write(Data((password + "\n").utf8))
             try input.fileHandleForWriting.close()
             add.waitUntilExit()
+            ChildProcesses.shared.stop([add])
             guard add.terminationStatus == 0 else { throw ValidationError("could not create the bench users") }
         }
         let base = Int.random(in: 100...300) * 100  // below the ephemeral port range
@@ -57,7 +69,7 @@ final class SpawnedCluster {
             process.executableURL = binary
             process.arguments = arguments
             process.standardOutput = FileHandle.nullDevice
-            try process.run()
+            try ChildProcesses.shared.launch(process)
             processes.append(process)
             ports.append(client)
             try waitUntilListening(client)
@@ -100,17 +112,18 @@ final class SpawnedCluster {
         process.arguments = arguments
         let output = Pipe()
         process.standardOutput = output
-        try process.run()
+        try ChildProcesses.shared.launch(process)
         let data = output.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
+        ChildProcesses.shared.stop([process])
         guard process.terminationStatus == 0 else { throw ValidationError("warbler \(arguments.first ?? "") failed") }
         return String(decoding: data, as: UTF8.self)
     }
 
+    /// Stops the nodes (SIGTERM, SIGKILL after ``ChildProcesses/stopTimeout``) and removes their data.
     func stop() {
-        for process in processes { process.terminate() }
-        for process in processes { process.waitUntilExit() }
-        try? FileManager.default.removeItem(atPath: directory)
+        ChildProcesses.shared.stop(processes)
+        ChildProcesses.shared.remove(directory)
     }
 }
 

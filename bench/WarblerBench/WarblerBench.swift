@@ -103,6 +103,17 @@ struct WarblerBench: AsyncParsableCommand {
 
     func run() async throws {
         raiseFileLimit()
+        // Ctrl-C (or SIGTERM, SIGHUP) stops the nodes the bench started and removes their data before it exits.
+        ChildProcesses.shared.stopOnSignals()
+        do {
+            try await runScenario()
+        } catch {
+            ChildProcesses.shared.awaitTeardownIfInterrupted()
+            throw error
+        }
+    }
+
+    func runScenario() async throws {
         var spawned: SpawnedCluster?
         var targets: [Fleet.Target] = []
         if let spawn {
