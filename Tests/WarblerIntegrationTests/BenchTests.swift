@@ -98,6 +98,23 @@ struct BenchTests {
         #expect(abs(number(report, "deliveries_per_second") - 3 * acks) <= 0.2 * 3 * acks)
     }
 
+    @Test func theNodeAndTheBenchAllocateWithJemalloc() throws {
+        // jemalloc prints its statistics at exit when asked to; glibc's malloc knows no MALLOC_CONF.
+        for binary in [NodeProcess.binary, Self.binary] {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: binary)
+            process.arguments = ["--help"]
+            process.environment = ["MALLOC_CONF": "stats_print:true"]
+            let errors = Pipe()
+            process.standardError = errors
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            let said = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            #expect(said.contains("Begin jemalloc statistics"), "\(binary) does not allocate with jemalloc")
+        }
+    }
+
     /// The processes whose parent is `parent`, with their command lines.
     func children(of parent: Int32) -> [(pid: Int32, arguments: [String])] {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
