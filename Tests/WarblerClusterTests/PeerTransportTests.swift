@@ -26,6 +26,19 @@ final class EchoDelegate: PeerTransportDelegate {
     }
 }
 
+/// Keeps every batch it receives.
+final class KeepingDelegate: PeerTransportDelegate {
+    let batches = Mutex<[RaftBatchRecord]>([])
+    let lostPeers = Mutex<[UInt64]>([])
+    func peerTransport(received batch: RaftBatchRecord, from node: UInt64) { batches.withLock { $0.append(batch) } }
+    func peerTransport(lost node: UInt64) { lostPeers.withLock { $0.append(node) } }
+    func peerTransport(handle request: PeerRequest, from node: UInt64) async -> PeerResponse {
+        var response = PeerResponse()
+        response.status.nodeID = 2
+        return response
+    }
+}
+
 /// Answers every request after `delay`, or as soon as it is released.
 final class SlowDelegate: PeerTransportDelegate {
     let delay: Duration
@@ -47,13 +60,24 @@ final class SlowDelegate: PeerTransportDelegate {
 struct PeerTransportTests {
     let root = NSTemporaryDirectory() + "warbler-certs-\(UUID().uuidString)"
 
-    func transport(_ node: UInt64, ca: String, loops: MultiThreadedEventLoopGroup) throws -> PeerTransport {
+    func transport(
+        _ node: UInt64,
+        ca: String,
+        loops: MultiThreadedEventLoopGroup,
+        limits: PeerTransport.FrameLimits = .init()
+    ) throws -> PeerTransport {
         let directory = root + "/node\(node)-\(UUID().uuidString.prefix(4))"
         try ClusterCertificates.issue(node: node, caDirectory: ca, outputDirectory: directory)
         #expect(try ClusterCertificates.nodeID(inDirectory: directory) == node)
         var logger = Logger(label: "test")
         logger.logLevel = .critical
-        return try PeerTransport(nodeID: node, certificateDirectory: directory, group: loops, logger: logger)
+        return try PeerTransport(
+            nodeID: node,
+            certificateDirectory: directory,
+            group: loops,
+            logger: logger,
+            limits: limits
+        )
     }
 
     @Test func nodesOfOneCAAuthenticateEachOtherAndExchangeRequests() async throws {
@@ -96,6 +120,91 @@ struct PeerTransportTests {
         stranger.shutdown()
         server.shutdown()
         try await channel.close()
+        try await loops.shutdownGracefully()
+    }
+
+    /// A batch with a snapshot of `bytes` bytes (random, so that a piece out of place shows) for group 7.
+    func snapshotBatch(bytes: Int) -> RaftBatchRecord {
+        var generator = SystemRandomNumberGenerator()
+        var data = Data(count: bytes)
+        data.withUnsafeMutableBytes { bytes in
+            for index in bytes.indices { bytes[index] = generator.next() }
+        }
+        var message = Warbler_Peer_V1_GroupMessage()
+        message.group = 7
+        message.message.snapshot.data = data
+        message.message.snapshot.metadata.index = 42
+        var batch = RaftBatchRecord()
+        batch.messages = [message]
+        batch.incarnation = 9
+        return batch
+    }
+
+    /// A snapshot larger than the largest single frame (a large partition's) reaches the member whole, in pieces,
+    /// on the connection everything else uses, which stays open and keeps working. The limits are the
+    /// protocol's scaled down (1 MiB pieces, 256 MiB frames: here 16 KiB and 64 KiB).
+    @Test func aSnapshotLargerThanTheLargestFrameArrivesWholeInPieces() async throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try ClusterCertificates.initCA(in: root + "/ca")
+        let loops = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        var limits = PeerTransport.FrameLimits()
+        limits.maxFrameBytes = 64 << 10
+        limits.pieceBytes = 16 << 10
+        let server = try transport(2, ca: root + "/ca", loops: loops, limits: limits)
+        let delegate = KeepingDelegate()
+        server.setDelegate(delegate)
+        let channel = try await server.bind(host: "127.0.0.1", port: 0)
+        let client = try transport(1, ca: root + "/ca", loops: loops, limits: limits)
+        client.setDelegate(EchoDelegate(nodeID: 1))
+        client.setAddress("127.0.0.1:\(channel.localAddress!.port!)", for: 2)
+        _ = try await client.request(.status(.init()), to: 2, timeout: .seconds(120))
+
+        // Four times the largest frame, and not a whole number of pieces; then a small one behind it.
+        let large = snapshotBatch(bytes: 4 * limits.maxFrameBytes + limits.pieceBytes / 2 + 17)
+        client.send(large, to: 2)
+        let small = snapshotBatch(bytes: 100)
+        client.send(small, to: 2)
+        let sent = ContinuousClock.now
+        while delegate.batches.withLock({ $0.count < 2 }) && ContinuousClock.now - sent < .seconds(60) {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let received = delegate.batches.withLock { $0 }
+        #expect(received == [large, small])
+        #expect(delegate.lostPeers.withLock { $0 }.isEmpty, "the connection closed")
+        let after = try await client.request(.status(.init()), to: 2, timeout: .seconds(120))
+        #expect(after.status.nodeID == 2)
+
+        // A frame in pieces beyond what the receiver joins closes the connection, and nothing of it is handled;
+        // the sender dials again and goes on.
+        var strict = limits
+        strict.maxJoinedFrameBytes = 2 * limits.maxFrameBytes
+        let guarded = try transport(3, ca: root + "/ca", loops: loops, limits: strict)
+        let guardedDelegate = KeepingDelegate()
+        guarded.setDelegate(guardedDelegate)
+        let guardedChannel = try await guarded.bind(host: "127.0.0.1", port: 0)
+        client.setAddress("127.0.0.1:\(guardedChannel.localAddress!.port!)", for: 3)
+        _ = try await client.request(.status(.init()), to: 3, timeout: .seconds(120))
+        client.send(snapshotBatch(bytes: 3 * limits.maxFrameBytes), to: 3)
+        let refused = ContinuousClock.now
+        while guardedDelegate.lostPeers.withLock({ $0.isEmpty }) && ContinuousClock.now - refused < .seconds(60) {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(guardedDelegate.lostPeers.withLock { $0 } == [1], "the connection stayed open")
+        #expect(guardedDelegate.batches.withLock { $0 }.isEmpty)
+        let again = try await client.request(.status(.init()), to: 3, timeout: .seconds(120))
+        #expect(again.status.nodeID == 2)
+        client.send(small, to: 3)
+        let resent = ContinuousClock.now
+        while guardedDelegate.batches.withLock({ $0.isEmpty }) && ContinuousClock.now - resent < .seconds(60) {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(guardedDelegate.batches.withLock { $0 } == [small])
+
+        client.shutdown()
+        server.shutdown()
+        guarded.shutdown()
+        try await channel.close()
+        try await guardedChannel.close()
         try await loops.shutdownGracefully()
     }
 

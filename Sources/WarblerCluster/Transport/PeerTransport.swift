@@ -5,6 +5,8 @@ import NIOSSL
 import Synchronization
 import WarblerWire
 
+import struct Foundation.Data
+
 public typealias PeerFrame = Warbler_Peer_V1_Frame
 public typealias PeerRequest = Warbler_Peer_V1_Request
 public typealias PeerResponse = Warbler_Peer_V1_Response
@@ -33,8 +35,32 @@ public struct PeerTransportError: Error, CustomStringConvertible, Sendable {
 public final class PeerTransport: Sendable {
     /// The peer protocol version this build speaks.
     public static let version: UInt32 = 1
-    /// The largest frame accepted (snapshots travel in one frame).
+    /// The largest single frame accepted (this build sends none over ``pieceBytes``; nodes before it sent whole
+    /// snapshots in one frame).
     public static let maxFrameBytes = 256 << 20
+    /// A frame whose encoding is larger travels as pieces of this many bytes (`Piece`), each a frame of its own:
+    /// a snapshot of a large partition is bounded by ``maxJoinedFrameBytes`` instead of ``maxFrameBytes``, and the
+    /// receiving side's silence watchdog sees it arrive piece by piece instead of nothing until its last byte.
+    public static let pieceBytes = 1 << 20
+    /// The largest frame accepted when joined from pieces: protobuf's own bound on one message.
+    public static let maxJoinedFrameBytes = Int(Int32.max)
+
+    /// How large frames may be, and from what size they travel in pieces. The defaults are the protocol's;
+    /// tests shrink them to send frames "too large for one" in a moment.
+    public struct FrameLimits: Sendable {
+        /// The largest single frame accepted.
+        public var maxFrameBytes = PeerTransport.maxFrameBytes
+        /// A frame whose encoding is larger is sent in pieces of this many bytes.
+        public var pieceBytes = PeerTransport.pieceBytes
+        /// The largest frame accepted when joined from pieces.
+        public var maxJoinedFrameBytes = PeerTransport.maxJoinedFrameBytes
+
+        /// The protocol's limits.
+        public init() {}
+    }
+
+    /// This transport's frame limits.
+    public let limits: FrameLimits
     /// Bytes queued for one peer while it is unreachable, beyond which frames are dropped.
     public static let maxQueuedBytes = 64 << 20
     /// A member connection on which nothing arrived for this long is closed (and dialled again): members send
@@ -54,8 +80,15 @@ public final class PeerTransport: Sendable {
     private let nextRequestID = Atomic<UInt64>(1)
 
     /// Loads TLS material from `certificateDirectory` (see ``ClusterCertificates``).
-    public init(nodeID: UInt64, certificateDirectory: String, group: any EventLoopGroup, logger: Logger) throws {
+    public init(
+        nodeID: UInt64,
+        certificateDirectory: String,
+        group: any EventLoopGroup,
+        logger: Logger,
+        limits: FrameLimits = FrameLimits()
+    ) throws {
         self.nodeID = nodeID
+        self.limits = limits
         self.clusterID = Mutex("")
         self.group = group
         self.logger = logger
@@ -221,7 +254,7 @@ public final class PeerTransport: Sendable {
 
     func addFraming(to channel: any Channel, outbound: PeerConnection?) throws {
         try channel.pipeline.syncOperations.addHandler(
-            ByteToMessageHandler(FrameDecoder(maxFrameBytes: Self.maxFrameBytes))
+            ByteToMessageHandler(FrameDecoder(maxFrameBytes: limits.maxFrameBytes))
         )
         try channel.pipeline.syncOperations.addHandler(PeerChannelHandler(transport: self, outbound: outbound))
     }
@@ -240,12 +273,30 @@ public final class PeerTransport: Sendable {
             }
     }
 
-    static func encode(_ frame: PeerFrame, allocator: ByteBufferAllocator) -> ByteBuffer {
+    /// `frame`, length-prefixed; over ``FrameLimits/pieceBytes``, as consecutive `Piece` frames in the one buffer
+    /// (written at once, so nothing comes between them on the connection).
+    func encode(_ frame: PeerFrame, allocator: ByteBufferAllocator) -> ByteBuffer {
+        let pieceBytes = limits.pieceBytes
         // Serializing a generated message cannot fail.
         let bytes: [UInt8] = try! frame.serializedBytes()
-        var buffer = allocator.buffer(capacity: bytes.count + 4)
-        buffer.writeInteger(UInt32(bytes.count))
-        buffer.writeBytes(bytes)
+        guard bytes.count > pieceBytes else {
+            var buffer = allocator.buffer(capacity: bytes.count + 4)
+            buffer.writeInteger(UInt32(bytes.count))
+            buffer.writeBytes(bytes)
+            return buffer
+        }
+        var buffer = allocator.buffer(capacity: bytes.count + (bytes.count / pieceBytes + 1) * 16)
+        var start = 0
+        while start < bytes.count {
+            let end = min(start + pieceBytes, bytes.count)
+            var piece = PeerFrame()
+            piece.piece.data = Data(bytes[start..<end])
+            piece.piece.last = end == bytes.count
+            let encoded: [UInt8] = try! piece.serializedBytes()
+            buffer.writeInteger(UInt32(encoded.count))
+            buffer.writeBytes(encoded)
+            start = end
+        }
         return buffer
     }
 }
@@ -349,7 +400,7 @@ final class PeerConnection: Sendable {
     /// Queues or writes `frame`; false when the queue is full.
     @discardableResult
     func send(_ frame: PeerFrame, droppable: Bool) -> Bool {
-        let buffer = PeerTransport.encode(frame, allocator: ByteBufferAllocator())
+        let buffer = transport.encode(frame, allocator: ByteBufferAllocator())
         enum Action {
             case write(any Channel)
             case connect
@@ -409,7 +460,7 @@ final class PeerConnection: Sendable {
         hello.hello.nodeID = transport.nodeID
         hello.hello.clusterID = transport.currentClusterID
         hello.hello.oneOff = node == 0
-        let helloBuffer = PeerTransport.encode(hello, allocator: channel.allocator)
+        let helloBuffer = transport.encode(hello, allocator: channel.allocator)
         let queued = locked.withLock { locked -> [ByteBuffer]? in
             if case .closed = locked.state { return nil }
             locked.state = .connected(channel)
@@ -492,6 +543,8 @@ final class PeerChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     /// An inbound member connection this node uses to reach that member.
     private var adopted = false
     private var greeted: Bool
+    /// The pieces of a large frame received so far (see ``PeerTransport/FrameLimits/pieceBytes``).
+    private var pieces: ByteBuffer?
 
     init(transport: PeerTransport, outbound: PeerConnection?) {
         self.transport = transport
@@ -521,7 +574,7 @@ final class PeerChannelHandler: ChannelInboundHandler, @unchecked Sendable {
             var keepAlive = PeerFrame()
             keepAlive.response = PeerResponse()
             context.writeAndFlush(
-                wrapOutboundOut(PeerTransport.encode(keepAlive, allocator: context.channel.allocator)),
+                wrapOutboundOut(transport.encode(keepAlive, allocator: context.channel.allocator)),
                 promise: nil
             )
             return
@@ -542,6 +595,42 @@ final class PeerChannelHandler: ChannelInboundHandler, @unchecked Sendable {
             refuse(context, "malformed peer frame: \(error)")
             return
         }
+        handle(frame, context)
+    }
+
+    /// Gathers a piece of a large frame; handles the frame once its last piece is in.
+    private func gather(_ piece: Warbler_Peer_V1_Piece, _ context: ChannelHandlerContext) {
+        guard greeted, peer != 0 else {
+            refuse(context, "a piece of a frame before the peer identified itself")
+            return
+        }
+        let limit = transport.limits.maxJoinedFrameBytes
+        var joined = pieces ?? context.channel.allocator.buffer(capacity: 2 * transport.limits.pieceBytes)
+        guard joined.readableBytes + piece.data.count <= limit else {
+            pieces = nil
+            refuse(context, "a frame in pieces of more than \(limit) bytes")
+            return
+        }
+        joined.writeBytes(piece.data)
+        guard piece.last else {
+            pieces = joined
+            return
+        }
+        pieces = nil
+        let frame: PeerFrame
+        do {
+            frame = try PeerFrame(serializedBytes: ByteBufferBytes(joined))
+        } catch {
+            refuse(context, "malformed peer frame of \(joined.readableBytes) bytes in pieces: \(error)")
+            return
+        }
+        switch frame.body {
+        case .piece, .hello: refuse(context, "a hello or a piece inside a frame in pieces")
+        default: handle(frame, context)
+        }
+    }
+
+    private func handle(_ frame: PeerFrame, _ context: ChannelHandlerContext) {
         guard greeted else {
             guard case .hello(let hello) = frame.body else {
                 refuse(context, "the first frame must be a hello")
@@ -573,10 +662,12 @@ final class PeerChannelHandler: ChannelInboundHandler, @unchecked Sendable {
                 response.id = request.id
                 var frame = PeerFrame()
                 frame.response = response
-                channel.writeAndFlush(PeerTransport.encode(frame, allocator: channel.allocator), promise: nil)
+                channel.writeAndFlush(transport.encode(frame, allocator: channel.allocator), promise: nil)
             }
         case .response(let response):
             transport.complete(response.id, with: .success(response))
+        case .piece(let piece):
+            gather(piece, context)
         case .hello:
             refuse(context, "a second hello")
         case nil:

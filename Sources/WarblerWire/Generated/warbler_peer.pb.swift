@@ -110,6 +110,14 @@ public nonisolated struct Warbler_Peer_V1_Frame: Sendable {
     set {body = .response(newValue)}
   }
 
+  public var piece: Warbler_Peer_V1_Piece {
+    get {
+      if case .piece(let v)? = body {return v}
+      return Warbler_Peer_V1_Piece()
+    }
+    set {body = .piece(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -117,8 +125,26 @@ public nonisolated struct Warbler_Peer_V1_Frame: Sendable {
     case raft(Warbler_Peer_V1_RaftBatch)
     case request(Warbler_Peer_V1_Request)
     case response(Warbler_Peer_V1_Response)
+    case piece(Warbler_Peer_V1_Piece)
 
   }
+
+  public init() {}
+}
+
+/// A frame too large to travel in one (a snapshot of a large partition, a long catch-up) travels as pieces: its
+/// encoding cut into consecutive pieces, each in a frame of its own, with nothing between them on the
+/// connection; `last` marks the final one. Joined, their data is one Frame (never a hello or another piece).
+public nonisolated struct Warbler_Peer_V1_Piece: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var data: Data = Data()
+
+  public var last: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
@@ -670,7 +696,7 @@ nonisolated extension Warbler_Peer_V1_NodeState: SwiftProtobuf._ProtoNameProvidi
 
 nonisolated extension Warbler_Peer_V1_Frame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Frame"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}hello\0\u{1}raft\0\u{1}request\0\u{1}response\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}hello\0\u{1}raft\0\u{1}request\0\u{1}response\0\u{1}piece\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -730,6 +756,19 @@ nonisolated extension Warbler_Peer_V1_Frame: SwiftProtobuf.Message, SwiftProtobu
           self.body = .response(v)
         }
       }()
+      case 5: try {
+        var v: Warbler_Peer_V1_Piece?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .piece(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .piece(v)
+        }
+      }()
       default: break
       }
     }
@@ -757,6 +796,10 @@ nonisolated extension Warbler_Peer_V1_Frame: SwiftProtobuf.Message, SwiftProtobu
       guard case .response(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
     }()
+    case .piece?: try {
+      guard case .piece(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -764,6 +807,41 @@ nonisolated extension Warbler_Peer_V1_Frame: SwiftProtobuf.Message, SwiftProtobu
 
   public static func ==(lhs: Warbler_Peer_V1_Frame, rhs: Warbler_Peer_V1_Frame) -> Bool {
     if lhs.body != rhs.body {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Warbler_Peer_V1_Piece: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Piece"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}data\0\u{1}last\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.data) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.last) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.data.isEmpty {
+      try visitor.visitSingularBytesField(value: self.data, fieldNumber: 1)
+    }
+    if self.last != false {
+      try visitor.visitSingularBoolField(value: self.last, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Warbler_Peer_V1_Piece, rhs: Warbler_Peer_V1_Piece) -> Bool {
+    if lhs.data != rhs.data {return false}
+    if lhs.last != rhs.last {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
