@@ -587,15 +587,18 @@ final class PeerChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let body = unwrapInboundIn(data)
-        let frame: PeerFrame
-        do {
-            frame = try PeerFrame(serializedBytes: ByteBufferBytes(body))
-        } catch {
-            refuse(context, "malformed peer frame: \(error)")
-            return
-        }
+        guard let frame = decode(unwrapInboundIn(data), context) else { return }
         handle(frame, context)
+    }
+
+    /// The frame in `bytes`; nil (and the connection refused) when they hold none.
+    private func decode(_ bytes: ByteBuffer, _ context: ChannelHandlerContext) -> PeerFrame? {
+        do {
+            return try PeerFrame(serializedBytes: ByteBufferBytes(bytes))
+        } catch {
+            refuse(context, "malformed peer frame of \(bytes.readableBytes) bytes: \(error)")
+            return nil
+        }
     }
 
     /// Gathers a piece of a large frame; handles the frame once its last piece is in.
@@ -605,9 +608,10 @@ final class PeerChannelHandler: ChannelInboundHandler, @unchecked Sendable {
             return
         }
         let limit = transport.limits.maxJoinedFrameBytes
+        // Taken out while written to, so that the buffer grows in place instead of being copied for each piece.
         var joined = pieces ?? context.channel.allocator.buffer(capacity: 2 * transport.limits.pieceBytes)
+        pieces = nil
         guard joined.readableBytes + piece.data.count <= limit else {
-            pieces = nil
             refuse(context, "a frame in pieces of more than \(limit) bytes")
             return
         }
@@ -616,14 +620,7 @@ final class PeerChannelHandler: ChannelInboundHandler, @unchecked Sendable {
             pieces = joined
             return
         }
-        pieces = nil
-        let frame: PeerFrame
-        do {
-            frame = try PeerFrame(serializedBytes: ByteBufferBytes(joined))
-        } catch {
-            refuse(context, "malformed peer frame of \(joined.readableBytes) bytes in pieces: \(error)")
-            return
-        }
+        guard let frame = decode(joined, context) else { return }
         switch frame.body {
         case .piece, .hello: refuse(context, "a hello or a piece inside a frame in pieces")
         default: handle(frame, context)
