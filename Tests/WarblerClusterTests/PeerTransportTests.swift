@@ -141,7 +141,8 @@ struct PeerTransportTests {
     }
 
     /// A snapshot larger than the largest single frame (a large partition's) reaches the member whole, in pieces,
-    /// on the connection everything else uses, which stays open and keeps working. The limits are the
+    /// on the connection everything else uses, which stays open and keeps working; sent in the background, it
+    /// lets later frames pass it. The limits are the
     /// protocol's scaled down (1 MiB pieces, 256 MiB frames: here 16 KiB and 64 KiB).
     @Test func aSnapshotLargerThanTheLargestFrameArrivesWholeInPieces() async throws {
         defer { try? FileManager.default.removeItem(atPath: root) }
@@ -173,6 +174,33 @@ struct PeerTransportTests {
         #expect(delegate.lostPeers.withLock { $0 }.isEmpty, "the connection closed")
         let after = try await client.request(.status(.init()), to: 2, timeout: .seconds(120))
         #expect(after.status.nodeID == 2)
+
+        // A snapshot sent in the background lets what is sent after it pass it — a frame in pieces too — and
+        // every frame arrives whole: frames go on being sent until the snapshot is in, and some arrive first.
+        let snapshot = snapshotBatch(bytes: 512 * limits.pieceBytes)
+        let passing = snapshotBatch(bytes: 3 * limits.pieceBytes)
+        let before = delegate.batches.withLock { $0.count }
+        client.sendInBackground(snapshot, to: 2)
+        client.send(passing, to: 2)
+        var sentAfter = 1
+        let backgrounded = ContinuousClock.now
+        while !delegate.batches.withLock({ $0.contains(snapshot) }) && ContinuousClock.now - backgrounded < .seconds(60)
+        {
+            client.send(small, to: 2)
+            sentAfter += 1
+            try await Task.sleep(for: .milliseconds(1))
+        }
+        while delegate.batches.withLock({ $0.count < before + 1 + sentAfter })
+            && ContinuousClock.now - backgrounded < .seconds(60)
+        {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let arrived = delegate.batches.withLock { Array($0.dropFirst(before)) }
+        #expect(arrived.count == 1 + sentAfter)
+        #expect(arrived.filter { $0 == snapshot }.count == 1 && arrived.filter { $0 == passing }.count == 1)
+        #expect(arrived.allSatisfy { $0 == snapshot || $0 == passing || $0 == small })
+        #expect(arrived.first == passing, "a frame sent after the background snapshot did not pass it")
+        #expect(delegate.lostPeers.withLock { $0 }.isEmpty, "the connection closed")
 
         // A frame in pieces beyond what the receiver joins closes the connection, and nothing of it is handled;
         // the sender dials again and goes on.

@@ -717,6 +717,8 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
             }
         }
         var outgoing: [UInt64: RaftBatchRecord] = [:]
+        // Snapshots go on their own, in the background: a large one must not hold up the round's other messages.
+        var snapshots: [(peer: UInt64, batch: RaftBatchRecord)] = []
         var destroyed: [Group] = []
         for (group, ready) in readies {
             group.node.advance(ready)
@@ -724,18 +726,26 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
                 var record = Warbler_Peer_V1_GroupMessage()
                 record.group = group.id
                 record.message = Warbler_Raft_V1_Message(message)
-                outgoing[message.to, default: RaftBatchRecord()].messages.append(record)
-                if message.type == .snap {
-                    let peer = message.to
-                    group.snapshotHold = (message.snapshot?.metadata.index ?? 0, ticks)
-                    enqueue { [weak group] in group?.node.reportSnapshot(peer, succeeded: true) }
+                guard message.type == .snap else {
+                    outgoing[message.to, default: RaftBatchRecord()].messages.append(record)
+                    continue
                 }
+                let peer = message.to
+                var batch = RaftBatchRecord()
+                batch.messages = [record]
+                snapshots.append((peer, batch))
+                group.snapshotHold = (message.snapshot?.metadata.index ?? 0, ticks)
+                enqueue { [weak group] in group?.node.reportSnapshot(peer, succeeded: true) }
             }
         }
         if let transport {
             for (peer, var batch) in outgoing {
                 batch.incarnation = incarnation
                 transport.send(batch, to: peer)
+            }
+            for (peer, var batch) in snapshots {
+                batch.incarnation = incarnation
+                transport.sendInBackground(batch, to: peer)
             }
         }
         for (group, ready) in readies {

@@ -155,6 +155,15 @@ public final class PeerTransport: Sendable {
         connection.send(frame, droppable: true)
     }
 
+    /// Sends `batch` (a snapshot) to `node` with other frames between its pieces, so that a large snapshot does
+    /// not hold up the heartbeats of every group behind it; dropped unless the connection is up.
+    public func sendInBackground(_ batch: RaftBatchRecord, to node: UInt64) {
+        guard let connection = peers.withLock({ $0[node] }) else { return }
+        var frame = PeerFrame()
+        frame.raft = batch
+        connection.sendInBackground(frame)
+    }
+
     /// Sends `batch` only if the connection to `node` is up (liveness frames are worthless once stale).
     public func sendIfConnected(_ batch: RaftBatchRecord, to node: UInt64) {
         guard let connection = peers.withLock({ $0[node] }), connection.isConnected else { return }
@@ -276,27 +285,44 @@ public final class PeerTransport: Sendable {
     /// `frame`, length-prefixed; over ``FrameLimits/pieceBytes``, as consecutive `Piece` frames in the one buffer
     /// (written at once, so nothing comes between them on the connection).
     func encode(_ frame: PeerFrame, allocator: ByteBufferAllocator) -> ByteBuffer {
-        let pieceBytes = limits.pieceBytes
         // Serializing a generated message cannot fail.
         let bytes: [UInt8] = try! frame.serializedBytes()
-        guard bytes.count > pieceBytes else {
-            var buffer = allocator.buffer(capacity: bytes.count + 4)
-            buffer.writeInteger(UInt32(bytes.count))
-            buffer.writeBytes(bytes)
-            return buffer
+        guard bytes.count > limits.pieceBytes else { return Self.prefixed(bytes, allocator: allocator) }
+        let pieces = pieceEncodings(of: bytes, background: false)
+        var buffer = allocator.buffer(capacity: pieces.reduce(0) { $0 + 4 + $1.count })
+        for piece in pieces {
+            buffer.writeInteger(UInt32(piece.count))
+            buffer.writeBytes(piece)
         }
-        var buffer = allocator.buffer(capacity: bytes.count + (bytes.count / pieceBytes + 1) * 16)
-        var start = 0
-        while start < bytes.count {
-            let end = min(start + pieceBytes, bytes.count)
+        return buffer
+    }
+
+    /// `frame` as length-prefixed frames: itself when its encoding is at most ``FrameLimits/pieceBytes``,
+    /// otherwise its `Piece`s, marked `background` (they may travel with other frames between them).
+    func encodeInBackground(_ frame: PeerFrame, allocator: ByteBufferAllocator) -> CircularBuffer<ByteBuffer> {
+        let bytes: [UInt8] = try! frame.serializedBytes()
+        guard bytes.count > limits.pieceBytes else { return [Self.prefixed(bytes, allocator: allocator)] }
+        return CircularBuffer(
+            pieceEncodings(of: bytes, background: true).map { Self.prefixed($0, allocator: allocator) }
+        )
+    }
+
+    /// The encoded `Piece` frames that carry `bytes`.
+    private func pieceEncodings(of bytes: [UInt8], background: Bool) -> [[UInt8]] {
+        stride(from: 0, to: bytes.count, by: limits.pieceBytes).map { start in
+            let end = min(start + limits.pieceBytes, bytes.count)
             var piece = PeerFrame()
             piece.piece.data = Data(bytes[start..<end])
             piece.piece.last = end == bytes.count
-            let encoded: [UInt8] = try! piece.serializedBytes()
-            buffer.writeInteger(UInt32(encoded.count))
-            buffer.writeBytes(encoded)
-            start = end
+            piece.piece.background = background
+            return try! piece.serializedBytes()
         }
+    }
+
+    private static func prefixed(_ bytes: [UInt8], allocator: ByteBufferAllocator) -> ByteBuffer {
+        var buffer = allocator.buffer(capacity: bytes.count + 4)
+        buffer.writeInteger(UInt32(bytes.count))
+        buffer.writeBytes(bytes)
         return buffer
     }
 }
@@ -313,7 +339,17 @@ final class PeerConnection: Sendable {
     }
 
     private struct Locked {
-        var state: State = .idle
+        var state: State = .idle {
+            // Background pieces belong to the channel they started on: a new one starts with none.
+            didSet {
+                background.removeAll()
+                pumping = false
+            }
+        }
+        /// Pieces of a background frame (a snapshot) not written yet: one at a time, others' frames between them.
+        var background = CircularBuffer<ByteBuffer>()
+        /// True while ``PeerConnection/pump(_:)`` writes ``background``.
+        var pumping = false
         var queue: [ByteBuffer] = []
         var queuedBytes = 0
         var backoffMilliseconds: Int64 = 0
@@ -395,6 +431,39 @@ final class PeerConnection: Sendable {
             if case .connected = locked.state { return true }
             return false
         }
+    }
+
+    /// Writes `frame` — in pieces when it is large, as a snapshot is — with other frames between the pieces, so
+    /// that it does not hold up every group's heartbeats while it is written. Only while connected; otherwise
+    /// it is dropped (Raft sends a snapshot again). One background frame is written at a time.
+    func sendInBackground(_ frame: PeerFrame) {
+        let pieces = transport.encodeInBackground(frame, allocator: ByteBufferAllocator())
+        let channel = locked.withLock { locked -> (any Channel)? in
+            guard case .connected(let channel) = locked.state else { return nil }
+            locked.background.append(contentsOf: pieces)
+            if locked.pumping { return nil }
+            locked.pumping = true
+            return channel
+        }
+        if let channel { channel.eventLoop.execute { self.pump(channel) } }
+    }
+
+    /// Writes the next background piece once the one before it is written (on the channel's event loop, so
+    /// frames sent meanwhile go between them); stops when there is none, or when `channel` is not the
+    /// connection's any more.
+    private func pump(_ channel: any Channel) {
+        let next = locked.withLock { locked -> ByteBuffer? in
+            guard case .connected(let current) = locked.state, current === channel else { return nil }
+            guard let next = locked.background.popFirst() else {
+                locked.pumping = false
+                return nil
+            }
+            return next
+        }
+        guard let next else { return }
+        // The next piece is a task of its own behind whatever was queued meanwhile (a write completes at once
+        // while the socket takes it: calling `pump` from here would write every piece in a row, on one stack).
+        channel.writeAndFlush(next).whenComplete { _ in channel.eventLoop.execute { self.pump(channel) } }
     }
 
     /// Queues or writes `frame`; false when the queue is full.
@@ -543,8 +612,10 @@ final class PeerChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     /// An inbound member connection this node uses to reach that member.
     private var adopted = false
     private var greeted: Bool
-    /// The pieces of a large frame received so far (see ``PeerTransport/FrameLimits/pieceBytes``).
+    /// The pieces received so far of a large frame, and of a large background frame (see
+    /// ``PeerTransport/FrameLimits/pieceBytes``): the two may come interleaved.
     private var pieces: ByteBuffer?
+    private var backgroundPieces: ByteBuffer?
 
     init(transport: PeerTransport, outbound: PeerConnection?) {
         self.transport = transport
@@ -609,15 +680,16 @@ final class PeerChannelHandler: ChannelInboundHandler, @unchecked Sendable {
         }
         let limit = transport.limits.maxJoinedFrameBytes
         // Taken out while written to, so that the buffer grows in place instead of being copied for each piece.
-        var joined = pieces ?? context.channel.allocator.buffer(capacity: 2 * transport.limits.pieceBytes)
-        pieces = nil
+        let slot = piece.background ? \PeerChannelHandler.backgroundPieces : \PeerChannelHandler.pieces
+        var joined = self[keyPath: slot] ?? context.channel.allocator.buffer(capacity: 2 * transport.limits.pieceBytes)
+        self[keyPath: slot] = nil
         guard joined.readableBytes + piece.data.count <= limit else {
             refuse(context, "a frame in pieces of more than \(limit) bytes")
             return
         }
         joined.writeBytes(piece.data)
         guard piece.last else {
-            pieces = joined
+            self[keyPath: slot] = joined
             return
         }
         guard let frame = decode(joined, context) else { return }

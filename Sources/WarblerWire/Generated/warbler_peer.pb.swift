@@ -133,8 +133,11 @@ public nonisolated struct Warbler_Peer_V1_Frame: Sendable {
 }
 
 /// A frame too large to travel in one (a snapshot of a large partition, a long catch-up) travels as pieces: its
-/// encoding cut into consecutive pieces, each in a frame of its own, with nothing between them on the
-/// connection; `last` marks the final one. Joined, their data is one Frame (never a hello or another piece).
+/// encoding cut into consecutive pieces, each in a frame of its own; `last` marks the final one. Joined, their
+/// data is one Frame (never a hello or another piece). Pieces of a foreground frame follow each other with
+/// nothing between them. Pieces of a `background` frame (a snapshot) may have other frames between them, a
+/// foreground frame in pieces too, but never pieces of another background frame: a sender writes one background
+/// frame at a time.
 public nonisolated struct Warbler_Peer_V1_Piece: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -143,6 +146,8 @@ public nonisolated struct Warbler_Peer_V1_Piece: Sendable {
   public var data: Data = Data()
 
   public var last: Bool = false
+
+  public var background: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -814,7 +819,7 @@ nonisolated extension Warbler_Peer_V1_Frame: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Warbler_Peer_V1_Piece: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Piece"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}data\0\u{1}last\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}data\0\u{1}last\0\u{1}background\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -824,6 +829,7 @@ nonisolated extension Warbler_Peer_V1_Piece: SwiftProtobuf.Message, SwiftProtobu
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularBytesField(value: &self.data) }()
       case 2: try { try decoder.decodeSingularBoolField(value: &self.last) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.background) }()
       default: break
       }
     }
@@ -836,12 +842,16 @@ nonisolated extension Warbler_Peer_V1_Piece: SwiftProtobuf.Message, SwiftProtobu
     if self.last != false {
       try visitor.visitSingularBoolField(value: self.last, fieldNumber: 2)
     }
+    if self.background != false {
+      try visitor.visitSingularBoolField(value: self.background, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Warbler_Peer_V1_Piece, rhs: Warbler_Peer_V1_Piece) -> Bool {
     if lhs.data != rhs.data {return false}
     if lhs.last != rhs.last {return false}
+    if lhs.background != rhs.background {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
