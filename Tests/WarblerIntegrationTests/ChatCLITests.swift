@@ -128,6 +128,33 @@ struct ChatCLITests {
         node.stop()
     }
 
+    @Test func aConversationThatArrivesWhileTheListIsShownOpensByItsNumber() async throws {
+        let node = try NodeProcess()
+        for user in ["ada", "bob"] { try node.addUser(user, password: Self.password) }
+        try await node.start()
+        let session = try PTYSession(arguments: ["chat", "--server", "127.0.0.1:\(node.port)", "--user", "ada"])
+        #expect(await session.expect("Password for ada:"))
+        session.type(Self.password + "\r")
+        #expect(await session.expect("(none yet"))
+        // A number with nothing in the list is a mistake, not a crash.
+        session.type("1\r")
+        #expect(await session.expect("type a number from the list"))
+        #expect(session.process.isRunning)
+        // Bob starts a conversation: it takes number 1 on the list on screen.
+        let (bob, _) = try await node.login("bob", password: Self.password)
+        let direct = try await bob.createDirect(with: "ada")
+        _ = try await bob.send(Data("hello from bob".utf8), to: direct.conversationID)
+        #expect(await session.expect("new conversation: bob — type 1 to open it"))
+        session.type("1\r")
+        #expect(await session.expect("── bob · ada, bob ──"))
+        #expect(await session.expect("bob      hello from bob"))
+        session.type("/quit\r")
+        #expect(await session.waitForExit(seconds: 10))
+        #expect(session.process.terminationStatus == 0)
+        await bob.close()
+        node.stop()
+    }
+
     @Test func aWrongPasswordIsAClearError() async throws {
         let node = try NodeProcess()
         try node.addUser("ada", password: Self.password)

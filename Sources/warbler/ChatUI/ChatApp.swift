@@ -170,7 +170,14 @@ final class ChatApp: @unchecked Sendable {
             if push.removed {
                 emit(["  · you are no longer in \(name)"])
             } else if known == nil {
-                emit(["  · new conversation: \(name)"])
+                // On the list, the new conversation takes the next number (the list on screen stays as it is).
+                if case .list(var list) = screen {
+                    list.append(push.conversation)
+                    screen = .list(list)
+                    emit(["  · new conversation: \(name) — type \(list.count) to open it"])
+                } else {
+                    emit(["  · new conversation: \(name)"])
+                }
             } else if known?.members != push.conversation.members {
                 emit(["  · \(name) now has \(push.conversation.members.joined(separator: ", "))"])
             }
@@ -256,7 +263,7 @@ final class ChatApp: @unchecked Sendable {
         default:
             switch screen {
             case .list(let list):
-                if let number = Int(text), (1...list.count).contains(number) {
+                if let number = Int(text), list.indices.contains(number - 1) {
                     await open(list[number - 1])
                 } else {
                     emit(["! type a number from the list, or /help"])
