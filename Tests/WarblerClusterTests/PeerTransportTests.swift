@@ -6,15 +6,19 @@ import Testing
 import WarblerCluster
 import WarblerWire
 
-/// Answers every request with its own node id in a status.
+/// Answers every request with its own node id in a status; keeps every batch it receives.
 final class EchoDelegate: PeerTransportDelegate {
     let nodeID: UInt64
     let received = Mutex<[UInt64]>([])
+    let batches = Mutex<[RaftBatchRecord]>([])
     /// Peers whose connection closed.
     let lostPeers = Mutex<[UInt64]>([])
     init(nodeID: UInt64) { self.nodeID = nodeID }
 
-    func peerTransport(received batch: RaftBatchRecord, from node: UInt64) { received.withLock { $0.append(node) } }
+    func peerTransport(received batch: RaftBatchRecord, from node: UInt64) {
+        received.withLock { $0.append(node) }
+        batches.withLock { $0.append(batch) }
+    }
 
     func peerTransport(lost node: UInt64) { lostPeers.withLock { $0.append(node) } }
 
@@ -22,19 +26,6 @@ final class EchoDelegate: PeerTransportDelegate {
         var response = PeerResponse()
         response.status.nodeID = nodeID
         response.status.clusterID = "asked by \(node)"
-        return response
-    }
-}
-
-/// Keeps every batch it receives.
-final class KeepingDelegate: PeerTransportDelegate {
-    let batches = Mutex<[RaftBatchRecord]>([])
-    let lostPeers = Mutex<[UInt64]>([])
-    func peerTransport(received batch: RaftBatchRecord, from node: UInt64) { batches.withLock { $0.append(batch) } }
-    func peerTransport(lost node: UInt64) { lostPeers.withLock { $0.append(node) } }
-    func peerTransport(handle request: PeerRequest, from node: UInt64) async -> PeerResponse {
-        var response = PeerResponse()
-        response.status.nodeID = 2
         return response
     }
 }
@@ -152,7 +143,7 @@ struct PeerTransportTests {
         limits.maxFrameBytes = 64 << 10
         limits.pieceBytes = 16 << 10
         let server = try transport(2, ca: root + "/ca", loops: loops, limits: limits)
-        let delegate = KeepingDelegate()
+        let delegate = EchoDelegate(nodeID: 2)
         server.setDelegate(delegate)
         let channel = try await server.bind(host: "127.0.0.1", port: 0)
         let client = try transport(1, ca: root + "/ca", loops: loops, limits: limits)
@@ -207,7 +198,7 @@ struct PeerTransportTests {
         var strict = limits
         strict.maxJoinedFrameBytes = 2 * limits.maxFrameBytes
         let guarded = try transport(3, ca: root + "/ca", loops: loops, limits: strict)
-        let guardedDelegate = KeepingDelegate()
+        let guardedDelegate = EchoDelegate(nodeID: 2)
         guarded.setDelegate(guardedDelegate)
         let guardedChannel = try await guarded.bind(host: "127.0.0.1", port: 0)
         client.setAddress("127.0.0.1:\(guardedChannel.localAddress!.port!)", for: 3)

@@ -8,11 +8,17 @@ import Testing
 struct BenchTests {
     static let binary = NodeProcess.packageRoot.appendingPathComponent(".build/debug/warbler-bench").path
 
-    /// Runs `executable` to its end; returns its exit status, standard output and standard error.
-    func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: Data, errors: String) {
+    /// Runs `executable` to its end (with `environment` instead of the test's, when given); returns its exit
+    /// status, standard output and standard error.
+    func run(
+        _ executable: String,
+        _ arguments: [String],
+        environment: [String: String]? = nil
+    ) throws -> (status: Int32, output: Data, errors: String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
+        if let environment { process.environment = environment }
         let output = Pipe()
         let errors = Pipe()
         process.standardOutput = output
@@ -101,16 +107,7 @@ struct BenchTests {
     @Test func theNodeAndTheBenchAllocateWithJemalloc() throws {
         // jemalloc prints its statistics at exit when asked to; glibc's malloc knows no MALLOC_CONF.
         for binary in [NodeProcess.binary, Self.binary] {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: binary)
-            process.arguments = ["--help"]
-            process.environment = ["MALLOC_CONF": "stats_print:true"]
-            let errors = Pipe()
-            process.standardError = errors
-            process.standardOutput = FileHandle.nullDevice
-            try process.run()
-            let said = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            process.waitUntilExit()
+            let said = try run(binary, ["--help"], environment: ["MALLOC_CONF": "stats_print:true"]).errors
             #expect(said.contains("Begin jemalloc statistics"), "\(binary) does not allocate with jemalloc")
         }
     }

@@ -36,6 +36,12 @@ final class ChildProcesses: Sendable {
         }
     }
 
+    /// Waits until `process` (a one-off command) ends, and stops tracking it.
+    func waitUntilExit(_ process: Process) {
+        process.waitUntilExit()
+        stop([process])
+    }
+
     /// Called where the bench would end with an error: once a stop signal has come, the error is the teardown's
     /// doing (a process it stopped), so this waits for the teardown to end the bench with the signal's status.
     func awaitTeardownIfInterrupted() {

@@ -46,8 +46,7 @@ final class SpawnedCluster {
             try ChildProcesses.shared.launch(add)
             input.fileHandleForWriting.write(Data((password + "\n").utf8))
             try input.fileHandleForWriting.close()
-            add.waitUntilExit()
-            ChildProcesses.shared.stop([add])
+            ChildProcesses.shared.waitUntilExit(add)
             guard add.terminationStatus == 0 else { throw ValidationError("could not create the bench users") }
         }
         let base = Int.random(in: 100...300) * 100  // below the ephemeral port range
@@ -114,8 +113,7 @@ final class SpawnedCluster {
         process.standardOutput = output
         try ChildProcesses.shared.launch(process)
         let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        ChildProcesses.shared.stop([process])
+        ChildProcesses.shared.waitUntilExit(process)
         guard process.terminationStatus == 0 else { throw ValidationError("warbler \(arguments.first ?? "") failed") }
         return String(decoding: data, as: UTF8.self)
     }

@@ -733,6 +733,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
                 let peer = message.to
                 var batch = RaftBatchRecord()
                 batch.messages = [record]
+                batch.incarnation = incarnation
                 snapshots.append((peer, batch))
                 group.snapshotHold = (message.snapshot?.metadata.index ?? 0, ticks)
                 enqueue { [weak group] in group?.node.reportSnapshot(peer, succeeded: true) }
@@ -743,10 +744,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
                 batch.incarnation = incarnation
                 transport.send(batch, to: peer)
             }
-            for (peer, var batch) in snapshots {
-                batch.incarnation = incarnation
-                transport.sendInBackground(batch, to: peer)
-            }
+            for (peer, batch) in snapshots { transport.sendInBackground(batch, to: peer) }
         }
         for (group, ready) in readies {
             if let soft = ready.softState { roleChanged(group, soft) }

@@ -35,25 +35,19 @@ public struct PeerTransportError: Error, CustomStringConvertible, Sendable {
 public final class PeerTransport: Sendable {
     /// The peer protocol version this build speaks.
     public static let version: UInt32 = 1
-    /// The largest single frame accepted (this build sends none over ``pieceBytes``; nodes before it sent whole
-    /// snapshots in one frame).
-    public static let maxFrameBytes = 256 << 20
-    /// A frame whose encoding is larger travels as pieces of this many bytes (`Piece`), each a frame of its own:
-    /// a snapshot of a large partition is bounded by ``maxJoinedFrameBytes`` instead of ``maxFrameBytes``, and the
-    /// receiving side's silence watchdog sees it arrive piece by piece instead of nothing until its last byte.
-    public static let pieceBytes = 1 << 20
-    /// The largest frame accepted when joined from pieces: protobuf's own bound on one message.
-    public static let maxJoinedFrameBytes = Int(Int32.max)
-
     /// How large frames may be, and from what size they travel in pieces. The defaults are the protocol's;
     /// tests shrink them to send frames "too large for one" in a moment.
     public struct FrameLimits: Sendable {
-        /// The largest single frame accepted.
-        public var maxFrameBytes = PeerTransport.maxFrameBytes
-        /// A frame whose encoding is larger is sent in pieces of this many bytes.
-        public var pieceBytes = PeerTransport.pieceBytes
-        /// The largest frame accepted when joined from pieces.
-        public var maxJoinedFrameBytes = PeerTransport.maxJoinedFrameBytes
+        /// The largest single frame accepted (this build sends none over ``pieceBytes``; nodes before it sent
+        /// whole snapshots in one frame).
+        public var maxFrameBytes = 256 << 20
+        /// A frame whose encoding is larger travels as pieces of this many bytes (`Piece`), each a frame of its
+        /// own: a snapshot of a large partition is bounded by ``maxJoinedFrameBytes`` instead of
+        /// ``maxFrameBytes``, and the receiving side's silence watchdog sees it arrive piece by piece instead of
+        /// nothing until its last byte.
+        public var pieceBytes = 1 << 20
+        /// The largest frame accepted when joined from pieces: protobuf's own bound on one message.
+        public var maxJoinedFrameBytes = Int(Int32.max)
 
         /// The protocol's limits.
         public init() {}
@@ -287,43 +281,31 @@ public final class PeerTransport: Sendable {
     func encode(_ frame: PeerFrame, allocator: ByteBufferAllocator) -> ByteBuffer {
         // Serializing a generated message cannot fail.
         let bytes: [UInt8] = try! frame.serializedBytes()
-        guard bytes.count > limits.pieceBytes else { return Self.prefixed(bytes, allocator: allocator) }
-        let pieces = pieceEncodings(of: bytes, background: false)
-        var buffer = allocator.buffer(capacity: pieces.reduce(0) { $0 + 4 + $1.count })
-        for piece in pieces {
-            buffer.writeInteger(UInt32(piece.count))
-            buffer.writeBytes(piece)
-        }
-        return buffer
+        guard bytes.count > limits.pieceBytes else { return FrameCodec.lengthPrefixed(bytes, allocator: allocator) }
+        let parts = pieces(of: bytes, background: false, allocator: allocator)
+        var joined = allocator.buffer(capacity: parts.reduce(0) { $0 + $1.readableBytes })
+        for var part in parts { joined.writeBuffer(&part) }
+        return joined
     }
 
     /// `frame` as length-prefixed frames: itself when its encoding is at most ``FrameLimits/pieceBytes``,
     /// otherwise its `Piece`s, marked `background` (they may travel with other frames between them).
     func encodeInBackground(_ frame: PeerFrame, allocator: ByteBufferAllocator) -> CircularBuffer<ByteBuffer> {
         let bytes: [UInt8] = try! frame.serializedBytes()
-        guard bytes.count > limits.pieceBytes else { return [Self.prefixed(bytes, allocator: allocator)] }
-        return CircularBuffer(
-            pieceEncodings(of: bytes, background: true).map { Self.prefixed($0, allocator: allocator) }
-        )
+        guard bytes.count > limits.pieceBytes else { return [FrameCodec.lengthPrefixed(bytes, allocator: allocator)] }
+        return CircularBuffer(pieces(of: bytes, background: true, allocator: allocator))
     }
 
-    /// The encoded `Piece` frames that carry `bytes`.
-    private func pieceEncodings(of bytes: [UInt8], background: Bool) -> [[UInt8]] {
+    /// The length-prefixed `Piece` frames that carry `bytes`.
+    private func pieces(of bytes: [UInt8], background: Bool, allocator: ByteBufferAllocator) -> [ByteBuffer] {
         stride(from: 0, to: bytes.count, by: limits.pieceBytes).map { start in
             let end = min(start + limits.pieceBytes, bytes.count)
             var piece = PeerFrame()
             piece.piece.data = Data(bytes[start..<end])
             piece.piece.last = end == bytes.count
             piece.piece.background = background
-            return try! piece.serializedBytes()
+            return FrameCodec.lengthPrefixed(try! piece.serializedBytes(), allocator: allocator)
         }
-    }
-
-    private static func prefixed(_ bytes: [UInt8], allocator: ByteBufferAllocator) -> ByteBuffer {
-        var buffer = allocator.buffer(capacity: bytes.count + 4)
-        buffer.writeInteger(UInt32(bytes.count))
-        buffer.writeBytes(bytes)
-        return buffer
     }
 }
 

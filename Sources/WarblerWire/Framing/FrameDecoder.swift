@@ -106,7 +106,11 @@ extension FrameCodec {
     /// The length and the bytes, serialized once straight into the buffer that is sent.
     private static func prefixed(_ message: some SwiftProtobuf.Message, allocator: ByteBufferAllocator) -> ByteBuffer {
         // Serializing a fully initialised proto3 message cannot fail.
-        let bytes: [UInt8] = try! message.serializedBytes()
+        lengthPrefixed(try! message.serializedBytes(), allocator: allocator)
+    }
+
+    /// An encoded message ready for a connection: its 4-byte big-endian length, then `bytes`.
+    public static func lengthPrefixed(_ bytes: [UInt8], allocator: ByteBufferAllocator) -> ByteBuffer {
         var output = allocator.buffer(capacity: bytes.count + 4)
         output.writeInteger(UInt32(bytes.count), endianness: .big)
         output.writeBytes(bytes)
