@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Compares builds fairly on a noisy machine: runs the same warbler-bench command against each build in turn,
 # ROUNDS times (A B C A B C …, so drift over time hits every build alike), then prints per build the median and
-# range of acks/s and the medians of deliveries/s, ack p50/p99, delivery p99 and the first server's CPU.
+# range of acks/s and the medians of deliveries/s, ack p50/p99, delivery p99, the first server's CPU and the bench's.
 #
 #   bench/compare.sh ROUNDS "BENCH ARGS" DIR [DIR …]
 #   bench/compare.sh 5 "--spawn single --senders 1 --window 256 --seconds 6" /tmp/before /tmp/after
@@ -27,7 +27,8 @@ for round in $(seq "$ROUNDS"); do
 import json, sys
 d = json.load(open(sys.argv[1]))
 cpu = d["servers"][0]["cpu_cores"] if d.get("servers") else 0
-print(d["acks_per_second"], d["ack"]["p50_us"], d["ack"]["p99_us"], d["delivery"]["p99_us"], cpu, d["deliveries_per_second"])
+bench = (d.get("client") or {}).get("cpu_cores", 0)
+print(d["acks_per_second"], d["ack"]["p50_us"], d["ack"]["p99_us"], d["delivery"]["p99_us"], cpu, d["deliveries_per_second"], bench)
 PY
     echo "round $round/$ROUNDS $label: $(cut -d' ' -f1 < <(tail -1 "$OUT/$label.txt")) acks/s" >&2
   done
@@ -40,7 +41,7 @@ import statistics as st, sys
 rows = [list(map(float, line.split())) for line in open(sys.argv[1])]
 acks = sorted(r[0] for r in rows)
 med = lambda i: st.median(r[i] for r in rows)
-print("%-10s %8.0f acks/s (%.0f – %.0f)  %.0f deliveries/s  ack p50 %.2f ms  p99 %.2f ms  delivery p99 %.2f ms  node %.2f cores"
-      % (sys.argv[2], st.median(acks), acks[0], acks[-1], med(5), med(1) / 1000, med(2) / 1000, med(3) / 1000, med(4)))
+print("%-10s %8.0f acks/s (%.0f – %.0f)  %.0f deliveries/s  ack p50 %.2f ms  p99 %.2f ms  delivery p99 %.2f ms  node %.2f cores  bench %.2f"
+      % (sys.argv[2], st.median(acks), acks[0], acks[-1], med(5), med(1) / 1000, med(2) / 1000, med(3) / 1000, med(4), med(6)))
 PY
 done

@@ -82,6 +82,7 @@ struct BenchTests {
         #expect((ack["p50_us"] as? Int ?? 0) > 0 && (ack["p50_us"] as? Int ?? 0) <= (ack["p99_us"] as? Int ?? 0))
         #expect((latency(closed, "delivery")["count"] as? Int ?? 0) > 0)
         #expect((closed["servers"] as? [Any])?.count == 1, "the spawned node's CPU and memory")
+        #expect(number(closed["client"] as? [String: Any] ?? [:], "cpu_cores") > 0, "the bench's own CPU")
 
         // --verify reads every acknowledged message back (the report stays pure JSON and counts them): at least
         // the measured second's acknowledgements, and the warm-up's.
@@ -94,6 +95,10 @@ struct BenchTests {
         let open = try bench(["--senders", "1", "--rate", "50"])
         #expect((35...65).contains(number(open, "sends_per_second")))
         #expect(number(open, "errors") == 0)
+        // Between sends the bench waits on its connection's timer: at 50 sends/s it is nearly idle (a pause that
+        // returned at once would spin a whole core).
+        let client = open["client"] as? [String: Any] ?? [:]
+        #expect(client["cpu_cores"] != nil && number(client, "cpu_cores") < 0.5, "\(client)")
     }
 
     @Test func groupDeliversToEveryOtherMember() throws {

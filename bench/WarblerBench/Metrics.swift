@@ -137,8 +137,8 @@ struct ProcessSample: Sendable {
     }
 }
 
-/// A server process's CPU use (cores) between two samples, and its memory at the second.
-struct ServerUsage: Codable, Sendable {
+/// A process's CPU use (cores) between two samples, and its memory at the second.
+struct ProcessUsage: Codable, Sendable {
     var pid: Int32
     var cpuCores: Double
     var rssMiB: Double
@@ -157,13 +157,14 @@ struct ServerUsage: Codable, Sendable {
     }
 }
 
-/// Samples local server processes at the start and the end of the measured window.
-final class ServerSampler: Sendable {
+/// Samples local server processes, and the bench itself, at the start and the end of the measured window.
+final class UsageSampler: Sendable {
+    /// The servers' processes, then the bench's own.
     let pids: [Int32]
     private let samples = Mutex<(start: [ProcessSample], end: [ProcessSample])>(([], []))
     private let task = Mutex<Task<Void, Never>?>(nil)
 
-    init(pids: [Int32]) { self.pids = pids }
+    init(serverPIDs: [Int32]) { pids = serverPIDs + [getpid()] }
 
     /// Samples at `start`, and at `end` (or when ``finish()`` is called, without one).
     func schedule(start: UInt64, end: UInt64?) {
@@ -180,13 +181,16 @@ final class ServerSampler: Sendable {
         self.task.withLock { $0 = task }
     }
 
-    func finish() async -> [ServerUsage] {
+    /// The servers' usage, and the bench's: on a shared machine the client's CPU is CPU the nodes did not get.
+    func finish() async -> (servers: [ProcessUsage], client: ProcessUsage?) {
         await task.withLock { $0 }?.value
         let (start, end) = samples.withLock { samples in
             if samples.end.isEmpty { samples.end = pids.compactMap(ProcessSample.init(pid:)) }
             return samples
         }
-        return zip(start, end).map { ServerUsage(from: $0, to: $1) }
+        let usage = zip(start, end).map { ProcessUsage(from: $0, to: $1) }
+        let own = getpid()
+        return (usage.filter { $0.pid != own }, usage.first { $0.pid == own })
     }
 
     private static func sleep(until time: UInt64) async {

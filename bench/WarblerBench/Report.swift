@@ -20,11 +20,13 @@ struct BenchReport: Codable, Sendable {
     var ack: LatencySummary
     var delivery: LatencySummary
     var read: LatencySummary
-    var servers: [ServerUsage]
+    var servers: [ProcessUsage]
+    /// The bench's own process: it shares the machine with local nodes.
+    var client: ProcessUsage?
     var extras: ScenarioExtras
 
     enum CodingKeys: String, CodingKey {
-        case scenario, date, nodes, load, seconds, seed, errors, ack, delivery, read, servers, extras
+        case scenario, date, nodes, load, seconds, seed, errors, ack, delivery, read, servers, client, extras
         case payloadBytes = "payload_bytes"
         case clientConnections = "client_connections"
         case sendsPerSecond = "sends_per_second"
@@ -75,17 +77,18 @@ struct BenchReport: Codable, Sendable {
                 )
             )
         }
-        if !servers.isEmpty {
+        if !servers.isEmpty || client != nil {
             lines.append("")
-            lines.append(Self.row(["server pid", "cpu (cores)", "rss (MiB)"], widths: [14, 12, 12]))
-            for server in servers {
+            lines.append(Self.row(["process", "pid", "cpu (cores)", "rss (MiB)"], widths: [14, 10, 12, 12]))
+            let processes = servers.map { ("server", $0) } + (client.map { [("bench", $0)] } ?? [])
+            for (role, usage) in processes {
                 lines.append(
                     Self.row(
                         [
-                            "\(server.pid)", String(format: "%.2f", server.cpuCores),
-                            String(format: "%.1f", server.rssMiB),
+                            role, "\(usage.pid)", String(format: "%.2f", usage.cpuCores),
+                            String(format: "%.1f", usage.rssMiB),
                         ],
-                        widths: [14, 12, 12]
+                        widths: [14, 10, 12, 12]
                     )
                 )
             }

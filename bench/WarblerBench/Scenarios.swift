@@ -375,7 +375,9 @@ enum MixedScenario {
                             await operation(&local, intended)
                         }
                     }
-                    try? await Task.sleep(nanoseconds: UInt64(max(next - Double(monotonicNanoseconds()), 50_000)))
+                    try? await Task.sleep(
+                        nanoseconds: UInt64(max(next - Double(monotonicNanoseconds()), Double(openLoopTickNanoseconds)))
+                    )
                 }
             }
         }

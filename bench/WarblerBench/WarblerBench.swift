@@ -162,7 +162,7 @@ struct WarblerBench: AsyncParsableCommand {
         var counters = RunCounters(warmUpSeconds: warmUp, seconds: seconds)
         var extras = ScenarioExtras()
         var measuredSeconds = seconds
-        let sampler = ServerSampler(pids: pids)
+        let sampler = UsageSampler(serverPIDs: pids)
         let sampleServers: (RunCounters) -> Void = { sampler.schedule(start: $0.window.start, end: $0.window.end) }
         let verified = verify ? AcknowledgedMessages() : nil
         switch scenario {
@@ -230,7 +230,7 @@ struct WarblerBench: AsyncParsableCommand {
             )
             measuredSeconds = Double(monotonicNanoseconds() - started) / 1e9
         }
-        let servers = await sampler.finish()
+        let (servers, client) = await sampler.finish()
         let date = ISO8601DateFormatter().string(from: Date())
         return BenchReport(
             scenario: scenario.rawValue,
@@ -252,6 +252,7 @@ struct WarblerBench: AsyncParsableCommand {
             delivery: counters.delivery.summary,
             read: counters.read.summary,
             servers: servers,
+            client: client,
             extras: extras
         )
     }
