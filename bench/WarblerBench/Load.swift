@@ -86,8 +86,10 @@ func drive(
                                     outstanding.count.subtract(1, ordering: .relaxed)
                                 }
                             }
-                            let wait = max(next - Double(monotonicNanoseconds()), Double(openLoopTickNanoseconds))
-                            await pause(nanoseconds: Int64(wait), on: sender.client.eventLoop)
+                            await pause(
+                                nanoseconds: Int64(max(next - Double(monotonicNanoseconds()), 0)),
+                                on: sender.client.eventLoop
+                            )
                         }
                     }
                 }
@@ -96,16 +98,21 @@ func drive(
     }
 }
 
-/// How often at most an open-loop sender wakes up: the sends that fall due meanwhile go out together when it
-/// does, and each one's latency still counts from its own intended time (so the wait counts against the node,
-/// never for it). Waking for every send — every 50 µs at 20,000 sends/s — cost the bench 0.77 cores against
-/// 0.45 with this tick, CPU the node on the same two cores did not get (docs/performance.md).
+/// How often at most an open-loop sender wakes up: on a grid of this step shared by every sender, so that the
+/// senders on one event loop wake together, once per step. The sends that fall due meanwhile go out together,
+/// and each one's latency still counts from its own intended time (the wait counts against the node, never for
+/// it). Waking for every send — every 50 µs at 20,000 sends/s — cost the bench 0.77 cores against 0.45 with this
+/// step, CPU the node on the same two cores did not get (docs/performance.md).
 let openLoopTickNanoseconds: Int64 = 500_000
 
-/// Waits on `loop`'s own timer, for a task that runs on that loop: it resumes there with no other thread
+/// Waits on `loop`'s own timer for at least `nanoseconds`, until the next step of the open loop's grid
+/// (``openLoopTickNanoseconds``), for a task that runs on that loop: it resumes there with no other thread
 /// involved (`Task.sleep` goes through the global executor's timer and threads, then hops back to the loop).
 func pause(nanoseconds: Int64, on loop: any EventLoop) async {
-    _ = try? await loop.scheduleTask(in: .nanoseconds(nanoseconds)) {}.futureResult.get()
+    let step = openLoopTickNanoseconds
+    let due = Int64(NIODeadline.now().uptimeNanoseconds) + nanoseconds
+    let wake = NIODeadline.uptimeNanoseconds(UInt64((due / step + 1) * step))
+    _ = try? await loop.scheduleTask(deadline: wake) {}.futureResult.get()
 }
 
 /// One send, stamped with its intended time; an error is counted, not thrown. With `verify`, a failed send is
