@@ -13,7 +13,8 @@ import Glibc
 /// `group`, `connections`, `sync` and `mixed`, in closed loop (a window of unacknowledged sends per connection)
 /// or open loop (a fixed rate, latency from each send's intended time) — and reports sends, acks, deliveries
 /// and errors per second, ack and end-to-end delivery latency percentiles (HdrHistogram), and the CPU and
-/// memory of local server processes; as a table, as JSON (`--json`), and as an SVG percentile plot (`--svg`).
+/// memory of local server processes and of the bench itself; as a table, as JSON (`--json`), and as an SVG
+/// percentile plot (`--svg`).
 @main
 struct WarblerBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -53,7 +54,8 @@ struct WarblerBench: AsyncParsableCommand {
     var sourceAddresses: Int?
     @Option(help: "sync: messages waiting for the returning member.") var backlog = 10_000
     @Option(help: "Closed loop: unacknowledged sends per sending connection.") var window = 1
-    @Option(help: "Open loop: total sends (mixed: operations) per second; replaces the window.") var rate: Double?
+    @Option(help: "Open loop: total sends (mixed: operations) per second, paced in 0.5 ms steps; replaces the window.")
+    var rate: Double?
     @Option(help: "Measured seconds.") var seconds = 10.0
     @Option(help: "Warm-up seconds before measuring.") var warmUp = 1.0
     @Option(help: "Payload bytes (at least 8: the send time travels in the payload).") var payload = 128
