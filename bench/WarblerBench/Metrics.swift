@@ -188,7 +188,10 @@ final class UsageSampler: Sendable {
             if samples.end.isEmpty { samples.end = pids.compactMap(ProcessSample.init(pid:)) }
             return samples
         }
-        let usage = zip(start, end).map { ProcessUsage(from: $0, to: $1) }
+        // By pid: a process that exited during the run has no second sample (it is left out, not paired with
+        // another process's).
+        let first = Dictionary(start.map { ($0.pid, $0) }, uniquingKeysWith: { a, _ in a })
+        let usage = end.compactMap { last in first[last.pid].map { ProcessUsage(from: $0, to: last) } }
         let own = getpid()
         return (usage.filter { $0.pid != own }, usage.first { $0.pid == own })
     }
