@@ -106,8 +106,8 @@ func drive(
 let openLoopTickNanoseconds: Int64 = 500_000
 
 /// Waits on `loop`'s own timer for at least `nanoseconds`, until the next step of the open loop's grid
-/// (``openLoopTickNanoseconds``), for a task that runs on that loop: it resumes there with no other thread
-/// involved (`Task.sleep` goes through the global executor's timer and threads, then hops back to the loop).
+/// (``openLoopTickNanoseconds``). A task that runs on that loop resumes there with no other thread involved
+/// (`Task.sleep` goes through the global executor's timer and threads, then hops back to the loop).
 func pause(nanoseconds: Int64, on loop: any EventLoop) async {
     let step = openLoopTickNanoseconds
     let due = Int64(NIODeadline.now().uptimeNanoseconds) + nanoseconds

@@ -375,8 +375,10 @@ enum MixedScenario {
                             await operation(&local, intended)
                         }
                     }
-                    try? await Task.sleep(
-                        nanoseconds: UInt64(max(next - Double(monotonicNanoseconds()), Double(openLoopTickNanoseconds)))
+                    // The same grid as the other open loops (this pacer is no connection's, so it resumes by a hop).
+                    await pause(
+                        nanoseconds: Int64(max(next - Double(monotonicNanoseconds()), 0)),
+                        on: clients[0].eventLoop
                     )
                 }
             }

@@ -282,9 +282,10 @@ public final class PeerTransport: Sendable {
         // Serializing a generated message cannot fail.
         let bytes: [UInt8] = try! frame.serializedBytes()
         guard bytes.count > limits.pieceBytes else { return FrameCodec.lengthPrefixed(bytes, allocator: allocator) }
-        let parts = pieces(of: bytes, background: false, allocator: allocator)
-        var joined = allocator.buffer(capacity: parts.reduce(0) { $0 + $1.readableBytes })
-        for var part in parts { joined.writeBuffer(&part) }
+        // Each piece's frame is ~16 bytes over its data; the pieces go straight into the one buffer.
+        let count = (bytes.count + limits.pieceBytes - 1) / limits.pieceBytes
+        var joined = allocator.buffer(capacity: bytes.count + count * 32)
+        for piece in pieces(of: bytes, background: false) { FrameCodec.writeLengthPrefixed(piece, into: &joined) }
         return joined
     }
 
@@ -293,18 +294,21 @@ public final class PeerTransport: Sendable {
     func encodeInBackground(_ frame: PeerFrame, allocator: ByteBufferAllocator) -> CircularBuffer<ByteBuffer> {
         let bytes: [UInt8] = try! frame.serializedBytes()
         guard bytes.count > limits.pieceBytes else { return [FrameCodec.lengthPrefixed(bytes, allocator: allocator)] }
-        return CircularBuffer(pieces(of: bytes, background: true, allocator: allocator))
+        return CircularBuffer(
+            pieces(of: bytes, background: true).map { FrameCodec.lengthPrefixed($0, allocator: allocator) }
+        )
     }
 
-    /// The length-prefixed `Piece` frames that carry `bytes`.
-    private func pieces(of bytes: [UInt8], background: Bool, allocator: ByteBufferAllocator) -> [ByteBuffer] {
-        stride(from: 0, to: bytes.count, by: limits.pieceBytes).map { start in
-            let end = min(start + limits.pieceBytes, bytes.count)
+    /// The encoded `Piece` frames that carry `bytes`, made one at a time as they are iterated.
+    private func pieces(of bytes: [UInt8], background: Bool) -> some Sequence<[UInt8]> {
+        let size = limits.pieceBytes
+        return stride(from: 0, to: bytes.count, by: size).lazy.map { start in
+            let end = min(start + size, bytes.count)
             var piece = PeerFrame()
             piece.piece.data = Data(bytes[start..<end])
             piece.piece.last = end == bytes.count
             piece.piece.background = background
-            return FrameCodec.lengthPrefixed(try! piece.serializedBytes(), allocator: allocator)
+            return try! piece.serializedBytes()
         }
     }
 }

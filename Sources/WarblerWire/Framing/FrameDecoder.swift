@@ -112,8 +112,14 @@ extension FrameCodec {
     /// An encoded message ready for a connection: its 4-byte big-endian length, then `bytes`.
     public static func lengthPrefixed(_ bytes: [UInt8], allocator: ByteBufferAllocator) -> ByteBuffer {
         var output = allocator.buffer(capacity: bytes.count + 4)
-        output.writeInteger(UInt32(bytes.count), endianness: .big)
-        output.writeBytes(bytes)
+        writeLengthPrefixed(bytes, into: &output)
         return output
+    }
+
+    /// Appends an encoded message to `buffer` as ``lengthPrefixed(_:allocator:)`` frames it (several frames
+    /// written as one).
+    public static func writeLengthPrefixed(_ bytes: [UInt8], into buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt32(bytes.count), endianness: .big)
+        buffer.writeBytes(bytes)
     }
 }
