@@ -28,6 +28,28 @@ final class EchoDelegate: PeerTransportDelegate {
         response.status.clusterID = "asked by \(node)"
         return response
     }
+
+    /// The groups of the proposal batches received, in the order they were handed over, and whether each was
+    /// handed over on an event loop.
+    let proposed = Mutex<[(group: UInt32, onEventLoop: Bool)]>([])
+
+    /// Answers each command with itself as its outcome: batches to an even group a little later and from
+    /// another thread, so that answers go back in another order than their requests came.
+    func peerTransport(
+        propose batch: Warbler_Peer_V1_ProposeBatch,
+        from node: UInt64,
+        reply: @escaping @Sendable (PeerResponse) -> Void
+    ) {
+        proposed.withLock { $0.append((batch.group, MultiThreadedEventLoopGroup.currentEventLoop != nil)) }
+        var response = PeerResponse()
+        response.proposeResults.results = batch.commands.map { command in .with { $0.outcome = command } }
+        if batch.group.isMultiple(of: 2) {
+            let answer = response
+            DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(5)) { reply(answer) }
+        } else {
+            reply(response)
+        }
+    }
 }
 
 /// Answers every request after `delay`, or as soon as it is released.
@@ -45,6 +67,14 @@ final class SlowDelegate: PeerTransportDelegate {
         var response = PeerResponse()
         response.status.nodeID = 2
         return response
+    }
+
+    func peerTransport(
+        propose batch: Warbler_Peer_V1_ProposeBatch,
+        from node: UInt64,
+        reply: @escaping @Sendable (PeerResponse) -> Void
+    ) {
+        reply(PeerResponse())
     }
 }
 
@@ -109,6 +139,56 @@ struct PeerTransportTests {
         }
         client.shutdown()
         stranger.shutdown()
+        server.shutdown()
+        try await channel.close()
+        try await loops.shutdownGracefully()
+    }
+
+    /// Forwarded proposals are handed to the receiving node in the order they were sent, on the connection's
+    /// event loop rather than in a task each (tasks could run in any order), and every answer reaches the
+    /// request it answers, whatever order the answers come back in.
+    @Test func proposalBatchesArriveInTheOrderSentAndEachAnswerFindsItsRequest() async throws {
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        try ClusterCertificates.initCA(in: root + "/ca")
+        let loops = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let server = try transport(2, ca: root + "/ca", loops: loops)
+        let serverDelegate = EchoDelegate(nodeID: 2)
+        server.setDelegate(serverDelegate)
+        let channel = try await server.bind(host: "127.0.0.1", port: 0)
+        let client = try transport(1, ca: root + "/ca", loops: loops)
+        client.setDelegate(EchoDelegate(nodeID: 1))
+        client.setAddress("127.0.0.1:\(channel.localAddress!.port!)", for: 2)
+        _ = try await client.request(.status(.init()), to: 2, timeout: .seconds(120))
+
+        let count = 300
+        let answers = Mutex<[UInt32: [Data]]>([:])
+        let failures = Mutex<[String]>([])
+        let done = AsyncStream<Void>.makeStream()
+        for group in 0..<UInt32(count) {
+            var batch = Warbler_Peer_V1_ProposeBatch()
+            batch.group = group
+            batch.commands = [Data("command \(group)".utf8), Data("and \(group)".utf8)]
+            client.request(.proposeBatch(batch), to: 2, timeout: .seconds(120)) { result in
+                switch result {
+                case .success(let response):
+                    answers.withLock { $0[group] = response.proposeResults.results.map(\.outcome) }
+                case .failure(let error):
+                    failures.withLock { $0.append("\(group): \(error)") }
+                }
+                if answers.withLock({ $0.count }) + failures.withLock({ $0.count }) == count {
+                    done.continuation.finish()
+                }
+            }
+        }
+        for await _ in done.stream {}
+        #expect(failures.withLock { $0 }.isEmpty)
+        let proposed = serverDelegate.proposed.withLock { $0 }
+        #expect(proposed.map(\.group) == Array(0..<UInt32(count)))
+        #expect(proposed.allSatisfy { $0.onEventLoop })
+        for group in 0..<UInt32(count) {
+            #expect(answers.withLock { $0[group] } == [Data("command \(group)".utf8), Data("and \(group)".utf8)])
+        }
+        client.shutdown()
         server.shutdown()
         try await channel.close()
         try await loops.shutdownGracefully()

@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import Synchronization
 import Testing
 import WarblerChat
@@ -139,6 +140,7 @@ struct ClusterTests {
         }
         #expect(await bobEvents.waitForMessages(10))
         #expect(bobEvents.messages.map(\.seq) == Array(1...10))
+
         // Idle groups go quiet on every node (no per-group heartbeats), and a busy one wakes up.
         let quiet = try await eventually(seconds: 15) {
             try nodes.allSatisfy { node in try node.clusterStatus().groups.filter(\.quiet).count >= 60 }
@@ -148,7 +150,43 @@ struct ClusterTests {
         let stale = try await bob.history(of: group.conversationID, limit: 100, maxStaleness: .seconds(5))
         #expect(stale.messages.map(\.seq) == Array(1...10))
 
+        // A burst of pipelined sends through a node that does not lead the conversation's partition: they are
+        // forwarded to the leader in batches, and get their seqs in the order they were sent.
         let partition = Self.partition(of: group.conversationID)
+        let leaderID = leader(of: partition, among: nodes)
+        try #require(leaderID != 0)
+        let forwarding = nodes.first { $0.nodeID != leaderID }!
+        let raw = try RawConnection(port: forwarding.port)
+        raw.handshake()
+        try #require(raw.login("cy", Self.password) != nil)
+        var burst: [UInt8] = []
+        for index in 0..<200 {
+            var frame = Warbler_V1_ClientFrame()
+            frame.requestID = 100 + UInt64(index)
+            frame.send = .with {
+                $0.conversationID = group.conversationID
+                $0.clientMessageID = "burst-\(index)"
+                $0.payload = Data("burst-\(index)".utf8)
+            }
+            burst += Array(FrameCodec.lengthPrefixed(frame, allocator: ByteBufferAllocator()).readableBytesView)
+        }
+        raw.write(burst)
+        var seqs: [UInt64: UInt64] = [:]
+        while seqs.count < 200, let frame = raw.readFrame() {
+            guard frame.requestID >= 100 else { continue }
+            guard case .ack(let ack) = frame.body else {
+                Issue.record("burst send \(frame.requestID - 100) answered \(frame)")
+                break
+            }
+            seqs[frame.requestID - 100] = ack.seq
+            acknowledged.record(ack.seq, "burst-\(frame.requestID - 100)")
+        }
+        #expect(
+            (0..<200).map { seqs[$0] } == (UInt64(11)...210).map { Optional($0) },
+            "seqs out of send order: \(seqs)"
+        )
+        #expect(await bobEvents.waitForMessages(210))
+
         for round in 1...3 {
             let victimID = leader(of: partition, among: nodes)
             try #require(victimID != 0)
@@ -190,13 +228,13 @@ struct ClusterTests {
             await sender.close()
             try await victim.start()
         }
-        #expect(acknowledged.all.count == 130)
+        #expect(acknowledged.all.count == 330)
         try await verify(group.conversationID, on: nodes, acknowledged: acknowledged)
 
         // bob, connected to node 3 all along (node 3 was killed at most as a leader; the SDK reconnects and
         // resumes), has every message in order.
-        #expect(await bobEvents.waitForMessages(130, seconds: 30))
-        #expect(bobEvents.messages.map(\.seq) == Array(1...130))
+        #expect(await bobEvents.waitForMessages(330, seconds: 30))
+        #expect(bobEvents.messages.map(\.seq) == Array(1...330))
         await ada.close()
         await bob.close()
 

@@ -77,11 +77,23 @@ extension RaftHost: PeerTransportDelegate {
 
     public func peerTransport(lost node: UInt64) { lost(node) }
 
+    public func peerTransport(
+        propose batch: Warbler_Peer_V1_ProposeBatch,
+        from node: UInt64,
+        reply: @escaping @Sendable (PeerResponse) -> Void
+    ) {
+        handleForwarded(batch, reply: reply)
+    }
+
     public func peerTransport(handle request: PeerRequest, from node: UInt64) async -> PeerResponse {
         var response = PeerResponse()
         switch request.body {
         case .propose(let propose):
             return await handleForwarded(propose)
+        case .proposeBatch:
+            // The transport hands batches to ``peerTransport(propose:from:reply:)`` in order, never here.
+            response.error.code = "peer.unknown_request"
+            response.error.message = "a batch of proposals outside the transport's order"
         case .join(let join):
             do {
                 var command = ClusterCommand()

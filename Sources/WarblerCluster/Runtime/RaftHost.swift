@@ -145,6 +145,8 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     /// Where groups' heavy apply work runs (each group on its own serial queue).
     let applyPool = DispatchQueue(label: "warbler.apply.pool", attributes: .concurrent)
     let inbox = Mutex(Inbox())
+    /// Application proposals waiting to be forwarded to their group's leader, per group, in submission order.
+    let forwarding = Mutex<[UInt32: [ForwardedProposal]]>([:])
     let published = Mutex<(leaders: [UInt32: UInt64], view: ClusterView)>(([:], ClusterView()))
     let syncedBatches = Atomic<Int>(0)
     let appliedEntries = Atomic<Int>(0)
@@ -305,36 +307,60 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     }
 
     /// Proposes application `data` to `group` and calls `completion` with its outcome, like
-    /// ``propose(_:to:)``. When this node leads the group the proposal goes straight into the scheduler's next
-    /// round (no task; proposals keep their submission order) — the hot path of a partition's leader; when it
-    /// does not, or leadership just moved and nothing was appended, the proposal is routed to the leader.
+    /// ``propose(_:to:)``, keeping the order of submission on both paths (no task on either):
+    /// - when this node leads the group, the proposal goes straight into the scheduler's next round — the hot
+    ///   path of a partition's leader;
+    /// - when another node does, it is forwarded there with the other proposals to that group submitted in the
+    ///   same event-loop turn, in one request (``forward(_:to:completion:)``).
+    ///
+    /// When no leader is known, or leadership moved and nothing was appended, the proposal is routed to the
+    /// leader by a task that retries until ``Options/requestTimeout``.
     public func submit(_ data: [UInt8], to group: UInt32, completion: @escaping Completion) {
         let tagged = [Self.applicationTag] + data
-        let routed: @Sendable () -> Void = {
-            Task {
-                do {
-                    switch try await self.route(tagged, to: group) {
-                    case .application(let outcome): completion(.success(outcome))
-                    case .cluster: completion(.failure(ClusterError(.refused, "unexpected cluster outcome")))
-                    }
-                } catch {
-                    completion(.failure(error))
-                }
-            }
+        let leader = leader(of: group)
+        guard leader == nodeID else {
+            if leader != 0, transport != nil { return forward(tagged, to: group, completion: completion) }
+            return reroute(tagged, to: group, until: ContinuousClock.now + options.requestTimeout, completion)
         }
-        guard leader(of: group) == nodeID else { return routed() }
         submit(tagged, to: group) { result in
             switch result {
             case .success(.application(let outcome)): completion(.success(outcome))
             case .success(.cluster): completion(.failure(ClusterError(.refused, "unexpected cluster outcome")))
-            case .failure(let error as ClusterError) where error.code == .unavailable: routed()
+            case .failure(let error as ClusterError) where error.code == .unavailable:
+                self.reroute(tagged, to: group, until: ContinuousClock.now + self.options.requestTimeout, completion)
             case .failure(let error): completion(.failure(error))
             }
         }
     }
 
-    func route(_ tagged: [UInt8], to group: UInt32) async throws -> AppliedResult {
-        let deadline = ContinuousClock.now + options.requestTimeout
+    /// Routes an application proposal in a task of its own (``route(_:to:until:)``), for when the direct paths
+    /// cannot take it.
+    func reroute(
+        _ tagged: [UInt8],
+        to group: UInt32,
+        until deadline: ContinuousClock.Instant,
+        _ completion: @escaping Completion
+    ) {
+        Task {
+            do {
+                switch try await self.route(tagged, to: group, until: deadline) {
+                case .application(let outcome): completion(.success(outcome))
+                case .cluster: completion(.failure(ClusterError(.refused, "unexpected cluster outcome")))
+                }
+            } catch {
+                completion(.failure(error))
+            }
+        }
+    }
+
+    /// Proposes `tagged` on whichever node leads `group`, asking again (every 50 ms) while the group has no
+    /// leader or its leader answers `unavailable`, until `deadline`.
+    func route(
+        _ tagged: [UInt8],
+        to group: UInt32,
+        until deadline: ContinuousClock.Instant? = nil
+    ) async throws -> AppliedResult {
+        let deadline = deadline ?? ContinuousClock.now + options.requestTimeout
         var lastError: any Error = ClusterError(.unavailable, "group \(group) has no leader")
         while ContinuousClock.now < deadline {
             let leader = leader(of: group)

@@ -18,6 +18,14 @@ public protocol PeerTransportDelegate: AnyObject, Sendable {
     func peerTransport(received batch: RaftBatchRecord, from node: UInt64)
     /// A request from `node` (0 when the peer has not joined yet); the answer goes back on the same connection.
     func peerTransport(handle request: PeerRequest, from node: UInt64) async -> PeerResponse
+    /// Proposals `node` forwarded, called on the connection's event loop in the order they arrived (not in a
+    /// task of their own, as other requests are), so that they are proposed in the order the peer sent them.
+    /// Must not block; `reply` takes the answer, from any thread.
+    func peerTransport(
+        propose batch: Warbler_Peer_V1_ProposeBatch,
+        from node: UInt64,
+        reply: @escaping @Sendable (PeerResponse) -> Void
+    )
     /// The connection `node` opened to this node closed (it stopped, crashed or was cut off).
     func peerTransport(lost node: UInt64)
 }
@@ -70,7 +78,8 @@ public final class PeerTransport: Sendable {
     let logger: Logger
     private let delegate: Mutex<(any PeerTransportDelegate)?> = Mutex(nil)
     private let peers = Mutex<[UInt64: PeerConnection]>([:])
-    private let pending = Mutex<[UInt64: CheckedContinuation<PeerResponse, any Error>]>([:])
+    /// Requests sent and not answered yet, by id: what to call with the answer.
+    private let pending = Mutex<[UInt64: @Sendable (Result<PeerResponse, any Error>) -> Void]>([:])
     private let nextRequestID = Atomic<UInt64>(1)
 
     /// Loads TLS material from `certificateDirectory` (see ``ClusterCertificates``).
@@ -220,6 +229,32 @@ public final class PeerTransport: Sendable {
     )
         async throws -> PeerResponse
     {
+        try await withCheckedThrowingContinuation { continuation in
+            request(body, over: connection, timeout: timeout) { continuation.resume(with: $0) }
+        }
+    }
+
+    /// Sends `body` to `node` and calls `completion` with the answer, or with a ``PeerTransportError`` when
+    /// there is none in `timeout` (or the connection closes first, or too much is queued for the node) — once,
+    /// from any thread. No task: for requests on a hot path (forwarded proposals).
+    public func request(
+        _ body: PeerRequest.OneOf_Body,
+        to node: UInt64,
+        timeout: Duration,
+        completion: @escaping @Sendable (Result<PeerResponse, any Error>) -> Void
+    ) {
+        guard let connection = peers.withLock({ $0[node] }) else {
+            return completion(.failure(PeerTransportError("no address known for node \(node)")))
+        }
+        request(body, over: connection, timeout: timeout, completion: completion)
+    }
+
+    private func request(
+        _ body: PeerRequest.OneOf_Body,
+        over connection: PeerConnection,
+        timeout: Duration,
+        completion: @escaping @Sendable (Result<PeerResponse, any Error>) -> Void
+    ) {
         let id = nextRequestID.add(1, ordering: .relaxed).oldValue
         var frame = PeerFrame()
         frame.request.id = id
@@ -227,18 +262,20 @@ public final class PeerTransport: Sendable {
         let timer = group.next().scheduleTask(in: TimeAmount(timeout)) {
             self.complete(id, with: .failure(PeerTransportError("node \(connection.node) did not answer in time")))
         }
-        defer { timer.cancel() }
-        return try await withCheckedThrowingContinuation { continuation in
-            pending.withLock { $0[id] = continuation }
-            connection.track(id)
-            if !connection.send(frame, droppable: false) {
-                complete(id, with: .failure(PeerTransportError("too much queued for node \(connection.node)")))
+        pending.withLock { pending in
+            pending[id] = { result in
+                timer.cancel()
+                completion(result)
             }
+        }
+        connection.track(id)
+        if !connection.send(frame, droppable: false) {
+            complete(id, with: .failure(PeerTransportError("too much queued for node \(connection.node)")))
         }
     }
 
     func complete(_ id: UInt64, with result: Result<PeerResponse, any Error>) {
-        pending.withLock { $0.removeValue(forKey: id) }?.resume(with: result)
+        pending.withLock { $0.removeValue(forKey: id) }?(result)
     }
 
     /// Closes every connection and fails pending requests.
@@ -252,7 +289,7 @@ public final class PeerTransport: Sendable {
             defer { pending = [:] }
             return Array(pending.values)
         }
-        for continuation in waiting { continuation.resume(throwing: PeerTransportError("transport shut down")) }
+        for completion in waiting { completion(.failure(PeerTransportError("transport shut down"))) }
     }
 
     func addFraming(to channel: any Channel, outbound: PeerConnection?) throws {
@@ -705,6 +742,26 @@ final class PeerChannelHandler: ChannelInboundHandler, @unchecked Sendable {
             let channel = context.channel
             let from = peer
             let transport = self.transport
+            if case .proposeBatch(let batch) = request.body {
+                guard let delegate = transport.currentDelegate, from != 0 else {
+                    var response = PeerResponse()
+                    response.id = request.id
+                    response.error.code = from == 0 ? "peer.not_member" : "node.starting"
+                    response.error.message = "proposals are taken from members of a running node only"
+                    var frame = PeerFrame()
+                    frame.response = response
+                    channel.writeAndFlush(transport.encode(frame, allocator: channel.allocator), promise: nil)
+                    return
+                }
+                delegate.peerTransport(propose: batch, from: from) { answer in
+                    var response = answer
+                    response.id = request.id
+                    var frame = PeerFrame()
+                    frame.response = response
+                    channel.writeAndFlush(transport.encode(frame, allocator: channel.allocator), promise: nil)
+                }
+                return
+            }
             Task {
                 var response: PeerResponse
                 if let delegate = transport.currentDelegate {

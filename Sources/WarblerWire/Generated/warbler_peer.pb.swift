@@ -286,6 +286,14 @@ public nonisolated struct Warbler_Peer_V1_Request: Sendable {
     set {body = .setPreferredRegion(newValue)}
   }
 
+  public var proposeBatch: Warbler_Peer_V1_ProposeBatch {
+    get {
+      if case .proposeBatch(let v)? = body {return v}
+      return Warbler_Peer_V1_ProposeBatch()
+    }
+    set {body = .proposeBatch(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -296,6 +304,7 @@ public nonisolated struct Warbler_Peer_V1_Request: Sendable {
     case transferLeader(Warbler_Peer_V1_TransferLeader)
     case readIndex(Warbler_Peer_V1_ReadIndex)
     case setPreferredRegion(Warbler_Peer_V1_SetPreferredRegion)
+    case proposeBatch(Warbler_Peer_V1_ProposeBatch)
 
   }
 
@@ -352,6 +361,15 @@ public nonisolated struct Warbler_Peer_V1_Response: Sendable {
     set {body = .done(newValue)}
   }
 
+  /// ProposeBatch: one result per command, in order
+  public var proposeResults: Warbler_Peer_V1_ProposeResults {
+    get {
+      if case .proposeResults(let v)? = body {return v}
+      return Warbler_Peer_V1_ProposeResults()
+    }
+    set {body = .proposeResults(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -361,6 +379,8 @@ public nonisolated struct Warbler_Peer_V1_Response: Sendable {
     case joinAccepted(Warbler_Peer_V1_JoinAccepted)
     case status(Warbler_Peer_V1_ClusterStatus)
     case done(Warbler_Peer_V1_Done)
+    /// ProposeBatch: one result per command, in order
+    case proposeResults(Warbler_Peer_V1_ProposeResults)
 
   }
 
@@ -406,6 +426,73 @@ public nonisolated struct Warbler_Peer_V1_Propose: Sendable {
   public var command: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Proposals to `group` forwarded together by a node that does not lead it, in the order its clients sent them.
+/// The receiving node proposes them in that order (they are handled in the order they arrive on the connection,
+/// not concurrently) and answers once every one is applied or refused, with one result per command.
+public nonisolated struct Warbler_Peer_V1_ProposeBatch: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var group: UInt32 = 0
+
+  public var commands: [Data] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Warbler_Peer_V1_ProposeResults: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var results: [Warbler_Peer_V1_ProposeResult] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Warbler_Peer_V1_ProposeResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var result: Warbler_Peer_V1_ProposeResult.OneOf_Result? = nil
+
+  /// the encoded outcome of the applied entry
+  public var outcome: Data {
+    get {
+      if case .outcome(let v)? = result {return v}
+      return Data()
+    }
+    set {result = .outcome(newValue)}
+  }
+
+  /// "group.unavailable": not appended (this node does not lead the group), safe to retry
+  public var error: Warbler_Peer_V1_PeerError {
+    get {
+      if case .error(let v)? = result {return v}
+      return Warbler_Peer_V1_PeerError()
+    }
+    set {result = .error(newValue)}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_Result: Equatable, Sendable {
+    /// the encoded outcome of the applied entry
+    case outcome(Data)
+    /// "group.unavailable": not appended (this node does not lead the group), safe to retry
+    case error(Warbler_Peer_V1_PeerError)
+
+  }
 
   public init() {}
 }
@@ -1016,7 +1103,7 @@ nonisolated extension Warbler_Peer_V1_GroupMessage: SwiftProtobuf.Message, Swift
 
 nonisolated extension Warbler_Peer_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}propose\0\u{1}join\0\u{1}status\0\u{3}remove_node\0\u{3}transfer_leader\0\u{3}read_index\0\u{3}set_preferred_region\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}propose\0\u{1}join\0\u{1}status\0\u{3}remove_node\0\u{3}transfer_leader\0\u{3}read_index\0\u{3}set_preferred_region\0\u{3}propose_batch\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1116,6 +1203,19 @@ nonisolated extension Warbler_Peer_V1_Request: SwiftProtobuf.Message, SwiftProto
           self.body = .setPreferredRegion(v)
         }
       }()
+      case 9: try {
+        var v: Warbler_Peer_V1_ProposeBatch?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .proposeBatch(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .proposeBatch(v)
+        }
+      }()
       default: break
       }
     }
@@ -1158,6 +1258,10 @@ nonisolated extension Warbler_Peer_V1_Request: SwiftProtobuf.Message, SwiftProto
       guard case .setPreferredRegion(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
     }()
+    case .proposeBatch?: try {
+      guard case .proposeBatch(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -1173,7 +1277,7 @@ nonisolated extension Warbler_Peer_V1_Request: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Warbler_Peer_V1_Response: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Response"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}error\0\u{1}outcome\0\u{3}join_accepted\0\u{1}status\0\u{1}done\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}error\0\u{1}outcome\0\u{3}join_accepted\0\u{1}status\0\u{1}done\0\u{3}propose_results\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1242,6 +1346,19 @@ nonisolated extension Warbler_Peer_V1_Response: SwiftProtobuf.Message, SwiftProt
           self.body = .done(v)
         }
       }()
+      case 7: try {
+        var v: Warbler_Peer_V1_ProposeResults?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .proposeResults(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .proposeResults(v)
+        }
+      }()
       default: break
       }
     }
@@ -1275,6 +1392,10 @@ nonisolated extension Warbler_Peer_V1_Response: SwiftProtobuf.Message, SwiftProt
     case .done?: try {
       guard case .done(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    }()
+    case .proposeResults?: try {
+      guard case .proposeResults(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
     }()
     case nil: break
     }
@@ -1378,6 +1499,133 @@ nonisolated extension Warbler_Peer_V1_Propose: SwiftProtobuf.Message, SwiftProto
   public static func ==(lhs: Warbler_Peer_V1_Propose, rhs: Warbler_Peer_V1_Propose) -> Bool {
     if lhs.group != rhs.group {return false}
     if lhs.command != rhs.command {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Warbler_Peer_V1_ProposeBatch: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ProposeBatch"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}group\0\u{1}commands\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.group) }()
+      case 2: try { try decoder.decodeRepeatedBytesField(value: &self.commands) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.group != 0 {
+      try visitor.visitSingularUInt32Field(value: self.group, fieldNumber: 1)
+    }
+    if !self.commands.isEmpty {
+      try visitor.visitRepeatedBytesField(value: self.commands, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Warbler_Peer_V1_ProposeBatch, rhs: Warbler_Peer_V1_ProposeBatch) -> Bool {
+    if lhs.group != rhs.group {return false}
+    if lhs.commands != rhs.commands {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Warbler_Peer_V1_ProposeResults: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ProposeResults"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}results\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.results) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.results.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.results, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Warbler_Peer_V1_ProposeResults, rhs: Warbler_Peer_V1_ProposeResults) -> Bool {
+    if lhs.results != rhs.results {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Warbler_Peer_V1_ProposeResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ProposeResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}outcome\0\u{1}error\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try {
+        var v: Data?
+        try decoder.decodeSingularBytesField(value: &v)
+        if let v = v {
+          if self.result != nil {try decoder.handleConflictingOneOf()}
+          self.result = .outcome(v)
+        }
+      }()
+      case 2: try {
+        var v: Warbler_Peer_V1_PeerError?
+        var hadOneofValue = false
+        if let current = self.result {
+          hadOneofValue = true
+          if case .error(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.result = .error(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    switch self.result {
+    case .outcome?: try {
+      guard case .outcome(let v)? = self.result else { preconditionFailure() }
+      try visitor.visitSingularBytesField(value: v, fieldNumber: 1)
+    }()
+    case .error?: try {
+      guard case .error(let v)? = self.result else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    }()
+    case nil: break
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Warbler_Peer_V1_ProposeResult, rhs: Warbler_Peer_V1_ProposeResult) -> Bool {
+    if lhs.result != rhs.result {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
