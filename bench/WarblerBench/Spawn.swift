@@ -85,9 +85,13 @@ final class SpawnedCluster {
         throw ValidationError("a spawned node did not start")
     }
 
-    /// Waits until every group has all nodes as members (the placement's voters, learners elsewhere).
+    /// Waits until every group has all nodes as members (the placement's voters, learners elsewhere) and a
+    /// leader, and until leadership has spread: no node leads more than its share of the groups plus one, the
+    /// balance the nodes' own placement keeps. Node 1 initialised every group and leads them all at first; the
+    /// others take theirs over one group a second each (~45 s for three nodes), and a run measured meanwhile
+    /// would measure one node doing the leaders' work of all, and leadership moving under it.
     private func waitUntilFormed(size: Int, peer: String, certificates: String) throws {
-        for _ in 0..<240 {
+        for _ in 0..<360 {
             if let json = try? run(["cluster", "status", "--json", "--peer", peer, "--certs", certificates]),
                 let object = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
                 let groups = object["groups"] as? [[String: Any]], groups.count > 1,
@@ -97,11 +101,13 @@ final class SpawnedCluster {
                     return voters.count + learners.count == size && (group["leader"] as? Int ?? 0) != 0
                 })
             {
-                return
+                let led = Dictionary(grouping: groups) { $0["leader"] as? Int ?? 0 }.mapValues(\.count)
+                let share = (groups.count + size - 1) / size
+                if led.count == size, led.values.allSatisfy({ $0 <= share + 1 }) { return }
             }
             usleep(500_000)
         }
-        throw ValidationError("the spawned cluster did not form")
+        throw ValidationError("the spawned cluster did not form, or its leadership did not spread")
     }
 
     @discardableResult

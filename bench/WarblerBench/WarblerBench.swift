@@ -42,7 +42,10 @@ struct WarblerBench: AsyncParsableCommand {
     @Option(help: "pairs, group, connections, sync or mixed.") var scenario: Scenario = .pairs
     @Option(help: "HOST:PORT[,HOST:PORT…] of running nodes (connections are spread over them round-robin).")
     var target: String?
-    @Option(help: "'single' or 'cluster:N': start nodes from the built binary with fresh data folders.")
+    @Option(
+        help:
+            "'single' or 'cluster:N': start nodes from the built binary with fresh data folders (a cluster is measured once leadership has spread over its nodes)."
+    )
     var spawn: String?
     @Option(help: "pairs: conversations, one sender each (default 32); group: senders per group (default 1).")
     var senders: Int?
@@ -127,7 +130,10 @@ struct WarblerBench: AsyncParsableCommand {
             } else {
                 throw ValidationError("--spawn is 'single' or 'cluster:N'")
             }
-            progress("starting \(size) node(s) and creating \(accounts.count) accounts…")
+            progress(
+                "starting \(size) node(s) and creating \(accounts.count) accounts…"
+                    + (size > 1 ? " (then waiting until leadership has spread over the nodes, about a minute)" : "")
+            )
             let cluster = try SpawnedCluster(size: size, users: accounts, password: password)
             spawned = cluster
             targets = cluster.ports.map { Fleet.Target(host: "127.0.0.1", port: $0) }
