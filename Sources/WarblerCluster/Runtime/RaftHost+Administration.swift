@@ -72,20 +72,23 @@ extension RaftHost {
     }
 }
 
-extension RaftHost: PeerTransportDelegate {
-    public func peerTransport(received batch: RaftBatchRecord, from node: UInt64) { receive(batch, from: node) }
-
-    public func peerTransport(lost node: UInt64) { lost(node) }
-
-    public func peerTransport(
-        propose batch: Warbler_Peer_V1_ProposeBatch,
-        from node: UInt64,
-        reply: @escaping @Sendable (PeerResponse) -> Void
-    ) {
-        handleForwarded(batch, reply: reply)
+extension RaftHost {
+    /// What this host's transport should hand its traffic to (``PeerTransport/setDelegate(_:)``): closures made
+    /// here rather than a conformance of `RaftHost` itself. A generic class's conformance runs the class's
+    /// unspecialised code, with the state machine's type looked up at run time — every Raft round a peer's
+    /// message starts (all of a follower's) would; closures made in a specialised context run specialised code.
+    /// Call it where the state machine's type is known.
+    public func peerDelegate() -> PeerTransportHandlers {
+        PeerTransportHandlers(
+            received: { batch, node in self.receive(batch, from: node) },
+            lost: { node in self.lost(node) },
+            propose: { batch, _, reply in self.handleForwarded(batch, reply: reply) },
+            handle: { request, node in await self.handle(request, from: node) }
+        )
     }
 
-    public func peerTransport(handle request: PeerRequest, from node: UInt64) async -> PeerResponse {
+    /// A request from another node (or an operator's one-off connection).
+    func handle(_ request: PeerRequest, from node: UInt64) async -> PeerResponse {
         var response = PeerResponse()
         switch request.body {
         case .propose(let propose):

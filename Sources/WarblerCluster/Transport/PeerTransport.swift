@@ -30,6 +30,47 @@ public protocol PeerTransportDelegate: AnyObject, Sendable {
     func peerTransport(lost node: UInt64)
 }
 
+/// A ``PeerTransportDelegate`` made of closures.
+public final class PeerTransportHandlers: PeerTransportDelegate {
+    private let received: @Sendable (RaftBatchRecord, UInt64) -> Void
+    private let lost: @Sendable (UInt64) -> Void
+    private let propose:
+        @Sendable (Warbler_Peer_V1_ProposeBatch, UInt64, @escaping @Sendable (PeerResponse) -> Void) -> Void
+    private let handle: @Sendable (PeerRequest, UInt64) async -> PeerResponse
+
+    /// Handlers for each thing a transport hands over (see ``PeerTransportDelegate``).
+    public init(
+        received: @escaping @Sendable (RaftBatchRecord, UInt64) -> Void,
+        lost: @escaping @Sendable (UInt64) -> Void,
+        propose:
+            @escaping @Sendable (
+                Warbler_Peer_V1_ProposeBatch, UInt64, @escaping @Sendable (PeerResponse) -> Void
+            ) -> Void,
+        handle: @escaping @Sendable (PeerRequest, UInt64) async -> PeerResponse
+    ) {
+        self.received = received
+        self.lost = lost
+        self.propose = propose
+        self.handle = handle
+    }
+
+    public func peerTransport(received batch: RaftBatchRecord, from node: UInt64) { received(batch, node) }
+
+    public func peerTransport(handle request: PeerRequest, from node: UInt64) async -> PeerResponse {
+        await handle(request, node)
+    }
+
+    public func peerTransport(
+        propose batch: Warbler_Peer_V1_ProposeBatch,
+        from node: UInt64,
+        reply: @escaping @Sendable (PeerResponse) -> Void
+    ) {
+        propose(batch, node, reply)
+    }
+
+    public func peerTransport(lost node: UInt64) { lost(node) }
+}
+
 /// A peer request that did not get an answer.
 public struct PeerTransportError: Error, CustomStringConvertible, Sendable {
     public var description: String

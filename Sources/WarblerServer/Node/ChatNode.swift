@@ -140,7 +140,7 @@ public final class ChatNode: Sendable {
             completionScope: { OutboundRound.gather($0) }
         )
         hostBox.host = host
-        transport.setDelegate(host)
+        transport.setDelegate(host.peerDelegate())
     }
 
     static func nodeInfo(id: UInt64, _ configuration: NodeConfiguration) -> NodeInfo {
