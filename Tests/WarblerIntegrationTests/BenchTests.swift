@@ -101,6 +101,30 @@ struct BenchTests {
         #expect(client["cpu_cores"] != nil && number(client, "cpu_cores") < 0.5, "\(client)")
     }
 
+    /// A spawned cluster: three nodes formed over mutual TLS and measured once leadership has spread over them
+    /// (so that senders on every node forward to partitions other nodes lead), with every node's CPU and memory,
+    /// and every acknowledged message read back from every node.
+    @Test func aClusterIsMeasuredOnceLeadershipHasSpread() throws {
+        let (status, data, diagnostics) = try run(
+            Self.binary,
+            [
+                "--spawn", "cluster:3", "--json", "--quiet", "--seconds", "1", "--warm-up", "0.5", "--senders", "3",
+                "--window", "4", "--verify",
+            ]
+        )
+        guard status == 0 else { throw TestFailure("warbler-bench exited \(status): \(diagnostics)") }
+        let report = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        #expect(report["nodes"] as? Int == 3)
+        #expect((report["servers"] as? [Any])?.count == 3, "every node's CPU and memory")
+        #expect(number(report, "acks_per_second") > 0)
+        #expect(number(report, "errors") == 0)
+        let extras = report["extras"] as? [String: Any] ?? [:]
+        #expect((extras["verified_messages"] as? Int ?? 0) > 0)
+        // 65 groups (the metadata group and 64 partitions): none led by more than its share (22) plus one.
+        let led = extras["groups_led"] as? [Int] ?? []
+        #expect(led.count == 3 && led.reduce(0, +) == 65 && led.allSatisfy { (1...23).contains($0) }, "\(led)")
+    }
+
     @Test func groupDeliversToEveryOtherMember() throws {
         let report = try bench(["--scenario", "group", "--members", "4", "--senders", "1"])
         let acks = number(report, "acks_per_second")

@@ -102,6 +102,13 @@ struct BenchReport: Codable, Sendable {
                 lines.append("server memory per connection: \(String(format: "%.1f", bytes / 1024)) KiB")
             }
         }
+        if let led = extras.groupsLed {
+            lines.append("")
+            lines.append(
+                "groups led when measuring started: "
+                    + led.enumerated().map { "node \($0.offset + 1) \($0.element)" }.joined(separator: ", ")
+            )
+        }
         if let backlog = extras.backlog, let seconds = extras.syncSeconds {
             lines.append("")
             lines.append(

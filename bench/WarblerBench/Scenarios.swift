@@ -81,6 +81,8 @@ struct ScenarioExtras: Codable, Sendable {
     var syncedPerSecond: Double?
     /// `--verify`: acknowledged messages found on every node.
     var verifiedMessages: Int?
+    /// `--spawn cluster:N`: how many groups each node led when the measurement started, by node id from 1.
+    var groupsLed: [Int]?
 
     enum CodingKeys: String, CodingKey {
         case connections
@@ -90,6 +92,7 @@ struct ScenarioExtras: Codable, Sendable {
         case syncSeconds = "sync_seconds"
         case syncedPerSecond = "synced_per_second"
         case verifiedMessages = "verified_messages"
+        case groupsLed = "groups_led"
     }
 }
 

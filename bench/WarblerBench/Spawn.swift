@@ -17,6 +17,9 @@ final class SpawnedCluster {
     let directory: String
     var processes: [Process] = []
     let binary: URL
+    /// How many groups (the metadata group and the partitions) each node led when the cluster was ready, by
+    /// node id from 1 (empty for a single node).
+    var groupsLed: [Int] = []
 
     /// Starts `size` nodes with `users` created; on failure, stops the nodes it started and removes their data.
     init(size: Int, users: [String], password: String) throws {
@@ -103,7 +106,10 @@ final class SpawnedCluster {
             {
                 let led = Dictionary(grouping: groups) { $0["leader"] as? Int ?? 0 }.mapValues(\.count)
                 let share = (groups.count + size - 1) / size
-                if led.count == size, led.values.allSatisfy({ $0 <= share + 1 }) { return }
+                if led.count == size, led.values.allSatisfy({ $0 <= share + 1 }) {
+                    groupsLed = (1...size).map { led[$0] ?? 0 }
+                    return
+                }
             }
             usleep(500_000)
         }

@@ -149,9 +149,10 @@ struct WarblerBench: AsyncParsableCommand {
         let eventLoops = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let fleet = Fleet(targets: targets, password: password, eventLoops: eventLoops)
         let pids = spawned?.pids ?? serverPid
-        let report: BenchReport
+        var report: BenchReport
         do {
             report = try await measure(fleet: fleet, pids: pids)
+            if let led = spawned?.groupsLed, !led.isEmpty { report.extras.groupsLed = led }
             try? await eventLoops.shutdownGracefully()
         } catch {
             try? await eventLoops.shutdownGracefully()
