@@ -1,3 +1,4 @@
+import Foundation
 import SwiftProtobuf
 import WarblerCluster
 import WarblerRaft
@@ -60,6 +61,8 @@ public struct ChatGroup: GroupStateMachine {
         batch.deleteRange(from: range.start, to: range.end, in: family)
     }
 
+    /// The outcome for the node that forwarded the proposal, which answers its client with it: a posted
+    /// message goes without its payload.
     public static func encode(_ outcome: ApplyOutcome) -> [UInt8] {
         var record = Warbler_Chat_V1_Outcome()
         switch outcome {
@@ -75,7 +78,10 @@ public struct ChatGroup: GroupStateMachine {
                 $0.added = added
                 $0.removed = removed
             }
-        case .posted(let message, let duplicate):
+        case .posted(var message, let duplicate):
+            // Without its payload: the proposer's node only acknowledges the message (it delivers it from its
+            // own replica), so the payload — most of the bytes — would cross the network back for nothing.
+            message.payload = Data()
             record.posted = .with {
                 $0.message = message
                 $0.duplicate = duplicate

@@ -84,6 +84,26 @@ struct ChatGroupTests {
         )
     }
 
+    /// What a leader sends back to the node that forwarded a proposal: everything that node answers its client
+    /// with, and for a posted message not the payload (that node delivers the message from its own replica).
+    @Test func aForwardedOutcomeCarriesWhatTheAckNeedsButNotThePayload() throws {
+        let message = MessageRecord.with {
+            $0.conversationID = "c-1"
+            $0.seq = 42
+            $0.sender = "u-ada"
+            $0.clientMessageID = "m-7"
+            $0.payload = Data(repeating: 0x61, count: 4096)
+            $0.timeUnixMs = 1_700_000_000_000
+        }
+        let encoded = ChatGroup.encode(.posted(message, duplicate: true))
+        #expect(encoded.count < 100, "\(encoded.count) bytes")
+        var expected = message
+        expected.payload = Data()
+        #expect(try ChatGroup.decodeOutcome(encoded) == .posted(expected, duplicate: true))
+        let read = ApplyOutcome.readMarked(conversationID: "c-1", user: "u-bob", seq: 41)
+        #expect(try ChatGroup.decodeOutcome(ChatGroup.encode(read)) == read)
+    }
+
     @Test func concurrentSendsAreAcknowledgedGapFreeWithGroupCommit() async throws {
         let fixture = try GroupFixture()
         _ = try await fixture.run(account("ada"))
