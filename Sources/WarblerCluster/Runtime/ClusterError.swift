@@ -1,3 +1,5 @@
+import WarblerWire
+
 /// Why a proposal or a read through the ``RaftHost`` did not produce a result.
 public struct ClusterError: Error, Sendable, Hashable, CustomStringConvertible {
     public struct Code: Sendable, Hashable, RawRepresentable, CustomStringConvertible {
@@ -28,4 +30,13 @@ public struct ClusterError: Error, Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String { "\(code): \(message)" }
+
+    /// The error another node answered a request with (``RaftHost/peerError(_:)`` made it there).
+    init(_ record: Warbler_Peer_V1_PeerError) {
+        self.init(
+            Code(rawValue: record.code),
+            record.message,
+            leaderHint: record.leaderHint == 0 ? nil : record.leaderHint
+        )
+    }
 }

@@ -37,7 +37,7 @@ extension RaftHost {
         request.to = target
         let response = try await transport.request(.transferLeader(request), to: leader)
         if case .error(let error) = response.body {
-            throw ClusterError(ClusterError.Code(rawValue: error.code), error.message)
+            throw ClusterError(error)
         }
     }
 

@@ -118,15 +118,7 @@ extension RaftHost {
             case .error(let error) where error.code == ClusterError.Code.unavailable.rawValue:
                 reroute(proposal.tagged, to: group, until: proposal.deadline, proposal.completion)
             case .error(let error):
-                proposal.completion(
-                    .failure(
-                        ClusterError(
-                            ClusterError.Code(rawValue: error.code),
-                            error.message,
-                            leaderHint: error.leaderHint == 0 ? nil : error.leaderHint
-                        )
-                    )
-                )
+                proposal.completion(.failure(ClusterError(error)))
             case nil:
                 proposal.completion(.failure(ClusterError(.outcomeUnknown, "node \(leader) sent an empty result")))
             }

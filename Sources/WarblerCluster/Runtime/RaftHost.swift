@@ -401,11 +401,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
             }
             return .application(try Machine.decodeOutcome([UInt8](bytes)))
         case .error(let error):
-            throw ClusterError(
-                ClusterError.Code(rawValue: error.code),
-                error.message,
-                leaderHint: error.leaderHint == 0 ? nil : error.leaderHint
-            )
+            throw ClusterError(error)
         default:
             throw ClusterError(
                 .unavailable,

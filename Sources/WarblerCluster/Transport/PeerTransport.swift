@@ -244,10 +244,9 @@ public final class PeerTransport: Sendable {
     )
         async throws -> PeerResponse
     {
-        guard let connection = peers.withLock({ $0[node] }) else {
-            throw PeerTransportError("no address known for node \(node)")
+        try await withCheckedThrowingContinuation { continuation in
+            request(body, to: node, timeout: timeout) { continuation.resume(with: $0) }
         }
-        return try await request(body, over: connection, timeout: timeout)
     }
 
     /// Sends `body` to whichever node listens at `address` (joining a cluster) and waits for the answer.
@@ -783,39 +782,30 @@ final class PeerChannelHandler: ChannelInboundHandler, @unchecked Sendable {
             let channel = context.channel
             let from = peer
             let transport = self.transport
-            if case .proposeBatch(let batch) = request.body {
-                guard let delegate = transport.currentDelegate, from != 0 else {
-                    var response = PeerResponse()
-                    response.id = request.id
-                    response.error.code = from == 0 ? "peer.not_member" : "node.starting"
-                    response.error.message = "proposals are taken from members of a running node only"
-                    var frame = PeerFrame()
-                    frame.response = response
-                    channel.writeAndFlush(transport.encode(frame, allocator: channel.allocator), promise: nil)
-                    return
-                }
-                delegate.peerTransport(propose: batch, from: from) { answer in
-                    var response = answer
-                    response.id = request.id
-                    var frame = PeerFrame()
-                    frame.response = response
-                    channel.writeAndFlush(transport.encode(frame, allocator: channel.allocator), promise: nil)
-                }
-                return
-            }
-            Task {
-                var response: PeerResponse
-                if let delegate = transport.currentDelegate {
-                    response = await delegate.peerTransport(handle: request, from: from)
-                } else {
-                    response = PeerResponse()
-                    response.error.code = "node.starting"
-                    response.error.message = "the node is starting"
-                }
-                response.id = request.id
+            let answer: @Sendable (PeerResponse) -> Void = { response in
                 var frame = PeerFrame()
                 frame.response = response
+                frame.response.id = request.id
                 channel.writeAndFlush(transport.encode(frame, allocator: channel.allocator), promise: nil)
+            }
+            if case .proposeBatch(let batch) = request.body {
+                guard let delegate = transport.currentDelegate, from != 0 else {
+                    var refusal = PeerResponse()
+                    refusal.error.code = from == 0 ? "peer.not_member" : "node.starting"
+                    refusal.error.message = "proposals are taken from members of a running node only"
+                    return answer(refusal)
+                }
+                return delegate.peerTransport(propose: batch, from: from, reply: answer)
+            }
+            Task {
+                if let delegate = transport.currentDelegate {
+                    answer(await delegate.peerTransport(handle: request, from: from))
+                } else {
+                    var response = PeerResponse()
+                    response.error.code = "node.starting"
+                    response.error.message = "the node is starting"
+                    answer(response)
+                }
             }
         case .response(let response):
             transport.complete(response.id, with: .success(response))
