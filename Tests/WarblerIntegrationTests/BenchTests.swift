@@ -104,6 +104,30 @@ struct BenchTests {
     /// A spawned cluster: three nodes formed over mutual TLS and measured once leadership has spread over them
     /// (so that senders on every node forward to partitions other nodes lead), with every node's CPU and memory,
     /// and every acknowledged message read back from every node.
+    /// The progress line: each second's acks and deliveries, and its longest ack and delivery latency — so a
+    /// stall shows in the second it happened, not only in the run's percentiles.
+    @Test func theProgressLineGivesEachSecondsRatesAndLongestLatencies() throws {
+        let (status, data, progress) = try run(
+            Self.binary,
+            ["--spawn", "single", "--json", "--seconds", "2.5", "--warm-up", "0.5", "--senders", "1", "--window", "4"]
+        )
+        #expect(status == 0, "\(progress)")
+        let report = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let pattern =
+            #/^\[(\d+) s, (warm-up|measuring)\] acks/s (\d+)  deliveries/s (\d+)  errors (\d+)  max ms ack (\d+\.\d) delivery (\d+\.\d)$/#
+        let lines = progress.split(separator: "\n").filter { $0.hasPrefix("[") }
+        let seconds = lines.compactMap { try? pattern.wholeMatch(in: String($0))?.output }
+        #expect(seconds.count == lines.count && seconds.count >= 2, "\(progress)")
+        let measuring = seconds.filter { $0.2 == "measuring" && Int($0.3)! > 0 }
+        #expect(!measuring.isEmpty, "\(progress)")
+        for second in measuring {
+            #expect(Double(second.6)! > 0 && Double(second.7)! > 0, "\(progress)")
+        }
+        // A second's longest wait is at least the run's median one in some second.
+        let medianMilliseconds = number(latency(report, "ack"), "p50_us") / 1000
+        #expect(measuring.map { Double($0.6)! }.max()! >= medianMilliseconds - 0.05, "\(progress)")
+    }
+
     @Test func aClusterIsMeasuredOnceLeadershipHasSpread() throws {
         let (status, data, diagnostics) = try run(
             Self.binary,

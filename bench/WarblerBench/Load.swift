@@ -158,17 +158,25 @@ func reportProgress(_ counters: RunCounters) -> Task<Void, Never> {
             let acks = counters.totalAcks.load(ordering: .relaxed)
             let deliveries = counters.totalDeliveries.load(ordering: .relaxed)
             let phase = monotonicNanoseconds() < counters.window.start ? "warm-up" : "measuring"
+            let worstAck = counters.worstAck.exchange(0, ordering: .relaxed)
+            let worstDelivery = counters.worstDelivery.exchange(0, ordering: .relaxed)
             // On a terminal the line rewrites itself; in a log, one line per second.
             let line =
                 (interactive ? "\r" : "")
                 + "[\(second) s, \(phase)] acks/s \(acks - lastAcks)  deliveries/s \(deliveries - lastDeliveries)  "
-                + "errors \(counters.errors.load(ordering: .relaxed))" + (interactive ? "   " : "\n")
+                + "errors \(counters.errors.load(ordering: .relaxed))  max ms ack \(milliseconds(worstAck)) "
+                + "delivery \(milliseconds(worstDelivery))" + (interactive ? "   " : "\n")
             FileHandle.standardError.write(Data(line.utf8))
             lastAcks = acks
             lastDeliveries = deliveries
         }
         if interactive { FileHandle.standardError.write(Data("\n".utf8)) }
     }
+}
+
+/// Nanoseconds as milliseconds with one decimal, for the progress line.
+private func milliseconds(_ nanoseconds: UInt64) -> String {
+    String(format: "%.1f", Double(nanoseconds) / 1e6)
 }
 
 /// A counter shared by tasks (sends in flight, the next message to send).

@@ -69,6 +69,10 @@ final class RunCounters: Sendable {
     let totalDeliveries = Atomic<Int>(0)
     let ack = LatencyRecorder()
     let delivery = LatencyRecorder()
+    /// The longest ack and delivery latency (nanoseconds) since the progress line last took them, warm-up
+    /// included: a stall shows in the second it happened, not only in the run's percentiles.
+    let worstAck = Atomic<UInt64>(0)
+    let worstDelivery = Atomic<UInt64>(0)
     let read = LatencyRecorder()
     /// The measured window, in monotonic nanoseconds.
     let window: (start: UInt64, end: UInt64)
@@ -92,6 +96,7 @@ final class RunCounters: Sendable {
 
     /// A send acknowledged at `acked`, intended (open loop) or issued (closed loop) at `sent`.
     @inline(__always) func acknowledged(sent: UInt64, acked: UInt64) {
+        if acked > sent { _ = worstAck.max(acked - sent, ordering: .relaxed) }
         guard measured(sent) else { return }
         acks.add(1, ordering: .relaxed)
         if acked <= window.end { ack.record(nanoseconds: acked - sent) }
@@ -99,6 +104,7 @@ final class RunCounters: Sendable {
 
     /// A message pushed to a recipient at `received`, stamped by its sender with `sent`.
     @inline(__always) func delivered(sent: UInt64, received: UInt64) {
+        if received > sent { _ = worstDelivery.max(received - sent, ordering: .relaxed) }
         guard measured(sent) else { return }
         deliveries.add(1, ordering: .relaxed)
         if received >= sent { delivery.record(nanoseconds: received - sent) }
