@@ -118,7 +118,9 @@ public struct RawNode {
             committedEntries: raft.log.nextCommittedEntries(),
             messages: raft.msgs,
             mustSync: !entries.isEmpty || hardState.term != previousHardState.term
-                || hardState.vote != previousHardState.vote
+                || hardState.vote != previousHardState.vote,
+            replicatesBeforeWrite: hardState.term == previousHardState.term
+                && hardState.vote == previousHardState.vote && raft.log.unstable.snapshot == nil
         )
         if ready.softState != nil { previousSoftState = softState }
         raft.msgs = []

@@ -325,8 +325,11 @@ public final class RaftSimulation {
     private func handleReady(_ id: NodeID, faultsEnabled: Bool) {
         if nodes[id]!.pendingReady == nil {
             guard nodes[id]!.raw!.hasReady else { return }
-            nodes[id]!.pendingReady = nodes[id]!.raw!.ready()
+            let ready = nodes[id]!.raw!.ready()
+            nodes[id]!.pendingReady = ready
             nodes[id]!.pendingTerm = nodes[id]!.raw!.hardState.term
+            // A leader's appends and heartbeats leave before its own write, as the node runtime sends them.
+            for message in ready.messagesBeforeWrite { send(message, faultsEnabled: faultsEnabled) }
             // Sometimes the fsync takes a while: the Ready stays unpersisted and a crash would lose it.
             if faultsEnabled && chance(0.3) { return }
         }
@@ -334,7 +337,7 @@ public final class RaftSimulation {
         let term = nodes[id]!.pendingTerm
         nodes[id]!.pendingReady = nil
         persist(id, ready, term: term)
-        for message in ready.messages { send(message, faultsEnabled: faultsEnabled) }
+        for message in ready.messagesAfterWrite { send(message, faultsEnabled: faultsEnabled) }
         apply(id, ready)
         nodes[id]!.raw!.advance(ready)
         if let soft = ready.softState { observeSoftState(id, soft, term: term) }
@@ -430,15 +433,10 @@ public final class RaftSimulation {
     private func maybeCompact(_ id: NodeID) {
         let node = nodes[id]!
         guard let raw = node.raw, let snapshotIndex = try? node.storage.snapshot().metadata.index else { return }
-        // Snapshot every 40 applied entries; keep a short tail so slightly lagging followers avoid snapshots.
+        // Snapshot every 40 applied entries (a follower that lags behind it gets the snapshot).
         guard node.appliedIndex >= snapshotIndex + 40 else { return }
         do {
-            try node.log.compact(
-                at: node.appliedIndex,
-                confState: raw.confState,
-                data: encodeValues(node.values),
-                tail: 10
-            )
+            try node.log.compact(at: node.appliedIndex, confState: raw.confState, data: encodeValues(node.values))
             count("compaction")
         } catch {
             fail("node \(id) cannot compact: \(error)")

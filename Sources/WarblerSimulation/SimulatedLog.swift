@@ -8,8 +8,9 @@ protocol SimulatedLog: AnyObject {
     var storage: any RaftStorage { get }
     /// Persists what a Ready asks for (snapshot, entries, hard state).
     func persist(_ ready: Ready) throws
-    /// Snapshots the applied state at `index` and discards older entries (keeping `tail` of them if it can).
-    func compact(at index: UInt64, confState: ConfState, data: [UInt8], tail: UInt64) throws
+    /// Snapshots the applied state at `index` and discards the entries up to it, as the node's log store does (so
+    /// that both kinds of log need a snapshot for the same lagging followers).
+    func compact(at index: UInt64, confState: ConfState, data: [UInt8]) throws
     /// The log as a restarted process would load it.
     func reopened() throws -> any SimulatedLog
 }
@@ -25,10 +26,9 @@ final class InMemoryLog: SimulatedLog {
         if let hard = ready.hardState { memory.setHardState(hard) }
     }
 
-    func compact(at index: UInt64, confState: ConfState, data: [UInt8], tail: UInt64) throws {
+    func compact(at index: UInt64, confState: ConfState, data: [UInt8]) throws {
         try memory.createSnapshot(at: index, confState: confState, data: data)
-        let compactTo = index > tail ? index - tail : 0
-        if compactTo > (try memory.firstIndex()) { try memory.compact(upTo: compactTo) }
+        if index >= (try memory.firstIndex()) { try memory.compact(upTo: index) }
     }
 
     func reopened() throws -> any SimulatedLog { self }
@@ -62,7 +62,7 @@ final class RocksDBLog: SimulatedLog {
         try database.write(batch, sync: false)
     }
 
-    func compact(at index: UInt64, confState: ConfState, data: [UInt8], tail: UInt64) throws {
+    func compact(at index: UInt64, confState: ConfState, data: [UInt8]) throws {
         let batch = WriteBatch()
         try store.stageCompaction(at: index, confState: confState, data: data, into: batch)
         try database.write(batch, sync: false)

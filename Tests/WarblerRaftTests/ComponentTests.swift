@@ -215,6 +215,56 @@ struct RawNodeTests {
         #expect(!node.hasReady)
     }
 
+    /// A leader's appends may leave before its own write (Raft thesis §10.2.1), but only in a term whose vote is
+    /// stored; votes, answers and a new leader's first messages wait for the write.
+    @Test func onlyALeadersReplicationInAStoredTermGoesBeforeTheWrite() throws {
+        var network = TestNetwork(voters: [1, 2, 3])
+        network.nodes[1]!.campaign()
+        let campaign = network.nodes[1]!.ready()
+        #expect(!campaign.replicatesBeforeWrite)
+        #expect(campaign.messages.contains { $0.type == .vote })
+        #expect(campaign.messagesBeforeWrite.isEmpty)
+        #expect(campaign.messagesAfterWrite.map(\.type) == campaign.messages.map(\.type))
+        network.storages[1]!.setHardState(campaign.hardState!)
+        network.nodes[1]!.advance(campaign)
+        network.send(campaign.messages)
+        #expect(network.raft(1).role == .leader)
+
+        try network.nodes[1]!.propose(Array("x".utf8))
+        let append = network.nodes[1]!.ready()
+        #expect(append.replicatesBeforeWrite)
+        #expect(append.mustSync)
+        let early = append.messagesBeforeWrite
+        #expect(Set(early.map(\.to)) == [2, 3])
+        #expect(early.allSatisfy { $0.type == .app && $0.entries.map(\.data) == [Array("x".utf8)] })
+        #expect(append.messagesAfterWrite.allSatisfy { $0.type != .app && $0.type != .heartbeat })
+
+        // The follower's acknowledgement is an answer: it waits for the follower's own write.
+        try network.nodes[2]!.step(early.first { $0.to == 2 }!)
+        let follower = network.nodes[2]!.ready()
+        #expect(follower.messages.map(\.type) == [.appResp])
+        #expect(follower.messagesBeforeWrite.isEmpty)
+        #expect(follower.messagesAfterWrite.map(\.type) == [.appResp])
+    }
+
+    /// A leader whose election's term and vote are not stored yet (its votes came in before the Ready that asked
+    /// for them was taken) sends nothing before the write, appends included.
+    @Test func aLeaderWhoseTermIsNotStoredYetSendsNothingEarly() throws {
+        var network = TestNetwork(voters: [1, 2, 3])
+        network.nodes[1]!.campaign()
+        let term = network.raft(1).term
+        for voter: NodeID in [2, 3] {
+            try network.nodes[1]!.step(Message(type: .voteResp, to: 1, from: voter, term: term))
+        }
+        #expect(network.raft(1).role == .leader)
+        let ready = network.nodes[1]!.ready()
+        #expect(ready.messages.contains { $0.type == .app })
+        #expect(ready.hardState?.term == term)
+        #expect(!ready.replicatesBeforeWrite)
+        #expect(ready.messagesBeforeWrite.isEmpty)
+        #expect(ready.messagesAfterWrite.count == ready.messages.count)
+    }
+
     @Test func hardStateIsReportedOnlyWhenItChanges() throws {
         var (node, storage) = try singleNode()
         node.campaign()

@@ -697,14 +697,18 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
     }
 
-    /// Persists every group's Ready in one batch (one fsync when anything must be durable), then advances,
-    /// sends, and hands the round's committed entries to the apply queue. Returns false when no group had
-    /// anything to do.
+    /// Persists every group's Ready in one batch (one fsync when anything must be durable) — a leader's appends
+    /// and heartbeats leave just before it — then advances, sends the other messages, and hands the round's
+    /// committed entries to the apply queue. Returns false when no group had anything to do.
     func processReadies() -> Bool {
         var readies: [(group: Group, ready: Ready)] = []
         var jobs: [(applier: Applier, job: ApplyJob)] = []
         let batch = WriteBatch()
         var sync = false
+        // A leader's appends and heartbeats in a term whose vote is stored leave before the round's write, so that
+        // the followers write the entries while this node does (``Ready/replicatesBeforeWrite``); the answers they
+        // send are stepped in a later round, after this write.
+        var early: [UInt64: RaftBatchRecord] = [:]
         let candidates = noted
         noted = []
         for group in candidates {
@@ -712,13 +716,20 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
             guard groups[group.id] === group, group.node.hasReady else { continue }
             let ready = group.node.ready()
             group.log.stage(ready, into: batch)
-            // Only new entries, a new term or vote, and snapshots must be synced before anything is sent or
-            // acknowledged; a round that only commits needs no fsync.
+            // Only new entries, a new term or vote, and snapshots must be synced before the other messages are sent
+            // or anything is acknowledged; a round that only commits needs no fsync.
             sync = sync || ready.mustSync || ready.snapshot != nil
             readies.append((group, ready))
             if let job = handOff(ready, of: group) { jobs.append((group.applier, job)) }
+            Self.add(ready.messagesBeforeWrite, of: group.id, to: &early)
         }
         if readies.isEmpty { return false }
+        if let transport {
+            for (peer, var batch) in early {
+                batch.incarnation = incarnation
+                transport.send(batch, to: peer)
+            }
+        }
         do {
             try database.write(batch, sync: sync)
         } catch {
@@ -744,17 +755,12 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         var destroyed: [Group] = []
         for (group, ready) in readies {
             group.node.advance(ready)
-            for message in ready.messages {
-                var record = Warbler_Peer_V1_GroupMessage()
-                record.group = group.id
-                record.message = Warbler_Raft_V1_Message(message)
-                guard message.type == .snap else {
-                    outgoing[message.to, default: RaftBatchRecord()].messages.append(record)
-                    continue
-                }
+            let messages = ready.messagesAfterWrite
+            Self.add(messages.filter { $0.type != .snap }, of: group.id, to: &outgoing)
+            for message in messages where message.type == .snap {
                 let peer = message.to
                 var batch = RaftBatchRecord()
-                batch.messages = [record]
+                batch.messages = [Self.record(message, of: group.id)]
                 batch.incarnation = incarnation
                 snapshots.append((peer, batch))
                 group.snapshotHold = (message.snapshot?.metadata.index ?? 0, ticks)
@@ -781,6 +787,20 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         }
         for group in destroyed { destroy(group) }
         return true
+    }
+
+    /// Adds a group's `messages` to the batches for their peers, in order.
+    static func add(_ messages: [Message], of group: UInt32, to batches: inout [UInt64: RaftBatchRecord]) {
+        for message in messages {
+            batches[message.to, default: RaftBatchRecord()].messages.append(record(message, of: group))
+        }
+    }
+
+    static func record(_ message: Message, of group: UInt32) -> Warbler_Peer_V1_GroupMessage {
+        var record = Warbler_Peer_V1_GroupMessage()
+        record.group = group
+        record.message = Warbler_Raft_V1_Message(message)
+        return record
     }
 
     /// Applies one round's committed entries (on the apply queue, in round order): the groups' together, in
