@@ -529,9 +529,18 @@ final class PeerConnection: Sendable {
         channel.writeAndFlush(next).whenComplete { _ in channel.eventLoop.execute { self.pump(channel) } }
     }
 
-    /// Queues or writes `frame`; false when the queue is full.
+    /// Queues or writes `frame`; false when the queue is full. On a connection that is up, the frame is encoded
+    /// and written on the connection's event loop, not on the calling thread: the scheduler hands a round's
+    /// appends over and goes on to its fsync while they are encoded.
     @discardableResult
     func send(_ frame: PeerFrame, droppable: Bool) -> Bool {
+        if case .connected(let channel) = locked.withLock({ $0.state }) {
+            let transport = self.transport
+            channel.eventLoop.execute {
+                channel.writeAndFlush(transport.encode(frame, allocator: channel.allocator), promise: nil)
+            }
+            return true
+        }
         let buffer = transport.encode(frame, allocator: ByteBufferAllocator())
         enum Action {
             case write(any Channel)
