@@ -724,12 +724,7 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
             Self.add(ready.messagesBeforeWrite, of: group.id, to: &early)
         }
         if readies.isEmpty { return false }
-        if let transport {
-            for (peer, var batch) in early {
-                batch.incarnation = incarnation
-                transport.send(batch, to: peer)
-            }
-        }
+        send(early)
         do {
             try database.write(batch, sync: sync)
         } catch {
@@ -755,23 +750,23 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
         var destroyed: [Group] = []
         for (group, ready) in readies {
             group.node.advance(ready)
-            let messages = ready.messagesAfterWrite
-            Self.add(messages.filter { $0.type != .snap }, of: group.id, to: &outgoing)
-            for message in messages where message.type == .snap {
+            for message in ready.messagesAfterWrite {
+                let record = Self.record(message, of: group.id)
+                guard message.type == .snap else {
+                    outgoing[message.to, default: RaftBatchRecord()].messages.append(record)
+                    continue
+                }
                 let peer = message.to
                 var batch = RaftBatchRecord()
-                batch.messages = [Self.record(message, of: group.id)]
+                batch.messages = [record]
                 batch.incarnation = incarnation
                 snapshots.append((peer, batch))
                 group.snapshotHold = (message.snapshot?.metadata.index ?? 0, ticks)
                 enqueue { [weak group] in group?.node.reportSnapshot(peer, succeeded: true) }
             }
         }
+        send(outgoing)
         if let transport {
-            for (peer, var batch) in outgoing {
-                batch.incarnation = incarnation
-                transport.send(batch, to: peer)
-            }
             for (peer, batch) in snapshots { transport.sendInBackground(batch, to: peer) }
         }
         for (group, ready) in readies {
@@ -793,6 +788,15 @@ public final class RaftHost<Machine: GroupStateMachine>: @unchecked Sendable {
     static func add(_ messages: [Message], of group: UInt32, to batches: inout [UInt64: RaftBatchRecord]) {
         for message in messages {
             batches[message.to, default: RaftBatchRecord()].messages.append(record(message, of: group))
+        }
+    }
+
+    /// Sends each peer its batch of the round, stamped with this node's incarnation (one frame per peer).
+    func send(_ batches: [UInt64: RaftBatchRecord]) {
+        guard let transport else { return }
+        for (peer, var batch) in batches {
+            batch.incarnation = incarnation
+            transport.send(batch, to: peer)
         }
     }
 
