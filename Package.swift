@@ -92,7 +92,7 @@ let package = Package(
         .executableTarget(
             name: "warbler-bench",
             dependencies: [
-                "WarblerClient", "WarblerWire",
+                "WarblerChat", "WarblerClient", "WarblerWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -101,9 +101,6 @@ struct BenchTests {
         #expect(client["cpu_cores"] != nil && number(client, "cpu_cores") < 0.5, "\(client)")
     }
 
-    /// A spawned cluster: three nodes formed over mutual TLS and measured once leadership has spread over them
-    /// (so that senders on every node forward to partitions other nodes lead), with every node's CPU and memory,
-    /// and every acknowledged message read back from every node.
     /// The progress line: each second's acks and deliveries, and its longest ack and delivery latency — so a
     /// stall shows in the second it happened, not only in the run's percentiles.
     @Test func theProgressLineGivesEachSecondsRatesAndLongestLatencies() throws {
@@ -128,6 +125,10 @@ struct BenchTests {
         #expect(measuring.map { Double($0.6)! }.max()! >= medianMilliseconds - 0.05, "\(progress)")
     }
 
+    /// A spawned cluster: three nodes formed over mutual TLS and measured once leadership has spread over them,
+    /// each pair placed so that its sender's node, its partition's leader and its recipient's node differ (every
+    /// send forwarded, every delivery from a follower), with every node's CPU and memory, and every acknowledged
+    /// message read back from every node.
     @Test func aClusterIsMeasuredOnceLeadershipHasSpread() throws {
         let (status, data, diagnostics) = try run(
             Self.binary,
@@ -147,6 +148,12 @@ struct BenchTests {
         // 65 groups (the metadata group and 64 partitions): none led by more than its share (22) plus one.
         let led = extras["groups_led"] as? [Int] ?? []
         #expect(led.count == 3 && led.reduce(0, +) == 65 && led.allSatisfy { (1...23).contains($0) }, "\(led)")
+        // Each pair's sender, its partition's leader and its recipient are on three different nodes.
+        let placement = extras["pair_nodes"] as? [[Int]] ?? []
+        #expect(placement.count == 3, "\(extras)")
+        for nodes in placement {
+            #expect(nodes.count == 3 && Set(nodes) == [1, 2, 3], "\(placement)")
+        }
     }
 
     @Test func groupDeliversToEveryOtherMember() throws {

@@ -12,6 +12,8 @@ struct Fleet: Sendable {
     /// The event loops every client connection of the run shares (one thread per core, like a real application
     /// with many connections; a thread per connection would measure the bench's context switches).
     var eventLoops: any EventLoopGroup
+    /// Who leads each group now, when the bench knows the cluster (`--spawn cluster:N`); nil otherwise.
+    var leadership: (@Sendable () throws -> Leadership)?
 
     struct Target: Sendable {
         var host: String
@@ -83,6 +85,8 @@ struct ScenarioExtras: Codable, Sendable {
     var verifiedMessages: Int?
     /// `--spawn cluster:N`: how many groups each node led when the measurement started, by node id from 1.
     var groupsLed: [Int]?
+    /// `pairs` on a spawned cluster: each pair's `[sender's node, leader of its partition, recipient's node]`.
+    var pairNodes: [[Int]]?
 
     enum CodingKeys: String, CodingKey {
         case connections
@@ -93,6 +97,7 @@ struct ScenarioExtras: Codable, Sendable {
         case syncedPerSecond = "synced_per_second"
         case verifiedMessages = "verified_messages"
         case groupsLed = "groups_led"
+        case pairNodes = "pair_nodes"
     }
 }
 
@@ -125,6 +130,13 @@ func measure(
 
 /// P direct conversations, one sender each; each pair's recipient is online on its own connection (on another
 /// node than its sender when there are several).
+///
+/// When the bench knows who leads each partition (a spawned cluster), every pair is placed so that its sender's
+/// node, its conversation's leader and its recipient's node are three different nodes (with two nodes: the sender
+/// is not on the leader's node): every send is forwarded to the leader and every delivery leaves a follower — the
+/// general case of a larger cluster, and the same path in every run. Spread round-robin instead, a run measured
+/// whichever path the leader of its partition happened to give: with one sender, 31,478 msgs/s when the sender's
+/// node led it and 24,000 when the recipient's did, on the same build (docs/performance.md).
 enum PairsScenario {
     static func users(pairs: Int) -> [String] { (0..<pairs).flatMap { ["bench-s\($0)", "bench-r\($0)"] } }
 
@@ -137,16 +149,32 @@ enum PairsScenario {
         seconds: Double,
         progress: Bool,
         verify: AcknowledgedMessages?,
+        placed: ([[Int]]) -> Void,
         onStart: (RunCounters) -> Void
     ) async throws -> RunCounters {
         let users = (0..<pairs).flatMap { [("bench-s\($0)", $0), ("bench-r\($0)", $0 + 1)] }
-        let clients = try await fleet.connectAll(users)
-        var senders: [Sender] = []
+        var clients = try await fleet.connectAll(users)
+        var conversations: [String] = []
         for index in 0..<pairs {
-            let conversation = try await clients[2 * index].createDirect(with: "bench-r\(index)")
-            senders.append(Sender(client: clients[2 * index], conversation: conversation.conversationID))
-            verify?.reader(of: conversation.conversationID, is: "bench-r\(index)")
+            conversations.append(try await clients[2 * index].createDirect(with: "bench-r\(index)").conversationID)
+            verify?.reader(of: conversations[index], is: "bench-r\(index)")
         }
+        if let leadership = try fleet.leadership?() {
+            var placement: [[Int]] = []
+            for (index, conversation) in conversations.enumerated() {
+                guard let nodes = place(conversation, leadership: leadership, nodes: fleet.targets.count) else {
+                    throw BenchFailure("the partition of conversation \(conversation) has no leader")
+                }
+                for (slot, node) in [(2 * index, nodes.sender), (2 * index + 1, nodes.recipient)]
+                where users[slot].1 % fleet.targets.count != node - 1 {
+                    await clients[slot].close()
+                    clients[slot] = try await fleet.connect(users[slot].0, node: node - 1)
+                }
+                placement.append([nodes.sender, nodes.leader, nodes.recipient])
+            }
+            placed(placement)
+        }
+        let senders = (0..<pairs).map { Sender(client: clients[2 * $0], conversation: conversations[$0]) }
         return await measure(
             senders: senders,
             clients: Array(zip(clients, users.map(\.0))),
@@ -157,6 +185,23 @@ enum PairsScenario {
             progress: progress,
             verify: verify
         )
+    }
+}
+
+extension PairsScenario {
+    /// The node ids (from 1) of a pair's sender, its conversation's leader and its recipient: the sender on the node
+    /// after the leader's, the recipient on the one after that (on the leader's own node when there are two nodes).
+    /// Nil when the conversation's partition has no leader, or there is a single node.
+    static func place(
+        _ conversation: String,
+        leadership: Leadership,
+        nodes: Int
+    ) -> (sender: Int, leader: Int, recipient: Int)? {
+        guard nodes > 1, let leader = leadership.leader(of: conversation), (1...nodes).contains(leader) else {
+            return nil
+        }
+        let sender = leader % nodes + 1
+        return (sender, leader, nodes > 2 ? sender % nodes + 1 : leader)
     }
 }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import Synchronization
+import WarblerChat
 import WarblerClient
 
 #if canImport(Glibc)
@@ -20,6 +21,8 @@ final class SpawnedCluster {
     /// How many groups (the metadata group and the partitions) each node led when the cluster was ready, by
     /// node id from 1 (empty for a single node).
     var groupsLed: [Int] = []
+    /// Asks the cluster who leads each group (nil for a single node).
+    private(set) var status: ClusterStatus?
 
     /// Starts `size` nodes with `users` created; on failure, stops the nodes it started and removes their data.
     init(size: Int, users: [String], password: String) throws {
@@ -94,20 +97,16 @@ final class SpawnedCluster {
     /// others take theirs over one group a second each (~45 s for three nodes), and a run measured meanwhile
     /// would measure one node doing the leaders' work of all, and leadership moving under it.
     private func waitUntilFormed(size: Int, peer: String, certificates: String) throws {
+        let status = ClusterStatus(binary: binary, peer: peer, certificates: certificates)
         for _ in 0..<360 {
-            if let json = try? run(["cluster", "status", "--json", "--peer", peer, "--certs", certificates]),
-                let object = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
-                let groups = object["groups"] as? [[String: Any]], groups.count > 1,
-                groups.allSatisfy({ group in
-                    let voters = group["voters"] as? [Any] ?? []
-                    let learners = group["learners"] as? [Any] ?? []
-                    return voters.count + learners.count == size && (group["leader"] as? Int ?? 0) != 0
-                })
+            if let groups = try? status.groups(), groups.count > 1,
+                groups.allSatisfy({ $0.members == size && $0.leader != 0 })
             {
-                let led = Dictionary(grouping: groups) { $0["leader"] as? Int ?? 0 }.mapValues(\.count)
+                let led = Dictionary(grouping: groups, by: \.leader).mapValues(\.count)
                 let share = (groups.count + size - 1) / size
                 if led.count == size, led.values.allSatisfy({ $0 <= share + 1 }) {
                     groupsLed = (1...size).map { led[$0] ?? 0 }
+                    self.status = status
                     return
                 }
             }
@@ -117,23 +116,83 @@ final class SpawnedCluster {
     }
 
     @discardableResult
-    private func run(_ arguments: [String]) throws -> String {
-        let process = Process()
-        process.executableURL = binary
-        process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        try ChildProcesses.shared.launch(process)
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        ChildProcesses.shared.waitUntilExit(process)
-        guard process.terminationStatus == 0 else { throw ValidationError("warbler \(arguments.first ?? "") failed") }
-        return String(decoding: data, as: UTF8.self)
-    }
+    private func run(_ arguments: [String]) throws -> String { try runWarbler(binary, arguments) }
 
     /// Stops the nodes (SIGTERM, SIGKILL after ``ChildProcesses/stopTimeout``) and removes their data.
     func stop() {
         ChildProcesses.shared.stop(processes)
         ChildProcesses.shared.remove(directory)
+    }
+}
+
+/// Runs `warbler ARGUMENTS` and returns what it printed; throws unless it exits with 0.
+@discardableResult
+private func runWarbler(_ binary: URL, _ arguments: [String]) throws -> String {
+    let process = Process()
+    process.executableURL = binary
+    process.arguments = arguments
+    let output = Pipe()
+    process.standardOutput = output
+    try ChildProcesses.shared.launch(process)
+    let data = output.fileHandleForReading.readDataToEndOfFile()
+    ChildProcesses.shared.waitUntilExit(process)
+    guard process.terminationStatus == 0 else { throw ValidationError("warbler \(arguments.first ?? "") failed") }
+    return String(decoding: data, as: UTF8.self)
+}
+
+/// `warbler cluster status --json` of a spawned cluster: every group's leader and members.
+struct ClusterStatus: Sendable {
+    let binary: URL
+    let peer: String
+    let certificates: String
+
+    struct Group {
+        var id: UInt32
+        /// The leader's node id (0: none).
+        var leader: Int
+        /// Voters and learners.
+        var members: Int
+    }
+
+    /// Every group, as the node at `peer` sees them.
+    func groups() throws -> [Group] { try read().groups }
+
+    /// Who leads each conversation's partition now.
+    func leadership() throws -> Leadership {
+        let (partitions, groups) = try read()
+        return Leadership(
+            partitionCount: partitions,
+            leaders: Dictionary(groups.map { ($0.id, $0.leader) }, uniquingKeysWith: { first, _ in first })
+        )
+    }
+
+    private func read() throws -> (partitions: UInt32, groups: [Group]) {
+        let json = try runWarbler(binary, ["cluster", "status", "--json", "--peer", peer, "--certs", certificates])
+        guard let object = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
+            let groups = object["groups"] as? [[String: Any]]
+        else { throw ValidationError("unexpected output of warbler cluster status") }
+        let parsed = groups.map { group in
+            Group(
+                id: UInt32(group["group"] as? Int ?? 0),  // the metadata group's 0 is left out of the JSON
+                leader: group["leader"] as? Int ?? 0,
+                members: (group["voters"] as? [Any] ?? []).count + (group["learners"] as? [Any] ?? []).count
+            )
+        }
+        return (UInt32(object["partitionCount"] as? Int ?? 0), parsed)
+    }
+}
+
+/// Which node leads each group of a cluster, at one moment.
+struct Leadership: Sendable {
+    var partitionCount: UInt32
+    /// Group id → the leader's node id (0: none).
+    var leaders: [UInt32: Int]
+
+    /// The node id leading `conversation`'s partition, if it has a leader.
+    func leader(of conversation: String) -> Int? {
+        guard partitionCount > 0 else { return nil }
+        let leader = leaders[ChatPartitioning.partition(of: conversation, count: partitionCount)] ?? 0
+        return leader == 0 ? nil : leader
     }
 }
 

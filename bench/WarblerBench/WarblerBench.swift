@@ -22,7 +22,9 @@ struct WarblerBench: AsyncParsableCommand {
         abstract: "Measure a Warbler node or cluster over the real client protocol.",
         discussion: """
             Scenarios:
-              pairs        P direct conversations (--senders P), one sender each, each recipient online
+              pairs        P direct conversations (--senders P), one sender each, each recipient online; on a
+                           spawned cluster each pair's sender, partition leader and recipient are on
+                           different nodes
               group        G groups (--groups) of M members (--members), S senders each (--senders), all online
               connections  C idle authenticated connections (--connections) from several 127.0.0.x addresses,
                            plus light traffic; reports connect rate and server memory per connection
@@ -147,7 +149,8 @@ struct WarblerBench: AsyncParsableCommand {
         guard !targets.isEmpty else { throw ValidationError("give --target HOST:PORT[,…] or --spawn single|cluster:N") }
         defer { spawned?.stop() }
         let eventLoops = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
-        let fleet = Fleet(targets: targets, password: password, eventLoops: eventLoops)
+        var fleet = Fleet(targets: targets, password: password, eventLoops: eventLoops)
+        if let status = spawned?.status { fleet.leadership = { try status.leadership() } }
         let pids = spawned?.pids ?? serverPid
         var report: BenchReport
         do {
@@ -185,6 +188,7 @@ struct WarblerBench: AsyncParsableCommand {
                 seconds: seconds,
                 progress: !quiet,
                 verify: verified,
+                placed: { extras.pairNodes = $0 },
                 onStart: sampleServers
             )
             if let verified {
