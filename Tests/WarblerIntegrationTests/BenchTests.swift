@@ -148,11 +148,39 @@ struct BenchTests {
         // 65 groups (the metadata group and 64 partitions): none led by more than its share (22) plus one.
         let led = extras["groups_led"] as? [Int] ?? []
         #expect(led.count == 3 && led.reduce(0, +) == 65 && led.allSatisfy { (1...23).contains($0) }, "\(led)")
-        // Each pair's sender, its partition's leader and its recipient are on three different nodes.
+        // Each pair's sender, its partition's leader and its recipient are on three different nodes, as connected:
+        // the sender on the node after the leader's.
         let placement = extras["pair_nodes"] as? [[Int]] ?? []
         #expect(placement.count == 3, "\(extras)")
         for nodes in placement {
-            #expect(nodes.count == 3 && Set(nodes) == [1, 2, 3], "\(placement)")
+            #expect(nodes.count == 3 && Set(nodes) == [1, 2, 3] && nodes[0] == nodes[1] % 3 + 1, "\(placement)")
+        }
+    }
+
+    /// On a spawned cluster a group's senders are on a node that does not lead the group's partition, and every
+    /// other member still receives each message.
+    @Test func aGroupOnAClusterSendsFromANodeThatDoesNotLeadIt() throws {
+        let (status, data, diagnostics) = try run(
+            Self.binary,
+            [
+                "--spawn", "cluster:3", "--scenario", "group", "--groups", "2", "--members", "4", "--senders", "2",
+                "--json", "--quiet", "--seconds", "1", "--warm-up", "0.5", "--window", "4",
+            ]
+        )
+        guard status == 0 else { throw TestFailure("warbler-bench exited \(status): \(diagnostics)") }
+        let report = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let acks = number(report, "acks_per_second")
+        #expect(acks > 0 && number(report, "errors") == 0)
+        // Three receivers per message (each group's two senders receive each other's messages too).
+        #expect(abs(number(report, "deliveries_per_second") - 3 * acks) <= 0.2 * 3 * acks)
+        // Each group's senders are connected to the node after its leader's.
+        let placement = (report["extras"] as? [String: Any])?["group_nodes"] as? [[Int]] ?? []
+        #expect(placement.count == 2, "\(report)")
+        for nodes in placement {
+            #expect(
+                nodes.count == 2 && (1...3).contains(nodes[1]) && nodes[0] == nodes[1] % 3 + 1,
+                "\(placement)"
+            )
         }
     }
 

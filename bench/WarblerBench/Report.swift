@@ -116,6 +116,13 @@ struct BenchReport: Codable, Sendable {
                     + paths.keys.sorted().map { "\($0) ×\(paths[$0]!.count)" }.joined(separator: ", ")
             )
         }
+        if let groups = extras.groupNodes, !groups.isEmpty {
+            let paths = Dictionary(grouping: groups) { $0.map(String.init).joined(separator: " → ") }
+            lines.append(
+                "groups placed (senders' node → partition leader): "
+                    + paths.keys.sorted().map { "\($0) ×\(paths[$0]!.count)" }.joined(separator: ", ")
+            )
+        }
         if let backlog = extras.backlog, let seconds = extras.syncSeconds {
             lines.append("")
             lines.append(

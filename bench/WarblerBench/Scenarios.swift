@@ -34,6 +34,27 @@ struct Fleet: Sendable {
         return client
     }
 
+    /// The id (from 1) of the node `client` is connected to (0 if none of the targets).
+    func node(of client: WarblerClient) -> Int {
+        let (host, port) = (client.configuration.host, client.configuration.port)
+        return (targets.firstIndex { $0.host == host && $0.port == port } ?? -1) + 1
+    }
+
+    /// Reconnects `clients[slot]` (connected as `users[slot]`) to the node with id `node` (from 1), unless it is
+    /// connected there already.
+    func move(
+        _ clients: inout [WarblerClient],
+        _ slot: Int,
+        of users: [(user: String, node: Int)],
+        to node: Int
+    )
+        async throws
+    {
+        guard users[slot].node % targets.count != node - 1 else { return }
+        await clients[slot].close()
+        clients[slot] = try await connect(users[slot].user, node: node - 1)
+    }
+
     /// Connects every `(user, node)` with at most `concurrency` logins in flight (logins hash a password).
     func connectAll(_ users: [(user: String, node: Int)], concurrency: Int = 8) async throws -> [WarblerClient] {
         var clients = [WarblerClient?](repeating: nil, count: users.count)
@@ -85,8 +106,12 @@ struct ScenarioExtras: Codable, Sendable {
     var verifiedMessages: Int?
     /// `--spawn cluster:N`: how many groups each node led when the measurement started, by node id from 1.
     var groupsLed: [Int]?
-    /// `pairs` on a spawned cluster: each pair's `[sender's node, leader of its partition, recipient's node]`.
+    /// `pairs` on a spawned cluster: each pair's `[sender's node, leader of its partition, recipient's node]`, as
+    /// connected.
     var pairNodes: [[Int]]?
+    /// `group` on a spawned cluster: each group's `[its first sender's node, leader of its partition]`, as
+    /// connected.
+    var groupNodes: [[Int]]?
 
     enum CodingKeys: String, CodingKey {
         case connections
@@ -98,6 +123,7 @@ struct ScenarioExtras: Codable, Sendable {
         case verifiedMessages = "verified_messages"
         case groupsLed = "groups_led"
         case pairNodes = "pair_nodes"
+        case groupNodes = "group_nodes"
     }
 }
 
@@ -165,12 +191,11 @@ enum PairsScenario {
                 guard let nodes = place(conversation, leadership: leadership, nodes: fleet.targets.count) else {
                     throw BenchFailure("the partition of conversation \(conversation) has no leader")
                 }
-                for (slot, node) in [(2 * index, nodes.sender), (2 * index + 1, nodes.recipient)]
-                where users[slot].1 % fleet.targets.count != node - 1 {
-                    await clients[slot].close()
-                    clients[slot] = try await fleet.connect(users[slot].0, node: node - 1)
-                }
-                placement.append([nodes.sender, nodes.leader, nodes.recipient])
+                try await fleet.move(&clients, 2 * index, of: users, to: nodes.sender)
+                try await fleet.move(&clients, 2 * index + 1, of: users, to: nodes.recipient)
+                placement.append([
+                    fleet.node(of: clients[2 * index]), nodes.leader, fleet.node(of: clients[2 * index + 1]),
+                ])
             }
             placed(placement)
         }
@@ -208,7 +233,9 @@ extension PairsScenario {
 // MARK: - group
 
 /// G groups of M members; the first S members of each group send, every member is online on its own
-/// connection and receives the others' messages.
+/// connection and receives the others' messages. On a spawned cluster a group's senders are on a node that does
+/// not lead its partition (the node after the leader's), as in `pairs`; its other members stay spread over every
+/// node.
 enum GroupScenario {
     static func member(_ group: Int, _ member: Int) -> String { "bench-g\(group)-m\(member)" }
     static func users(groups: Int, members: Int) -> [String] {
@@ -225,6 +252,7 @@ enum GroupScenario {
         warmUp: Double,
         seconds: Double,
         progress: Bool,
+        placed: ([[Int]]) -> Void,
         onStart: (RunCounters) -> Void
     ) async throws -> RunCounters {
         guard members >= 2, (1...members).contains(sendersPerGroup) else {
@@ -234,18 +262,32 @@ enum GroupScenario {
         for group in 0..<groups {
             for index in 0..<members { users.append((member(group, index), group * members + index)) }
         }
-        let clients = try await fleet.connectAll(users)
-        var senders: [Sender] = []
+        var clients = try await fleet.connectAll(users)
+        var conversations: [String] = []
         for group in 0..<groups {
             let creator = clients[group * members]
             let conversation = try await creator.createGroup(
                 title: "bench group \(group)",
                 members: (1..<members).map { member(group, $0) }
             )
+            conversations.append(conversation.conversationID)
+        }
+        if let leadership = try fleet.leadership?() {
+            var placement: [[Int]] = []
+            for (group, conversation) in conversations.enumerated() {
+                guard let nodes = PairsScenario.place(conversation, leadership: leadership, nodes: fleet.targets.count)
+                else { throw BenchFailure("the partition of conversation \(conversation) has no leader") }
+                for slot in group * members..<group * members + sendersPerGroup {
+                    try await fleet.move(&clients, slot, of: users, to: nodes.sender)
+                }
+                placement.append([fleet.node(of: clients[group * members]), nodes.leader])
+            }
+            placed(placement)
+        }
+        var senders: [Sender] = []
+        for (group, conversation) in conversations.enumerated() {
             for index in 0..<sendersPerGroup {
-                senders.append(
-                    Sender(client: clients[group * members + index], conversation: conversation.conversationID)
-                )
+                senders.append(Sender(client: clients[group * members + index], conversation: conversation))
             }
         }
         return await measure(

@@ -25,7 +25,8 @@ struct WarblerBench: AsyncParsableCommand {
               pairs        P direct conversations (--senders P), one sender each, each recipient online; on a
                            spawned cluster each pair's sender, partition leader and recipient are on
                            different nodes
-              group        G groups (--groups) of M members (--members), S senders each (--senders), all online
+              group        G groups (--groups) of M members (--members), S senders each (--senders), all online;
+                           on a spawned cluster a group's senders are on a node that does not lead it
               connections  C idle authenticated connections (--connections) from several 127.0.0.x addresses,
                            plus light traffic; reports connect rate and server memory per connection
               sync         a member comes back to a backlog of N messages (--backlog) and syncs it
@@ -205,6 +206,7 @@ struct WarblerBench: AsyncParsableCommand {
                 warmUp: warmUp,
                 seconds: seconds,
                 progress: !quiet,
+                placed: { extras.groupNodes = $0 },
                 onStart: sampleServers
             )
         case .mixed:
