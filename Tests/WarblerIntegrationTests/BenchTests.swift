@@ -31,10 +31,10 @@ struct BenchTests {
     }
 
     /// Runs the bench with `arguments` and returns its parsed JSON report.
-    func bench(_ arguments: [String]) throws -> [String: Any] {
+    func bench(_ arguments: [String], spawn: String = "single") throws -> [String: Any] {
         let (status, data, diagnostics) = try run(
             Self.binary,
-            ["--spawn", "single", "--json", "--quiet", "--seconds", "1", "--warm-up", "0.5"] + arguments
+            ["--spawn", spawn, "--json", "--quiet", "--seconds", "1", "--warm-up", "0.5"] + arguments
         )
         guard status == 0 else { throw TestFailure("warbler-bench \(arguments) exited \(status): \(diagnostics)") }
         guard let report = try JSONSerialization.jsonObject(with: data) as? [String: Any] else {
@@ -130,15 +130,7 @@ struct BenchTests {
     /// send forwarded, every delivery from a follower), with every node's CPU and memory, and every acknowledged
     /// message read back from every node.
     @Test func aClusterIsMeasuredOnceLeadershipHasSpread() throws {
-        let (status, data, diagnostics) = try run(
-            Self.binary,
-            [
-                "--spawn", "cluster:3", "--json", "--quiet", "--seconds", "1", "--warm-up", "0.5", "--senders", "3",
-                "--window", "4", "--verify",
-            ]
-        )
-        guard status == 0 else { throw TestFailure("warbler-bench exited \(status): \(diagnostics)") }
-        let report = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let report = try bench(["--senders", "3", "--window", "4", "--verify"], spawn: "cluster:3")
         #expect(report["nodes"] as? Int == 3)
         #expect((report["servers"] as? [Any])?.count == 3, "every node's CPU and memory")
         #expect(number(report, "acks_per_second") > 0)
@@ -160,15 +152,10 @@ struct BenchTests {
     /// On a spawned cluster a group's senders are on a node that does not lead the group's partition, and every
     /// other member still receives each message.
     @Test func aGroupOnAClusterSendsFromANodeThatDoesNotLeadIt() throws {
-        let (status, data, diagnostics) = try run(
-            Self.binary,
-            [
-                "--spawn", "cluster:3", "--scenario", "group", "--groups", "2", "--members", "4", "--senders", "2",
-                "--json", "--quiet", "--seconds", "1", "--warm-up", "0.5", "--window", "4",
-            ]
+        let report = try bench(
+            ["--scenario", "group", "--groups", "2", "--members", "4", "--senders", "2", "--window", "4"],
+            spawn: "cluster:3"
         )
-        guard status == 0 else { throw TestFailure("warbler-bench exited \(status): \(diagnostics)") }
-        let report = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
         let acks = number(report, "acks_per_second")
         #expect(acks > 0 && number(report, "errors") == 0)
         // Three receivers per message (each group's two senders receive each other's messages too).

@@ -109,19 +109,13 @@ struct BenchReport: Codable, Sendable {
                     + led.enumerated().map { "node \($0.offset + 1) \($0.element)" }.joined(separator: ", ")
             )
         }
-        if let pairs = extras.pairNodes, !pairs.isEmpty {
-            let paths = Dictionary(grouping: pairs) { $0.map(String.init).joined(separator: " → ") }
-            lines.append(
-                "pairs placed (sender's node → partition leader → recipient's node): "
-                    + paths.keys.sorted().map { "\($0) ×\(paths[$0]!.count)" }.joined(separator: ", ")
-            )
-        }
-        if let groups = extras.groupNodes, !groups.isEmpty {
-            let paths = Dictionary(grouping: groups) { $0.map(String.init).joined(separator: " → ") }
-            lines.append(
-                "groups placed (senders' node → partition leader): "
-                    + paths.keys.sorted().map { "\($0) ×\(paths[$0]!.count)" }.joined(separator: ", ")
-            )
+        for (title, placed) in [
+            ("pairs placed (sender's node → partition leader → recipient's node)", extras.pairNodes),
+            ("groups placed (senders' node → partition leader)", extras.groupNodes),
+        ] {
+            guard let placed, !placed.isEmpty else { continue }
+            let paths = Dictionary(grouping: placed) { $0.map(String.init).joined(separator: " → ") }.mapValues(\.count)
+            lines.append("\(title): " + paths.keys.sorted().map { "\($0) ×\(paths[$0]!)" }.joined(separator: ", "))
         }
         if let backlog = extras.backlog, let seconds = extras.syncSeconds {
             lines.append("")

@@ -40,19 +40,23 @@ struct Fleet: Sendable {
         return (targets.firstIndex { $0.host == host && $0.port == port } ?? -1) + 1
     }
 
-    /// Reconnects `clients[slot]` (connected as `users[slot]`) to the node with id `node` (from 1), unless it is
-    /// connected there already.
-    func move(
-        _ clients: inout [WarblerClient],
-        _ slot: Int,
-        of users: [(user: String, node: Int)],
-        to node: Int
-    )
-        async throws
-    {
-        guard users[slot].node % targets.count != node - 1 else { return }
-        await clients[slot].close()
-        clients[slot] = try await connect(users[slot].user, node: node - 1)
+    /// Reconnects `client` (logged in as `user`) to the node with id `node` (from 1), unless it is connected there.
+    func move(_ client: inout WarblerClient, as user: String, to node: Int) async throws {
+        guard self.node(of: client) != node else { return }
+        await client.close()
+        client = try await connect(user, node: node - 1)
+    }
+
+    /// Where each of `conversations` should have its clients, from who leads its partition now; nil when the
+    /// bench does not know the leaders (a single node, or `--target`).
+    func placements(of conversations: [String]) throws -> [Placement]? {
+        guard targets.count > 1, let leadership = try leadership?() else { return nil }
+        return try conversations.map { conversation in
+            guard let placement = Placement(of: conversation, leadership: leadership, nodes: targets.count) else {
+                throw BenchFailure("the partition of conversation \(conversation) has no leader")
+            }
+            return placement
+        }
     }
 
     /// Connects every `(user, node)` with at most `concurrency` logins in flight (logins hash a password).
@@ -79,6 +83,23 @@ struct Fleet: Sendable {
 struct BenchFailure: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }
+}
+
+/// The node ids (from 1) a conversation's clients go to on a cluster whose leaders the bench knows: its sender on
+/// the node after the leader of its partition, its recipient on the one after that (on the leader's own node when
+/// there are two nodes). Every send is then forwarded and every delivery leaves a follower.
+struct Placement {
+    var sender: Int
+    var leader: Int
+    var recipient: Int
+
+    /// Nil when the conversation's partition has no leader among the `nodes`.
+    init?(of conversation: String, leadership: Leadership, nodes: Int) {
+        guard let leader = leadership.leader(of: conversation), (1...nodes).contains(leader) else { return nil }
+        self.leader = leader
+        sender = leader % nodes + 1
+        recipient = nodes > 2 ? sender % nodes + 1 : leader
+    }
 }
 
 /// Counts `client`'s pushes of messages sent by others as deliveries, until cancelled.
@@ -185,19 +206,16 @@ enum PairsScenario {
             conversations.append(try await clients[2 * index].createDirect(with: "bench-r\(index)").conversationID)
             verify?.reader(of: conversations[index], is: "bench-r\(index)")
         }
-        if let leadership = try fleet.leadership?() {
-            var placement: [[Int]] = []
-            for (index, conversation) in conversations.enumerated() {
-                guard let nodes = place(conversation, leadership: leadership, nodes: fleet.targets.count) else {
-                    throw BenchFailure("the partition of conversation \(conversation) has no leader")
-                }
-                try await fleet.move(&clients, 2 * index, of: users, to: nodes.sender)
-                try await fleet.move(&clients, 2 * index + 1, of: users, to: nodes.recipient)
-                placement.append([
-                    fleet.node(of: clients[2 * index]), nodes.leader, fleet.node(of: clients[2 * index + 1]),
-                ])
+        if let placements = try fleet.placements(of: conversations) {
+            for (index, placement) in placements.enumerated() {
+                try await fleet.move(&clients[2 * index], as: users[2 * index].0, to: placement.sender)
+                try await fleet.move(&clients[2 * index + 1], as: users[2 * index + 1].0, to: placement.recipient)
             }
-            placed(placement)
+            placed(
+                placements.indices.map {
+                    [fleet.node(of: clients[2 * $0]), placements[$0].leader, fleet.node(of: clients[2 * $0 + 1])]
+                }
+            )
         }
         let senders = (0..<pairs).map { Sender(client: clients[2 * $0], conversation: conversations[$0]) }
         return await measure(
@@ -210,23 +228,6 @@ enum PairsScenario {
             progress: progress,
             verify: verify
         )
-    }
-}
-
-extension PairsScenario {
-    /// The node ids (from 1) of a pair's sender, its conversation's leader and its recipient: the sender on the node
-    /// after the leader's, the recipient on the one after that (on the leader's own node when there are two nodes).
-    /// Nil when the conversation's partition has no leader, or there is a single node.
-    static func place(
-        _ conversation: String,
-        leadership: Leadership,
-        nodes: Int
-    ) -> (sender: Int, leader: Int, recipient: Int)? {
-        guard nodes > 1, let leader = leadership.leader(of: conversation), (1...nodes).contains(leader) else {
-            return nil
-        }
-        let sender = leader % nodes + 1
-        return (sender, leader, nodes > 2 ? sender % nodes + 1 : leader)
     }
 }
 
@@ -272,17 +273,13 @@ enum GroupScenario {
             )
             conversations.append(conversation.conversationID)
         }
-        if let leadership = try fleet.leadership?() {
-            var placement: [[Int]] = []
-            for (group, conversation) in conversations.enumerated() {
-                guard let nodes = PairsScenario.place(conversation, leadership: leadership, nodes: fleet.targets.count)
-                else { throw BenchFailure("the partition of conversation \(conversation) has no leader") }
+        if let placements = try fleet.placements(of: conversations) {
+            for (group, placement) in placements.enumerated() {
                 for slot in group * members..<group * members + sendersPerGroup {
-                    try await fleet.move(&clients, slot, of: users, to: nodes.sender)
+                    try await fleet.move(&clients[slot], as: users[slot].0, to: placement.sender)
                 }
-                placement.append([fleet.node(of: clients[group * members]), nodes.leader])
             }
-            placed(placement)
+            placed(placements.indices.map { [fleet.node(of: clients[$0 * members]), placements[$0].leader] })
         }
         var senders: [Sender] = []
         for (group, conversation) in conversations.enumerated() {
