@@ -63,12 +63,16 @@ struct BenchTests {
         let order = progress.split(separator: "\n").compactMap { $0.split(separator: " ").dropFirst(2).first }
         #expect(order == ["one:", "two:", "one:", "two:"])
         let lines = printed.split(separator: "\n")
-        #expect(lines.count == 2)
+        #expect(lines.count == 3)
         for (line, label) in zip(lines, ["one", "two"]) {
             #expect(line.hasPrefix(label) && line.contains("acks/s") && line.contains("delivery p99"), "\(line)")
             let median = line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first
             #expect((Double(median.map(String.init) ?? "") ?? 0) > 0, "\(line)")
         }
+        // Then the second build against the first, round by round.
+        let paired = lines.last.map(String.init) ?? ""
+        #expect(paired.hasPrefix("two vs one: acks/s ") && paired.contains("% per round"), "\(paired)")
+        #expect(paired.contains(" of 2 rounds, sign test p = "), "\(paired)")
     }
 
     @Test func pairsInClosedAndOpenLoop() throws {
