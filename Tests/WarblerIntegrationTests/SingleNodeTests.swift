@@ -17,6 +17,18 @@ struct SingleNodeTests {
         return node
     }
 
+    /// A node without accounts says how to create the first administrator while it runs — also when its output
+    /// is a file (a journal, `docker logs`), not a terminal; a node with accounts does not.
+    @Test func aNodeWithoutAccountsSaysHowToCreateTheFirstAdministrator() async throws {
+        let empty = try await node(users: [])
+        #expect(empty.log.contains("no accounts yet"), "\(empty.log)")
+        #expect(empty.log.contains("user add NAME --role admin --data \(empty.dataDirectory)"), "\(empty.log)")
+        empty.stop()
+        let used = try await node(users: ["ada"])
+        used.stop()
+        #expect(!used.log.contains("no accounts yet"), "\(used.log)")
+    }
+
     @Test func aGroupConversationReachesOnlineMembersAndAnOfflineMemberSyncsLater() async throws {
         let node = try await node(users: ["ada", "bob", "cy", "dee"])
         let (ada, adaEvents) = try await node.login("ada", password: Self.password)
