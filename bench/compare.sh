@@ -20,14 +20,20 @@ ARGS="$2"
 shift 2
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
+# Each build's label, directory and extra environment, in the order given.
+labels=(); dirs=(); envs=()
+for spec in "$@"; do
+  label="${spec%%=*}"; rest="${spec#*=}"
+  [ "$label" = "$spec" ] && { label="$(basename "$spec")"; rest="$spec"; }
+  dir="${rest%%:*}"; env=""
+  [ "$dir" != "$rest" ] && env="${rest#*:}"
+  labels+=("$label"); dirs+=("$dir"); envs+=("$env")
+done
 for round in $(seq "$ROUNDS"); do
-  for spec in "$@"; do
-    label="${spec%%=*}"; rest="${spec#*=}"
-    [ "$label" = "$spec" ] && { label="$(basename "$spec")"; rest="$spec"; }
-    dir="${rest%%:*}"; envs=""
-    [ "$dir" != "$rest" ] && envs="${rest#*:}"
+  for build in "${!labels[@]}"; do
+    label="${labels[$build]}"
     # shellcheck disable=SC2086 # ARGS is a list of options
-    env ${envs//,/ } "$dir/warbler-bench" $ARGS --json --quiet > "$OUT/run.json"
+    env ${envs[$build]//,/ } "${dirs[$build]}/warbler-bench" $ARGS --json --quiet > "$OUT/run.json"
     python3 - "$OUT/run.json" >> "$OUT/$label.txt" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
@@ -38,9 +44,7 @@ PY
     echo "round $round/$ROUNDS $label: $(cut -d' ' -f1 < <(tail -1 "$OUT/$label.txt")) acks/s" >&2
   done
 done
-for spec in "$@"; do
-  label="${spec%%=*}"
-  [ "$label" = "$spec" ] && label="$(basename "$spec")"
+for label in "${labels[@]}"; do
   python3 - "$OUT/$label.txt" "$label" <<'PY'
 import statistics as st, sys
 rows = [list(map(float, line.split())) for line in open(sys.argv[1])]
@@ -49,12 +53,6 @@ med = lambda i: st.median(r[i] for r in rows)
 print("%-10s %8.0f acks/s (%.0f – %.0f)  %.0f deliveries/s  ack p50 %.2f ms  p99 %.2f ms  delivery p99 %.2f ms  node %.2f cores  bench %.2f"
       % (sys.argv[2], st.median(acks), acks[0], acks[-1], med(5), med(1) / 1000, med(2) / 1000, med(3) / 1000, med(4), med(6)))
 PY
-done
-labels=()
-for spec in "$@"; do
-  label="${spec%%=*}"
-  [ "$label" = "$spec" ] && label="$(basename "$spec")"
-  labels+=("$label")
 done
 for label in "${labels[@]:1}"; do
   python3 - "$OUT/${labels[0]}.txt" "$OUT/$label.txt" "${labels[0]}" "$label" <<'PY'

@@ -1,5 +1,4 @@
 import ArgumentParser
-import Foundation
 import Logging
 import NIOCore
 import NIOPosix
@@ -38,18 +37,16 @@ struct Serve: AsyncParsableCommand {
         defer { node.stop() }
         do { try await node.start() } catch { throw CommandFailure("cannot start the node: \(error)") }
         if join == nil, try !node.hasAccounts() {
-            // Written at once: `print` buffers when the output is a file, a pipe or a journal (not a terminal), and
-            // the hint would only appear when the node stops.
-            FileHandle.standardOutput.write(
-                Data(
-                    """
-                    This node has no accounts yet. Stop it (Ctrl-C) and create the first administrator:
+            // Written at once: with `print` it would only appear when the node stops, unless the output is a
+            // terminal.
+            writeToStandardOutput(
+                """
+                This node has no accounts yet. Stop it (Ctrl-C) and create the first administrator:
 
-                        \(CommandLine.arguments[0]) user add NAME --role admin --data \(data)
+                    \(CommandLine.arguments[0]) user add NAME --role admin --data \(data)
 
 
-                    """.utf8
-                )
+                """
             )
         }
         let eventLoops = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)

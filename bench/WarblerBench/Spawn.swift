@@ -67,7 +67,10 @@ final class SpawnedCluster {
             if node == 1 {
                 firstPeer = "127.0.0.1:\(peer)"
             } else {
-                try run(["cert", "issue", "--node", "\(node)", "--ca", first + "/ca", "--out", data + "/certs"])
+                try runWarbler(
+                    binary,
+                    ["cert", "issue", "--node", "\(node)", "--ca", first + "/ca", "--out", data + "/certs"]
+                )
                 arguments += ["--join", firstPeer]
             }
             let process = Process()
@@ -114,9 +117,6 @@ final class SpawnedCluster {
         }
         throw ValidationError("the spawned cluster did not form, or its leadership did not spread")
     }
-
-    @discardableResult
-    private func run(_ arguments: [String]) throws -> String { try runWarbler(binary, arguments) }
 
     /// Stops the nodes (SIGTERM, SIGKILL after ``ChildProcesses/stopTimeout``) and removes their data.
     func stop() {

@@ -14,6 +14,20 @@ enum Key: Sendable, Equatable {
     case escape
 }
 
+/// Writes `text` to standard output at once — `print` buffers when the output is a file, a pipe or a journal
+/// rather than a terminal — and gives up quietly when it cannot be written (a closed pipe).
+func writeToStandardOutput(_ text: String) {
+    var bytes = Array(text.utf8)
+    var offset = 0
+    while offset < bytes.count {
+        let written = bytes.withUnsafeMutableBytes {
+            Glibc.write(STDOUT_FILENO, $0.baseAddress! + offset, $0.count - offset)
+        }
+        if written <= 0 { return }
+        offset += written
+    }
+}
+
 /// The controlling terminal: raw mode while chatting (restored on exit), and keys as an async stream.
 final class Terminal: @unchecked Sendable {
     let isInteractive = isatty(STDIN_FILENO) != 0
@@ -65,17 +79,7 @@ final class Terminal: @unchecked Sendable {
         raw = false
     }
 
-    func write(_ text: String) {
-        var bytes = Array(text.utf8)
-        var offset = 0
-        while offset < bytes.count {
-            let written = bytes.withUnsafeMutableBytes {
-                Glibc.write(STDOUT_FILENO, $0.baseAddress! + offset, $0.count - offset)
-            }
-            if written <= 0 { return }
-            offset += written
-        }
-    }
+    func write(_ text: String) { writeToStandardOutput(text) }
 
     /// Keys, read on a thread of their own (a blocking read must not hold up the async runtime).
     func keys(into sink: @escaping @Sendable (Key) -> Void) {
