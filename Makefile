@@ -1,7 +1,7 @@
 # Warbler — the two commands a newcomer needs are `make run` and `make test`.
 SHELL := /bin/bash
 SWIFT ?= swift
-APT_PACKAGES := librocksdb-dev liblz4-dev libjemalloc-dev pkg-config
+APT_PACKAGES := librocksdb-dev liblz4-dev libjemalloc-dev pkg-config valgrind
 SIM_SEEDS ?= 10000
 SIM_STEPS ?= 5000
 

@@ -23,7 +23,13 @@ public struct ChatGroup: GroupStateMachine {
     }
 
     public func apply(_ entries: [Entry], into batch: WriteBatch) throws(StorageError) -> [ApplyOutcome] {
-        var writes = StagedWrites(database: database, family: family, group: machine.group, batch: batch)
+        var writes = StagedWrites(
+            database: database,
+            family: family,
+            group: machine.group,
+            batch: batch,
+            capacity: 2 * entries.count + 4
+        )
         var outcomes: [ApplyOutcome] = []
         outcomes.reserveCapacity(entries.count)
         for entry in entries {

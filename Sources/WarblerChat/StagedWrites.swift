@@ -18,12 +18,15 @@ public struct StagedWrites {
     private var conversations: [String: ConversationRecord] = [:]
     private var changedConversations: Set<String> = []
 
-    /// Starts a round over `family`, staging into `batch`.
-    public init(database: Database, family: ColumnFamily, group: UInt32, batch: WriteBatch) {
+    /// Starts a round over `family`, staging into `batch`, with room for `capacity` keys (a message stages
+    /// two, and the round's conversation and read markers a few more) so that the overlay does not grow by
+    /// copying itself while the round is staged.
+    public init(database: Database, family: ColumnFamily, group: UInt32, batch: WriteBatch, capacity: Int = 0) {
         self.database = database
         self.family = family
         self.prefix = ChatKeys.prefix(group)
         self.batch = batch
+        overlay.reserveCapacity(capacity)
     }
 
     func get(_ key: [UInt8]) throws(StorageError) -> [UInt8]? {

@@ -75,6 +75,50 @@ struct BenchTests {
         #expect(paired.contains(" of 2 rounds, sign test p = "), "\(paired)")
     }
 
+    @Test func callgrindCountsTheNodesInstructionsPerMessage() throws {
+        // bench/callgrind.sh against the debug build, a short window: a count per message, the threads it went
+        // to, and the functions, from profiles that stay on disk.
+        let debug = NodeProcess.packageRoot.appendingPathComponent(".build/debug").path
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("callgrind-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: out) }
+        var environment = ProcessInfo.processInfo.environment
+        environment["WINDOW"] = "2"
+        environment["TOP"] = "400"
+        environment["OUT"] = out.path
+        let (status, output, errors) = try run(
+            "/bin/bash",
+            [
+                NodeProcess.packageRoot.appendingPathComponent("bench/callgrind.sh").path, debug, "--",
+                "--senders", "1", "--window", "16",
+            ],
+            environment: environment
+        )
+        let printed = String(decoding: output, as: UTF8.self)
+        #expect(status == 0, "\(printed)\n\(errors)")
+        let lines = printed.split(separator: "\n").map(String.init)
+        // "node: N instructions in 2 s, M messages: K instructions per message", K = N / M.
+        let figures = (lines.first ?? "").split(separator: " ").compactMap { Int($0.filter(\.isNumber)) }
+        #expect(figures.count == 4 && figures[2] > 0, "\(printed)")
+        if figures.count == 4, figures[2] > 0 {
+            #expect(figures[3] == figures[0] / figures[2] && figures[3] > 10_000, "\(printed)")
+        }
+        // The apply thread did most of it; every posted message was applied and answered there.
+        let apply = lines.first { $0.hasPrefix("  apply ") } ?? ""
+        #expect(apply.contains("per message"), "\(printed)")
+        #expect(lines.contains { $0.hasPrefix("  client connections ") }, "\(printed)")
+        // The threads account for the whole count (each line rounds down).
+        let perThread = lines.filter { $0.hasPrefix("  ") && $0.contains(" per message") }.compactMap {
+            $0.split(separator: " ").compactMap { Int($0.filter(\.isNumber)) }.first
+        }
+        if figures.count == 4 {
+            #expect(abs(perThread.reduce(0, +) - figures[3]) <= perThread.count, "\(printed)")
+        }
+        #expect(lines.contains { $0.contains("ChatStateMachine.postMessage") }, "\(printed)")
+        let profiles = (try? FileManager.default.contentsOfDirectory(atPath: out.path)) ?? []
+        #expect(profiles.contains { $0.hasPrefix("callgrind.out.1-") }, "\(profiles)")
+        #expect(!profiles.contains("data"), "the node's data is removed")
+    }
+
     @Test func pairsInClosedAndOpenLoop() throws {
         let closed = try bench(["--senders", "2", "--window", "4"])
         #expect(closed["scenario"] as? String == "pairs")

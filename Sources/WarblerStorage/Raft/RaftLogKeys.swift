@@ -8,8 +8,9 @@ enum RaftLogKeys {
 
     /// `0x01 | group u32 | index u64`
     static func entry(group: UInt32, index: UInt64) -> [UInt8] {
-        var key: [UInt8] = [entryTag]
+        var key: [UInt8] = []
         key.reserveCapacity(13)
+        key.append(entryTag)
         appendBigEndian(group, to: &key)
         appendBigEndian(index, to: &key)
         return key
