@@ -12,6 +12,9 @@
 # (default 40) functions that cost most per message, inclusive. The profiles stay in OUT (default a new folder
 # under /tmp), one per thread, for `callgrind_annotate` or KCachegrind.
 #
+# PROFILE=bench profiles the other side instead: the node runs natively and `warbler-bench` — the Swift SDK's
+# client connections — runs under callgrind, counted per frame it receives (acks and pushes).
+#
 # Read it as a count of work, not of time: the node runs ~50× slower under callgrind, one thread at a time, so
 # rounds hold more messages than at full speed, timers fire more often per message, and nothing here sees
 # waiting, cache misses or two threads contending. Two runs of one build differ by about 2%. A change that saves
@@ -23,6 +26,8 @@ if [ $# -gt 0 ] && [ "$1" != "--" ]; then BIN="$1"; shift; fi
 BENCH_ARGS=("$@")
 [ ${#BENCH_ARGS[@]} -gt 0 ] || BENCH_ARGS=(--senders 1 --window 256)
 WINDOW="${WINDOW:-20}"
+PROFILE="${PROFILE:-node}"
+case "$PROFILE" in node | bench) ;; *) echo "PROFILE is node or bench" >&2; exit 2 ;; esac
 TOP="${TOP:-40}"
 OUT="${OUT:-$(mktemp -d /tmp/warbler-callgrind.XXXXXX)}"
 PASSWORD="callgrind-bench-password"
@@ -42,6 +47,7 @@ trap cleanup EXIT
 # Valgrind 3.19 cannot read the DWARF 5 that Swift 6 writes: profile a copy without debug sections (the symbol
 # table stays, so functions keep their names).
 objcopy --strip-debug "$BIN/warbler" "$OUT/warbler"
+objcopy --strip-debug "$BIN/warbler-bench" "$OUT/warbler-bench"
 # Swift's async main ends in dispatch_main, which leaves the main thread with pthread_exit; callgrind crashes on
 # that. This preloaded replacement drains the main queue on the main thread instead.
 cat > "$OUT/mainqueue.c" <<'C'
@@ -85,18 +91,30 @@ esac
 echo "$PASSWORD" | "$BIN/warbler" user add "${users[@]}" --data "$OUT/data" > /dev/null
 
 PORT=$((20000 + RANDOM % 10000))
-LD_PRELOAD="$OUT/mainqueue.so" valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes \
-  --callgrind-out-file="$OUT/callgrind.out" "$OUT/warbler" serve --data "$OUT/data" --port "$PORT" \
-  --websocket-port $((PORT + 1)) --peer-port $((PORT + 2)) --log-level warning > "$OUT/node.log" 2>&1 &
+# profiled SIDE COMMAND…: becomes COMMAND, under callgrind when SIDE is the one profiled (run it with `&`: the
+# background shell's process id, $!, is then the command's).
+profiled() {
+  if [ "$1" = "$PROFILE" ]; then
+    shift
+    exec env LD_PRELOAD="$OUT/mainqueue.so" valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes \
+      --callgrind-out-file="$OUT/callgrind.out" "$@"
+  fi
+  shift
+  exec "$@"
+}
+profiled node "$OUT/warbler" serve --data "$OUT/data" --port "$PORT" --websocket-port $((PORT + 1)) \
+  --peer-port $((PORT + 2)) --log-level warning > "$OUT/node.log" 2>&1 &
 NODE=$!
 for _ in $(seq 600); do
   (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
   kill -0 "$NODE" 2>/dev/null || { cat "$OUT/node.log" >&2; exit 1; }
   sleep 0.5
 done
-"$BIN/warbler-bench" --target "127.0.0.1:$PORT" --password "$PASSWORD" --warm-up 1 --seconds 100000 \
-  "${BENCH_ARGS[@]}" > /dev/null 2> "$OUT/bench.log" &
+profiled bench "$OUT/warbler-bench" --target "127.0.0.1:$PORT" --password "$PASSWORD" --warm-up 1 \
+  --seconds 100000 "${BENCH_ARGS[@]}" > /dev/null 2> "$OUT/bench.log" &
 BENCH=$!
+PROFILED=$NODE
+[ "$PROFILE" = bench ] && PROFILED=$BENCH
 for _ in $(seq 600); do
   grep -q 'measuring' "$OUT/bench.log" && break
   kill -0 "$BENCH" 2>/dev/null || { cat "$OUT/bench.log" >&2; exit 1; }
@@ -104,23 +122,27 @@ for _ in $(seq 600); do
 done
 grep -q 'measuring' "$OUT/bench.log" || { echo "the bench never started measuring" >&2; exit 1; }
 # Instrumenting starts cold (valgrind translates the code again); let that pass before counting.
-callgrind_control -i on "$NODE" > /dev/null 2>&1
+callgrind_control -i on "$PROFILED" > /dev/null 2>&1
 sleep 5
-callgrind_control -z "$NODE" > /dev/null 2>&1
+callgrind_control -z "$PROFILED" > /dev/null 2>&1
 sleep "$WINDOW"
-callgrind_control -d "$NODE" > /dev/null 2>&1
+callgrind_control -d "$PROFILED" > /dev/null 2>&1
 kill "$BENCH"; BENCH=""
 
-# One profile per thread (callgrind.out.1-NN): the posts applied and the instructions of each, then the functions
-# of the whole node that cost most per message, inclusive.
-python3 - "$OUT" "$TOP" "$WINDOW" <<'PY'
+# One profile per thread (callgrind.out.1-NN): the units of work counted (the node's applied posts, the bench's
+# received frames) and the instructions of each thread, then the functions that cost most per unit, inclusive.
+python3 - "$OUT" "$TOP" "$WINDOW" "$PROFILE" <<'PY'
 import glob, os, re, subprocess, sys
-out, top, window = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out, top, window, profile = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 files = sorted(glob.glob(os.path.join(out, "callgrind.out.1-*")))
-POST = "StateMachineV11postMessage"  # ChatStateMachine.postMessage, once per applied message
-# Each thread is named after the first of these it spends most in (inclusive), else "other".
-ROLES = [("apply", "RaftHost.apply("), ("raft", "RaftHost.runRound()"),
-         ("client connections", "ClientChannelHandler.channelRead("), ("timers", "RaftHost.tick()")]
+if profile == "node":
+    UNIT, UNITS = "StateMachineV11postMessage", ("message", "messages")  # ChatStateMachine.postMessage
+    # Each thread is named after the first of these it spends most in (inclusive), else "other".
+    ROLES = [("apply", "RaftHost.apply("), ("raft", "RaftHost.runRound()"),
+             ("client connections", "ClientChannelHandler.channelRead("), ("timers", "RaftHost.tick()")]
+else:
+    UNIT, UNITS = "FrameCodecO012decodeServer", ("frame received", "frames received")  # FrameCodec.decodeServerFrame
+    ROLES = [("event loops", "SelectableEventLoop.run()")]
 
 def annotate(path):
     text = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", path],
@@ -134,7 +156,7 @@ def posts(path):
         m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line)
         if m:
             if m.group(2): names[m.group(1)] = m.group(2)
-            pending = line.startswith("cfn=") and POST in names.get(m.group(1), "")
+            pending = line.startswith("cfn=") and UNIT in names.get(m.group(1), "")
         elif pending and line.startswith("calls="):
             count += int(line[6:].split()[0]); pending = False
     return count
@@ -145,7 +167,7 @@ def total(path):
     return 0
 
 messages = sum(posts(f) for f in files)
-if messages == 0: sys.exit("no message was applied in the window")
+if messages == 0: sys.exit(f"no {UNITS[0]} was counted in the window")
 demangle = lambda names: subprocess.run(["swift", "demangle", "--simplified"], input="\n".join(names),
                                         capture_output=True, text=True).stdout.splitlines()
 threads, merged = {}, {}
@@ -157,15 +179,16 @@ for f in files:
     if max(costs.values()) > 0: role = max(costs, key=costs.get)
     threads[role] = threads.get(role, 0) + total(f)
     for (cost, _, lib), name in zip(rows, names):
+        if re.search(r"'\d+$", name): continue  # callgrind's name for a recursive call: counted under the first
         key = (name, lib.rsplit("/", 1)[-1])
         merged[key] = merged.get(key, 0) + cost
 everything = sum(threads.values())
-print(f"node: {everything:,} instructions in {window} s, {messages:,} messages: "
-      f"{everything // messages:,} instructions per message")
+print(f"{profile}: {everything:,} instructions in {window} s, {messages:,} {UNITS[1]}: "
+      f"{everything // messages:,} instructions per {UNITS[0]}")
 for role, cost in sorted(threads.items(), key=lambda t: -t[1]):
-    print(f"  {role:<20} {cost // messages:>9,} per message  {100 * cost / everything:5.1f}%")
+    print(f"  {role:<20} {cost // messages:>9,} per {UNITS[0]}  {100 * cost / everything:5.1f}%")
 if top:
-    print(f"{'per message':>12}  {'share':>6}  function (inclusive, every thread)")
+    print(f"{'per ' + UNITS[0]:>12}  {'share':>6}  function (inclusive, every thread)")
     for (name, lib), cost in sorted(merged.items(), key=lambda t: -t[1])[:top]:
         print(f"{cost // messages:>12,}  {100 * cost / everything:5.1f}%  {name[:110]} [{lib}]")
 PY

@@ -75,7 +75,7 @@ struct BenchTests {
         #expect(paired.contains(" of 2 rounds, sign test p = "), "\(paired)")
     }
 
-    @Test func callgrindCountsTheNodesInstructionsPerMessage() throws {
+    @Test func callgrindCountsTheInstructionsOfTheNodeAndOfTheBench() throws {
         // bench/callgrind.sh against the debug build, a short window: a count per message, the threads it went
         // to, and the functions, from profiles that stay on disk.
         let debug = NodeProcess.packageRoot.appendingPathComponent(".build/debug").path
@@ -117,6 +117,24 @@ struct BenchTests {
         let profiles = (try? FileManager.default.contentsOfDirectory(atPath: out.path)) ?? []
         #expect(profiles.contains { $0.hasPrefix("callgrind.out.1-") }, "\(profiles)")
         #expect(!profiles.contains("data"), "the node's data is removed")
+
+        // PROFILE=bench: the client side instead, counted per frame it receives (here an ack and a push for each
+        // message), its decoding among the functions.
+        environment["PROFILE"] = "bench"
+        environment["OUT"] = out.path + "-bench"
+        defer { try? FileManager.default.removeItem(atPath: out.path + "-bench") }
+        let client = try run(
+            "/bin/bash",
+            [
+                NodeProcess.packageRoot.appendingPathComponent("bench/callgrind.sh").path, debug, "--",
+                "--senders", "1", "--window", "16",
+            ],
+            environment: environment
+        )
+        let report = String(decoding: client.output, as: UTF8.self)
+        #expect(client.status == 0, "\(report)\n\(client.errors)")
+        #expect(report.hasPrefix("bench: ") && report.contains(" instructions per frame received"), "\(report)")
+        #expect(report.contains("FrameCodec.decodeServerFrame"), "\(report)")
     }
 
     @Test func pairsInClosedAndOpenLoop() throws {
