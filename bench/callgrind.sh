@@ -121,12 +121,15 @@ for _ in $(seq 600); do
   sleep 0.5
 done
 grep -q 'measuring' "$OUT/bench.log" || { echo "the bench never started measuring" >&2; exit 1; }
+control() { # control OPTION…: callgrind_control OPTION… on the profiled process, or stop with what it said
+  callgrind_control "$@" "$PROFILED" >> "$OUT/control.log" 2>&1 || { cat "$OUT/control.log" >&2; exit 1; }
+}
 # Instrumenting starts cold (valgrind translates the code again); let that pass before counting.
-callgrind_control -i on "$PROFILED" > /dev/null 2>&1
+control -i on
 sleep 5
-callgrind_control -z "$PROFILED" > /dev/null 2>&1
+control -z
 sleep "$WINDOW"
-callgrind_control -d "$PROFILED" > /dev/null 2>&1
+control -d
 kill "$BENCH"; BENCH=""
 
 # One profile per thread (callgrind.out.1-NN): the units of work counted (the node's applied posts, the bench's
