@@ -6,7 +6,8 @@
 #   bench/callgrind.sh /tmp/after -- --senders 1 --window 256
 #
 # DIR holds `warbler` and `warbler-bench` (default .build/release). One node runs under valgrind's callgrind with
-# fresh data; `warbler-bench --target` drives it (pairs or group, any load options; default one sender, W=256).
+# fresh data; `warbler-bench --target` drives it (any scenario that sends, any load options; default pairs, one
+# sender, W=256).
 # Once the load runs, the script counts WINDOW seconds (default 20) and prints the node's instructions per
 # message (the posts applied in the window), per thread (apply, Raft, client connections), and the TOP
 # (default 40) functions that cost most per message, inclusive. The profiles stay in OUT (default a new folder
@@ -70,24 +71,8 @@ C
 DISPATCH="$(dirname "$(ldd "$OUT/warbler" | awk '/libdispatch/ {print $3}')")"
 "$CC" -O2 -shared -fPIC -o "$OUT/mainqueue.so" "$OUT/mainqueue.c" -L"$DISPATCH" -Wl,-rpath,"$DISPATCH" -ldispatch
 
-# The accounts the bench signs in as: pairs (bench-sN, bench-rN) or group (bench-gG-mM).
-option() { # option NAME DEFAULT: the value of --NAME in the bench arguments
-  local i
-  for ((i = 0; i < ${#BENCH_ARGS[@]}; i++)); do
-    [ "${BENCH_ARGS[$i]}" = "--$1" ] && { echo "${BENCH_ARGS[$((i + 1))]}"; return; }
-  done
-  echo "$2"
-}
-scenario="$(option scenario pairs)"
-users=()
-case "$scenario" in
-  pairs) for ((i = 0; i < $(option senders 32); i++)); do users+=("bench-s$i" "bench-r$i"); done ;;
-  group)
-    for ((g = 0; g < $(option groups 1); g++)); do
-      for ((m = 0; m < $(option members 11); m++)); do users+=("bench-g$g-m$m"); done
-    done ;;
-  *) echo "callgrind.sh runs the pairs and group scenarios" >&2; exit 2 ;;
-esac
+# The accounts the bench signs in as, from the bench itself.
+mapfile -t users < <("$BIN/warbler-bench" --print-accounts "${BENCH_ARGS[@]}")
 echo "$PASSWORD" | "$BIN/warbler" user add "${users[@]}" --data "$OUT/data" > /dev/null
 
 PORT=$((20000 + RANDOM % 10000))
@@ -148,10 +133,13 @@ else:
     ROLES = [("event loops", "SelectableEventLoop.run()")]
 
 def annotate(path):
+    """The thread's total and its functions' inclusive costs: (cost, mangled name, library), costliest first."""
     text = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", path],
                           capture_output=True, text=True).stdout
+    total = re.search(r"^\s*([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS", text, re.M)
     rows = re.findall(r"^\s*([\d,]+) \([\d.]+%\)\s+\S+?:(.+?) \[(.+)\]$", text.split("file:function", 1)[-1], re.M)
-    return [(int(c.replace(",", "")), name, lib) for c, name, lib in rows]
+    return (int(total.group(1).replace(",", "")) if total else 0,
+            [(int(c.replace(",", "")), name, lib) for c, name, lib in rows[:400]])
 
 def posts(path):
     names, count, pending = {}, 0, False
@@ -164,27 +152,22 @@ def posts(path):
             count += int(line[6:].split()[0]); pending = False
     return count
 
-def total(path):
-    for line in open(path, errors="replace"):
-        if line.startswith(("summary:", "totals:")): return int(line.split()[1])
-    return 0
-
 messages = sum(posts(f) for f in files)
 if messages == 0: sys.exit(f"no {UNITS[0]} was counted in the window")
-demangle = lambda names: subprocess.run(["swift", "demangle", "--simplified"], input="\n".join(names),
-                                        capture_output=True, text=True).stdout.splitlines()
+profiles = [annotate(f) for f in files]
+# Every thread's function names demangled in one call.
+mangled = [name for _, rows in profiles for _, name, _ in rows]
+demangled = dict(zip(mangled, subprocess.run(["swift", "demangle", "--simplified"], input="\n".join(mangled),
+                                             capture_output=True, text=True).stdout.splitlines()))
 threads, merged = {}, {}
-for f in files:
-    rows = annotate(f)
-    names = demangle([r[1] for r in rows[:400]])
-    role = "other"
-    costs = {label: max((r[0] for r, n in zip(rows, names) if marker in n), default=0) for label, marker in ROLES}
-    if max(costs.values()) > 0: role = max(costs, key=costs.get)
-    threads[role] = threads.get(role, 0) + total(f)
-    for (cost, _, lib), name in zip(rows, names):
+for total, rows in profiles:
+    named = [(cost, demangled.get(name, name), lib.rsplit("/", 1)[-1]) for cost, name, lib in rows]
+    costs = {label: max((c for c, n, _ in named if marker in n), default=0) for label, marker in ROLES}
+    role = max(costs, key=costs.get) if max(costs.values()) > 0 else "other"
+    threads[role] = threads.get(role, 0) + total
+    for cost, name, lib in named:
         if re.search(r"'\d+$", name): continue  # callgrind's name for a recursive call: counted under the first
-        key = (name, lib.rsplit("/", 1)[-1])
-        merged[key] = merged.get(key, 0) + cost
+        merged[(name, lib)] = merged.get((name, lib), 0) + cost
 everything = sum(threads.values())
 print(f"{profile}: {everything:,} instructions in {window} s, {messages:,} {UNITS[1]}: "
       f"{everything // messages:,} instructions per {UNITS[0]}")

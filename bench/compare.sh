@@ -14,7 +14,7 @@
 # build was faster, and the two-sided sign test's p-value for that count (with 4 rounds it is never below 0.125:
 # a difference that matters needs more rounds, or a range that excludes 0).
 set -euo pipefail
-[ $# -ge 3 ] || { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 3 ] || { sed -n '2,/^set /{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 ROUNDS="$1"
 ARGS="$2"
 shift 2

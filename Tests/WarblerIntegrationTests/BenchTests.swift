@@ -81,18 +81,24 @@ struct BenchTests {
         let debug = NodeProcess.packageRoot.appendingPathComponent(".build/debug").path
         let out = FileManager.default.temporaryDirectory.appendingPathComponent("callgrind-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: out) }
-        var environment = ProcessInfo.processInfo.environment
-        environment["WINDOW"] = "2"
-        environment["TOP"] = "400"
-        environment["OUT"] = out.path
-        let (status, output, errors) = try run(
-            "/bin/bash",
-            [
-                NodeProcess.packageRoot.appendingPathComponent("bench/callgrind.sh").path, debug, "--",
-                "--senders", "1", "--window", "16",
-            ],
-            environment: environment
-        )
+        defer { try? FileManager.default.removeItem(atPath: out.path + "-bench") }
+        /// Runs the script on `side` (node or bench), its profiles in `folder`.
+        func callgrind(_ side: String, into folder: String) throws -> (status: Int32, output: Data, errors: String) {
+            var environment = ProcessInfo.processInfo.environment
+            environment["WINDOW"] = "2"
+            environment["TOP"] = "400"
+            environment["OUT"] = folder
+            environment["PROFILE"] = side
+            return try run(
+                "/bin/bash",
+                [
+                    NodeProcess.packageRoot.appendingPathComponent("bench/callgrind.sh").path, debug, "--",
+                    "--senders", "1", "--window", "16",
+                ],
+                environment: environment
+            )
+        }
+        let (status, output, errors) = try callgrind("node", into: out.path)
         let printed = String(decoding: output, as: UTF8.self)
         #expect(status == 0, "\(printed)\n\(errors)")
         let lines = printed.split(separator: "\n").map(String.init)
@@ -120,21 +126,23 @@ struct BenchTests {
 
         // PROFILE=bench: the client side instead, counted per frame it receives (here an ack and a push for each
         // message), its decoding among the functions.
-        environment["PROFILE"] = "bench"
-        environment["OUT"] = out.path + "-bench"
-        defer { try? FileManager.default.removeItem(atPath: out.path + "-bench") }
-        let client = try run(
-            "/bin/bash",
-            [
-                NodeProcess.packageRoot.appendingPathComponent("bench/callgrind.sh").path, debug, "--",
-                "--senders", "1", "--window", "16",
-            ],
-            environment: environment
-        )
+        let client = try callgrind("bench", into: out.path + "-bench")
         let report = String(decoding: client.output, as: UTF8.self)
         #expect(client.status == 0, "\(report)\n\(client.errors)")
         #expect(report.hasPrefix("bench: ") && report.contains(" instructions per frame received"), "\(report)")
         #expect(report.contains("FrameCodec.decodeServerFrame"), "\(report)")
+    }
+
+    @Test func printAccountsListsTheAccountsAScenarioSignsInAs() throws {
+        // What a node driven with --target needs created first (bench/callgrind.sh creates them from this list).
+        for (arguments, expected) in [
+            (["--senders", "2"], ["bench-s0", "bench-r0", "bench-s1", "bench-r1"]),
+            (["--scenario", "group", "--members", "3"], ["bench-g0-m0", "bench-g0-m1", "bench-g0-m2"]),
+        ] {
+            let (status, output, errors) = try run(Self.binary, ["--print-accounts"] + arguments)
+            #expect(status == 0, "\(errors)")
+            #expect(String(decoding: output, as: UTF8.self).split(separator: "\n").map(String.init) == expected)
+        }
     }
 
     @Test func pairsInClosedAndOpenLoop() throws {

@@ -78,6 +78,8 @@ struct WarblerBench: AsyncParsableCommand {
             """
     )
     var verify = false
+    @Flag(help: "Print the accounts the scenario signs in as, one per line, and exit (create them before --target).")
+    var printAccounts = false
 
     func validate() throws {
         guard payload >= 8 else { throw ValidationError("--payload must be at least 8 bytes") }
@@ -110,6 +112,10 @@ struct WarblerBench: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if printAccounts {
+            print(accounts.joined(separator: "\n"))
+            return
+        }
         raiseFileLimit()
         // Ctrl-C (or SIGTERM, SIGHUP) stops the nodes the bench started and removes their data before it exits.
         ChildProcesses.shared.stopOnSignals()
