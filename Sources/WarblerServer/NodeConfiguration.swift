@@ -47,6 +47,9 @@ public struct NodeConfiguration: Sendable, Hashable {
         public var clientPort = 7400
         /// WebSocket port (`ws://host:port/v1`).
         public var webSocketPort = 7401
+        /// Client connections (TCP and WebSocket together) held at once; nil: as many as the open-file limit
+        /// leaves once storage and the node's own files have their share (``OpenFileBudget``).
+        public var maxConnections: Int?
         public init() {}
     }
 
@@ -59,6 +62,9 @@ public struct NodeConfiguration: Sendable, Hashable {
         public var lockoutSeconds = 300
         /// scrypt cost (N = 2^costExponent); 15 costs about 32 MiB and tens of milliseconds per hash.
         public var scryptCostExponent = 15
+        /// A connection that has not logged in this many seconds after it opened (or logged out) is closed, so
+        /// that connections that never log in cannot hold the node's places for clients.
+        public var loginTimeoutSeconds = 30
         public init() {}
     }
 
@@ -84,11 +90,17 @@ public struct NodeConfiguration: Sendable, Hashable {
             throw WireError(.invalidArgument, "network.clientPort and network.webSocketPort must differ")
         }
         if network.host.isEmpty { throw WireError(.invalidArgument, "network.host must not be empty") }
+        if let connections = network.maxConnections, connections < 1 {
+            throw WireError(.invalidArgument, "network.maxConnections must be positive, got \(connections)")
+        }
         if security.sessionLifetimeSeconds < 60 {
             throw WireError(.invalidArgument, "security.sessionLifetimeSeconds must be at least 60")
         }
         if security.maxFailedLogins < 1 {
             throw WireError(.invalidArgument, "security.maxFailedLogins must be positive")
+        }
+        if !(1...3600).contains(security.loginTimeoutSeconds) {
+            throw WireError(.invalidArgument, "security.loginTimeoutSeconds must be 1...3600")
         }
         if !(10...20).contains(security.scryptCostExponent) {
             throw WireError(.invalidArgument, "security.scryptCostExponent must be 10...20")

@@ -72,6 +72,8 @@ public struct ErrorCode: Sendable, Hashable, RawRepresentable, CustomStringConve
     public static let sessionExpired = ErrorCode(rawValue: "auth.session_expired")
     /// The caller is not allowed to do this.
     public static let forbidden = ErrorCode(rawValue: "auth.forbidden")
+    /// The connection did not log in within the node's login timeout. Fatal.
+    public static let loginTimeout = ErrorCode(rawValue: "auth.login_timeout")
 
     // Chat.
     /// No such conversation, or the caller is not a member (the node does not reveal which).
@@ -88,6 +90,9 @@ public struct ErrorCode: Sendable, Hashable, RawRepresentable, CustomStringConve
     public static let rateLimited = ErrorCode(rawValue: "node.rate_limited")
     /// The node cannot serve the request now (no quorum, shutting down); retry.
     public static let unavailable = ErrorCode(rawValue: "node.unavailable")
+    /// The node holds as many client connections as its open files allow; connect to another node or retry
+    /// later. Fatal.
+    public static let connectionLimit = ErrorCode(rawValue: "node.connection_limit")
     /// A bug; the request may or may not have taken effect.
     public static let internalError = ErrorCode(rawValue: "node.internal")
 }

@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 import WarblerServer
+import WarblerWire
 
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -19,6 +20,14 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Join the cluster a member at HOST:PEERPORT belongs to (first start only).") var join: String?
     @Option(help: "Drop a group's applied log entries once this many follow the log's start.")
     var compactAfter: UInt64 = 20_000
+    @Option(
+        help: """
+            Client connections (TCP and WebSocket together) held at once (default: what the open-file limit \
+            leaves once storage and the node's own files have their share).
+            """
+    )
+    var maxConnections: Int?
+    @Option(help: "Seconds a connection may take to log in before it is closed.") var loginTimeout = 30
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
 
     func run() async throws {
@@ -27,7 +36,22 @@ struct Serve: AsyncParsableCommand {
         var configuration = try self.node.configuration()
         configuration.cluster.join = join
         configuration.cluster.compactionEntries = compactAfter
+        configuration.network.maxConnections = maxConnections
+        configuration.security.loginTimeoutSeconds = loginTimeout
+        do { try configuration.validate() } catch { throw ValidationError("\(error)") }
         let data = self.node.data
+        let files = OpenFileLimit.raise()
+        let budget: OpenFileBudget
+        do { budget = try OpenFileBudget(limit: files.limit, maxClientConnections: maxConnections) } catch {
+            throw CommandFailure("\(error)")
+        }
+        logger.notice(
+            "open files",
+            metadata: [
+                "files.limit": "\(budget.limit)", "files.limit_before": "\(files.before)",
+                "connections.max": "\(budget.maxClientConnections)", "storage.max_open_files": "\(budget.storageFiles)",
+            ]
+        )
         let node: ChatNode
         do {
             node = try ChatNode(configuration: configuration, logger: logger)

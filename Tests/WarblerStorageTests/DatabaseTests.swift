@@ -159,14 +159,15 @@ struct DatabaseTests {
         #expect(throws: StorageError.self) { try database.columnFamily("nope") }
     }
 
-    /// Each wrong field is refused, naming it: a 10-byte write buffer, a write-ahead log bound below one buffer.
-    @Test(arguments: ["writeBufferSize", "maxTotalWALSize"])
+    /// Each wrong field is refused, naming it: a 10-byte write buffer, a write-ahead log bound below one buffer,
+    /// eight open table files.
+    @Test(arguments: ["writeBufferSize", "maxTotalWALSize", "maxOpenFiles"])
     func invalidOptionsAreRefusedWithTheFieldNamed(field: String) {
         var options = Database.Options()
-        if field == "writeBufferSize" {
-            options.writeBufferSize = 10
-        } else {
-            options.maxTotalWALSize = options.writeBufferSize - 1
+        switch field {
+        case "writeBufferSize": options.writeBufferSize = 10
+        case "maxTotalWALSize": options.maxTotalWALSize = options.writeBufferSize - 1
+        default: options.maxOpenFiles = 8
         }
         do {
             try options.validate()

@@ -110,6 +110,9 @@ public final class PeerTransport: Sendable {
     /// a liveness frame every tick, so silence means the path is broken, and a fresh connection recovers far
     /// sooner than TCP's retransmission schedule once the network heals.
     public static let memberSilenceTimeout: TimeAmount = .seconds(3)
+    /// An inbound connection that has not completed its TLS handshake and hello by then is closed, so that
+    /// connections that never speak cannot keep the peer port's places (``bind(host:port:maxConnections:)``).
+    public static let greetingTimeout: TimeAmount = .seconds(10)
 
     let nodeID: UInt64
     private let clusterID: Mutex<String>
@@ -153,15 +156,26 @@ public final class PeerTransport: Sendable {
     var currentClusterID: String { clusterID.withLock { $0 } }
     var currentDelegate: (any PeerTransportDelegate)? { delegate.withLock { $0 } }
 
-    /// Listens for peers on `host:port` (0 picks a free port).
-    public func bind(host: String, port: Int) async throws -> any Channel {
+    /// Listens for peers on `host:port` (0 picks a free port), holding at most `maxConnections` inbound
+    /// connections at once (TLS handshakes included); those beyond are closed as soon as they are accepted, so
+    /// that connections to the peer port cannot take the file descriptors the node's storage needs.
+    public func bind(host: String, port: Int, maxConnections: Int = 128) async throws -> any Channel {
         let transport = self
+        let gate = ConnectionGate(capacity: maxConnections)
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .sheddingConnectionsWhenOutOfFiles(logger: logger, listener: "peers")
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                guard gate.admit(channel) == .admitted else {
+                    transport.logger.warning(
+                        "refused a peer connection: the peer port holds its maximum of connections",
+                        metadata: ["peer.max_connections": "\(maxConnections)"]
+                    )
+                    return channel.eventLoop.makeFailedFuture(ConnectionGate.Full())
+                }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: transport.serverTLS))
                     try transport.addFraming(to: channel, outbound: nil)
                 }
@@ -699,6 +713,12 @@ final class PeerChannelHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func handlerAdded(context: ChannelHandlerContext) {
         if let outbound, outbound.node != 0 { watchForSilence(context) }
+        if outbound == nil {
+            let channel = context.channel
+            context.eventLoop.assumeIsolated().scheduleTask(in: PeerTransport.greetingTimeout) {
+                if !self.greeted { channel.close(promise: nil) }
+            }
+        }
     }
 
     /// Closes a member connection that went silent (see ``PeerTransport/memberSilenceTimeout``).

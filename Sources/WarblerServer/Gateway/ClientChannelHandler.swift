@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import WarblerChat
+import WarblerCluster
 import WarblerWire
 
 /// One client connection: the handshake, authentication, and dispatch of requests to the node.
@@ -23,17 +24,49 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     private let node: ChatNode
     private let logger: Logger
     private let format: WireFormat
+    /// Refused (the node holds its maximum of connections): the first frame is answered with the fatal
+    /// `node.connection_limit`, and nothing else is done.
+    private let refused: Bool
     private var state = State.awaitingHello
     private var sink: FrameSink?
+    /// Counts logouts: a login deadline set before the last one no longer applies.
+    private var loginGeneration = 0
 
-    init(node: ChatNode, format: WireFormat, logger: Logger) {
+    init(node: ChatNode, format: WireFormat, admission: ConnectionGate.Admission = .admitted, logger: Logger) {
         self.node = node
         self.format = format
+        self.refused = admission != .admitted
         self.logger = logger
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         sink = FrameSink(channel: context.channel, format: format)
+        if !refused { startLoginDeadline(context) }
+    }
+
+    /// Back to waiting for a login, with a new deadline.
+    private func loggedOut(_ context: ChannelHandlerContext) {
+        state = .awaitingAuthentication
+        loginGeneration += 1
+        startLoginDeadline(context)
+    }
+
+    /// Closes the connection with the fatal `auth.login_timeout` unless it is logged in by the deadline
+    /// (``NodeConfiguration/Security/loginTimeoutSeconds``).
+    private func startLoginDeadline(_ context: ChannelHandlerContext) {
+        let seconds = node.configuration.security.loginTimeoutSeconds
+        let loop = context.eventLoop.assumeIsolated()
+        let generation = loginGeneration
+        let context = context
+        loop.scheduleTask(in: .seconds(Int64(seconds))) { [self] in
+            guard generation == loginGeneration else { return }
+            switch state {
+            case .awaitingHello, .awaitingAuthentication:
+                fail(context, WireError(.loginTimeout, "not logged in within \(seconds) s", fatal: true))
+            case .ready, .closed:
+                return
+            }
+        }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -58,6 +91,23 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if refused {
+            guard case .awaitingHello = state else { return }
+            let frame: Warbler_V1_ClientFrame? =
+                switch unwrapInboundIn(data) {
+                case .binary(let body): try? FrameCodec.decodeClientFrame(body)
+                case .json(let text): try? FrameCodec.decodeClientFrame(json: text)
+                }
+            let capacity = node.clientConnections.capacity
+            var error = WireError(
+                .connectionLimit,
+                "this node holds its maximum of \(capacity) client connections; connect to another node or retry later",
+                fatal: true
+            )
+            error.requestID = frame?.requestID ?? 0
+            fail(context, error)
+            return
+        }
         let frame: Warbler_V1_ClientFrame
         do {
             switch unwrapInboundIn(data) {
@@ -120,7 +170,7 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
             case .logout:
                 node.sessions.revoke(session.token)
                 node.sessionEnded(handle)
-                state = .awaitingAuthentication
+                loggedOut(context)
                 reply(id) { $0.done = .init() }
             case .hello, .login, .resumeSession:
                 send(WireError(.invalidArgument, "already logged in as \(session.userID)").frame(requestID: id))
@@ -128,7 +178,7 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
                 guard node.sessions.resolve(session.token) != nil else {
                     send(WireError(.sessionExpired, "the session expired; log in again").frame(requestID: id))
                     node.sessionEnded(handle)
-                    state = .awaitingAuthentication
+                    loggedOut(context)
                     return
                 }
                 node.handle(request, from: session.userID, connection: handle, on: context.eventLoop) {

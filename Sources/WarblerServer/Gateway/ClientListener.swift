@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import WarblerCluster
 import WarblerWire
 
 /// The client TCP listener: a service that accepts connections until graceful shutdown, then closes them.
@@ -21,12 +22,15 @@ public final class ClientListener: Service, Sendable {
         let node = self.node
         let logger = self.logger
         let maxFrame = node.configuration.limits.maxFrameBytes
-        let bootstrap = ServerBootstrap.warblerListener(group: group)
+        let bootstrap = ServerBootstrap.warblerListener(group: group, logger: logger, listener: "clients")
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                guard let admission = node.admitClient(channel, logger: logger) else {
+                    return channel.eventLoop.makeFailedFuture(ConnectionGate.Full())
+                }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(LengthPrefixedFramer(maxFrameBytes: maxFrame))
                     try channel.pipeline.syncOperations.addHandler(
-                        ClientChannelHandler(node: node, format: .lengthPrefixed, logger: logger)
+                        ClientChannelHandler(node: node, format: .lengthPrefixed, admission: admission, logger: logger)
                     )
                 }
             }
@@ -45,12 +49,37 @@ public final class ClientListener: Service, Sendable {
 }
 
 extension ServerBootstrap {
-    /// The socket settings every Warbler listener uses: a deep accept backlog, address reuse across restarts,
-    /// and no Nagle delay on small frames.
-    static func warblerListener(group: MultiThreadedEventLoopGroup) -> ServerBootstrap {
+    /// The socket settings every Warbler client listener uses: a deep accept backlog, address reuse across
+    /// restarts, no Nagle delay on small frames, and a pause in accepting when the node is out of file
+    /// descriptors.
+    static func warblerListener(group: MultiThreadedEventLoopGroup, logger: Logger, listener: String) -> ServerBootstrap
+    {
         ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .sheddingConnectionsWhenOutOfFiles(logger: logger, listener: listener)
+    }
+}
+
+extension ChatNode {
+    /// Takes a place among the node's client connections for a connection just accepted, by either listener.
+    /// Returns nil when it must be closed at once; a refused connection is closed after
+    /// ``ConnectionGate/refusalGrace`` if it has not been answered and closed before.
+    func admitClient(_ channel: any Channel, logger: Logger) -> ConnectionGate.Admission? {
+        let admission = clientConnections.admit(channel)
+        guard admission != .admitted else { return admission }
+        if clientConnections.shouldReport() {
+            logger.warning(
+                "turning client connections away: the node holds its maximum",
+                metadata: [
+                    "connections.max": "\(clientConnections.capacity)",
+                    "connections.turned_away": "\(clientConnections.turnedAwayCount)",
+                ]
+            )
+        }
+        guard admission == .refused else { return nil }
+        channel.eventLoop.scheduleTask(in: ConnectionGate.refusalGrace) { channel.close(promise: nil) }
+        return admission
     }
 }

@@ -4,6 +4,7 @@ import NIOHTTP1
 import NIOPosix
 import NIOWebSocket
 import ServiceLifecycle
+import WarblerCluster
 import WarblerWire
 
 /// The WebSocket listener (`ws://HOST:7401/v1`): after the HTTP upgrade, each binary message carries one frame's
@@ -27,8 +28,11 @@ public final class WebSocketListener: Service, Sendable {
         let node = self.node
         let logger = self.logger
         let maxFrame = node.configuration.limits.maxFrameBytes
-        let bootstrap = ServerBootstrap.warblerListener(group: group)
+        let bootstrap = ServerBootstrap.warblerListener(group: group, logger: logger, listener: "websocket")
             .childChannelInitializer { channel in
+                guard let admission = node.admitClient(channel, logger: logger) else {
+                    return channel.eventLoop.makeFailedFuture(ConnectionGate.Full())
+                }
                 // Text messages carry JSON (base64 payloads grow by a third): allow twice the binary limit.
                 let upgrader = NIOWebSocketServerUpgrader(
                     maxFrameSize: 2 * maxFrame,
@@ -42,7 +46,12 @@ public final class WebSocketListener: Service, Sendable {
                                 WebSocketAdapter(maxFrameBytes: 2 * maxFrame)
                             )
                             try channel.pipeline.syncOperations.addHandler(
-                                ClientChannelHandler(node: node, format: .webSocketBinary, logger: logger)
+                                ClientChannelHandler(
+                                    node: node,
+                                    format: .webSocketBinary,
+                                    admission: admission,
+                                    logger: logger
+                                )
                             )
                         }
                     }

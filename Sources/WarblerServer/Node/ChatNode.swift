@@ -19,6 +19,11 @@ public final class ChatNode: Sendable {
     public let queries: ChatQueries
     /// This node's id (from the data directory once it belongs to a cluster).
     public let nodeID: UInt64
+    /// How the node's open-file limit is shared between client connections, storage and the rest.
+    public let openFiles: OpenFileBudget
+    /// The client connections (TCP and WebSocket together) the node holds; it admits at most
+    /// ``OpenFileBudget/maxClientConnections``.
+    public let clientConnections: ConnectionGate
     let database: Database
     let host: RaftHost<ChatGroup>
     let transport: PeerTransport
@@ -37,16 +42,25 @@ public final class ChatNode: Sendable {
     /// cluster (with a new CA and certificate when it has none), unless `configuration.cluster.join` is set:
     /// then it never initialises anything and joins that cluster in ``start()``.
     ///
-    /// - Throws: ``StorageError`` (`storage.locked` when another process has the data directory open),
-    ///   ``CertificateError`` when certificates are missing or name another node.
+    /// The process's soft open-file limit is raised to its hard limit first (``OpenFileBudget``).
+    ///
+    /// - Throws: ``WireError`` `invalidArgument` when the open-file limit is too low for the node or for
+    ///   `network.maxConnections`; ``StorageError`` (`storage.locked` when another process has the data
+    ///   directory open), ``CertificateError`` when certificates are missing or name another node.
     public init(configuration: NodeConfiguration, logger: Logger) throws {
         try configuration.validate()
         self.configuration = configuration
         self.logger = logger
+        openFiles = try OpenFileBudget(
+            limit: OpenFileLimit.raise().limit,
+            maxClientConnections: configuration.network.maxConnections
+        )
+        clientConnections = ConnectionGate(capacity: openFiles.maxClientConnections)
         let fm = FileManager.default
         try fm.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
         var options = Database.Options()
         options.columnFamilies = ["raft", "chat", "cluster"]
+        options.maxOpenFiles = openFiles.storageFiles
         database = try Database(path: configuration.dataDirectory + "/db", options: options)
         let raftFamily = try database.columnFamily("raft")
         let chatFamily = try database.columnFamily("chat")
@@ -161,7 +175,8 @@ public final class ChatNode: Sendable {
         if listen {
             let channel = try await transport.bind(
                 host: cluster.peerHost ?? configuration.network.host,
-                port: cluster.peerPort
+                port: cluster.peerPort,
+                maxConnections: openFiles.maxPeerConnections
             )
             logger.info("listening for peers", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
         }

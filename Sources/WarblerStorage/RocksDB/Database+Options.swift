@@ -25,6 +25,9 @@ extension Database {
         /// later file too — RocksDB's own bound is four times the memtables' total, several GiB here, all of
         /// it replayed by the next start.
         public var maxTotalWALSize = 256 << 20
+        /// Table (SST) files RocksDB keeps open at most, evicting the least recently used beyond it; -1 keeps
+        /// every one open (RocksDB's default), which lets a large database take any number of file descriptors.
+        public var maxOpenFiles = -1
         /// Background threads for flushes and compactions.
         public var backgroundThreads = 2
         /// Verify checksums aggressively and refuse to open a database that looks damaged.
@@ -43,6 +46,9 @@ extension Database {
                     .invalidArgument,
                     "maxTotalWALSize (\(maxTotalWALSize)) must be at least writeBufferSize (\(writeBufferSize))"
                 )
+            }
+            if maxOpenFiles != -1 && maxOpenFiles < 16 {
+                throw StorageError(.invalidArgument, "maxOpenFiles must be -1 or at least 16, got \(maxOpenFiles)")
             }
             if backgroundThreads < 1 {
                 throw StorageError(.invalidArgument, "backgroundThreads must be positive, got \(backgroundThreads)")
@@ -65,6 +71,7 @@ extension Database {
             rocksdb_options_set_max_write_buffer_number(options, 4)
             rocksdb_options_set_max_total_wal_size(options, UInt64(maxTotalWALSize))
             rocksdb_options_set_paranoid_checks(options, paranoidChecks ? 1 : 0)
+            rocksdb_options_set_max_open_files(options, Int32(maxOpenFiles))
             // Bloom filters over whole keys, in SST files (10 bits a key) and in memtables: most point reads on
             // the hot path miss (a message's dedup key, a new conversation), and a miss then costs no search of
             // every memtable and level.

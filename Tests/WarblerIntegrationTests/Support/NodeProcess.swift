@@ -118,15 +118,18 @@ final class NodeProcess: @unchecked Sendable {
         guard process.terminationStatus == 0 else { throw TestFailure("user add \(name) failed: \(text)") }
     }
 
-    /// Starts `warbler serve` and waits until it accepts connections.
     /// Extra `serve` arguments (tuning for a test).
     var serveArguments: [String] = []
+    /// A command `serve` runs under (for example `prlimit --nofile=512:1024`); not with a namespace.
+    var launcher: [String] = []
 
+    /// Starts `warbler serve` and waits until it accepts connections.
     func start(join: String? = nil, region: String = "") async throws {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: namespace == nil ? Self.binary : "/usr/sbin/ip")
+        let command = namespace.map { ["/usr/sbin/ip", "netns", "exec", $0, Self.binary] } ?? launcher + [Self.binary]
+        process.executableURL = URL(fileURLWithPath: command[0])
         process.arguments =
-            (namespace.map { ["netns", "exec", $0, Self.binary] } ?? []) + [
+            Array(command.dropFirst()) + [
                 "serve", "--data", dataDirectory, "--port", "\(port)", "--websocket-port", "\(webSocketPort)",
                 "--peer-port", "\(peerPort)", "--node-id", "\(nodeID)", "--log-level",
                 ProcessInfo.processInfo.environment["WARBLER_IT_LOG_LEVEL"] ?? "notice",
@@ -181,6 +184,21 @@ final class NodeProcess: @unchecked Sendable {
     }
 
     var isRunning: Bool { process?.isRunning ?? false }
+
+    /// The running process's id.
+    var processID: Int32? { process?.processIdentifier }
+
+    /// CPU time the process has used (user and system), in seconds.
+    func cpuSeconds() -> Double? {
+        guard let pid = processID,
+            let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let afterName = stat.lastIndex(of: ")")
+        else { return nil }
+        // Fields after the name, from the third (state): utime and stime are the 14th and 15th of the line.
+        let fields = stat[stat.index(after: afterName)...].split(separator: " ")
+        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
 
     func client(reconnect: Bool = true, eventLoopGroup: (any EventLoopGroup)? = nil) -> WarblerClient {
         var configuration = WarblerClient.Configuration(host: clientHost, port: port)
