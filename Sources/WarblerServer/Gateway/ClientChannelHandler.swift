@@ -29,8 +29,9 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     private let refused: Bool
     private var state = State.awaitingHello
     private var sink: FrameSink?
-    /// Counts logouts: a login deadline set before the last one no longer applies.
-    private var loginGeneration = 0
+    /// Closes the connection unless it logs in first; cancelled at login (which frees it: it would otherwise
+    /// stay in the event loop's timers for as long as the login timeout).
+    private var loginDeadline: Scheduled<Void>?
 
     init(node: ChatNode, format: WireFormat, admission: ConnectionGate.Admission = .admitted, logger: Logger) {
         self.node = node
@@ -47,19 +48,17 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     /// Back to waiting for a login, with a new deadline.
     private func loggedOut(_ context: ChannelHandlerContext) {
         state = .awaitingAuthentication
-        loginGeneration += 1
         startLoginDeadline(context)
     }
 
     /// Closes the connection with the fatal `auth.login_timeout` unless it is logged in by the deadline
     /// (``NodeConfiguration/Security/loginTimeoutSeconds``).
     private func startLoginDeadline(_ context: ChannelHandlerContext) {
+        loginDeadline?.cancel()
         let seconds = node.configuration.security.loginTimeoutSeconds
-        let loop = context.eventLoop.assumeIsolated()
-        let generation = loginGeneration
         let context = context
-        loop.scheduleTask(in: .seconds(Int64(seconds))) { [self] in
-            guard generation == loginGeneration else { return }
+        loginDeadline = context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(Int64(seconds))) { [self] in
+            loginDeadline = nil
             switch state {
             case .awaitingHello, .awaitingAuthentication:
                 fail(context, WireError(.loginTimeout, "not logged in within \(seconds) s", fatal: true))
@@ -72,6 +71,8 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     func channelInactive(context: ChannelHandlerContext) {
         if case .ready(_, let handle) = state { node.sessionEnded(handle) }
         state = .closed
+        loginDeadline?.cancel()
+        loginDeadline = nil
         context.fireChannelInactive()
     }
 
@@ -200,6 +201,8 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
                 guard case .awaitingAuthentication = state, let sink else { return }
                 let handle = ConnectionHandle(sink: sink, userID: session.userID)
                 state = .ready(session, handle)
+                loginDeadline?.cancel()
+                loginDeadline = nil
                 node.sessionStarted(handle)
                 reply(id) {
                     $0.loggedIn = .with {
