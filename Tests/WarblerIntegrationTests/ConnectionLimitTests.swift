@@ -161,6 +161,8 @@ struct ConnectionLimitTests {
 
         let idle = try RawConnection(port: node.port)
         idle.handshake()
+        // A WebSocket connection that never sends its upgrade request.
+        let silentWeb = try RawConnection(port: node.webSocketPort)
         let loggedOut = try RawConnection(port: node.port)
         loggedOut.handshake()
         let started = Date()
@@ -185,6 +187,7 @@ struct ConnectionLimitTests {
         // Logging out starts a new deadline (its first one, set 1.5 s before the logout, did not close it).
         #expect(loggedOut.nextErrorCode() == "auth.login_timeout")
         #expect(Date().timeIntervalSince(started) > 3.4)
+        #expect(Self.closed(silentWeb))
         // A logged-in connection stays.
         _ = try await ada.listConversations()
     }

@@ -33,6 +33,10 @@ public final class WebSocketListener: Service, Sendable {
                 guard let admission = node.admitClient(channel, logger: logger) else {
                     return channel.eventLoop.makeFailedFuture(ConnectionGate.Full())
                 }
+                // A connection that never completes its upgrade is closed like one that never logs in (after the
+                // upgrade, the client handler's own login deadline takes over).
+                let loginTimeout = TimeAmount.seconds(Int64(node.configuration.security.loginTimeoutSeconds))
+                let upgradeDeadline = channel.eventLoop.scheduleTask(in: loginTimeout) { channel.close(promise: nil) }
                 // Text messages carry JSON (base64 payloads grow by a third): allow twice the binary limit.
                 let upgrader = NIOWebSocketServerUpgrader(
                     maxFrameSize: 2 * maxFrame,
@@ -41,7 +45,8 @@ public final class WebSocketListener: Service, Sendable {
                         channel.eventLoop.makeSucceededFuture(head.uri == Self.path ? HTTPHeaders() : nil)
                     },
                     upgradePipelineHandler: { channel, _ in
-                        channel.eventLoop.makeCompletedFuture {
+                        upgradeDeadline.cancel()
+                        return channel.eventLoop.makeCompletedFuture {
                             try channel.pipeline.syncOperations.addHandler(
                                 WebSocketAdapter(maxFrameBytes: 2 * maxFrame)
                             )
