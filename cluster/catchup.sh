@@ -17,7 +17,9 @@ mkdir -p "$DIR"
 # Every node is stopped, even when one of them already exited (set +e: a failed kill must not end the trap).
 trap 'set +e; for i in 1 2 3; do [ -f "$DIR/n$i.pid" ] && kill -CONT "$(cat "$DIR/n$i.pid")" 2>/dev/null; \
   [ -f "$DIR/n$i.pid" ] && kill "$(cat "$DIR/n$i.pid")" 2>/dev/null; done; true' EXIT
-echo "bench-password-not-secret" | "$BIN" user add bench-s0 bench-r0 --data "$DIR/n1" >/dev/null
+# The accounts the bench signs in as, from the bench itself.
+mapfile -t users < <("$BENCH" --print-accounts --senders 1)
+echo "bench-password-not-secret" | "$BIN" user add "${users[@]}" --data "$DIR/n1" >/dev/null
 start() {
   local i="$1"
   shift

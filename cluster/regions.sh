@@ -64,9 +64,10 @@ start_node() {
       --host "10.77.0.$i" >/dev/null
     [ -d "$data/db" ] || join=(--join 10.78.0.1:7500)
   elif [ ! -d "$data/db" ]; then
-    # The accounts warbler-bench's pairs scenario logs in as (senders bench-s<i>, recipients bench-r<i>).
-    echo "bench-password-not-secret" | "$BIN" user add $(for k in $(seq 0 7); do echo "bench-s$k bench-r$k"; done) \
-      --data "$data" >/dev/null
+    # The accounts warbler-bench's pairs scenario signs in as with 8 senders (the most this script runs), from
+    # the bench itself.
+    mapfile -t users < <("$BENCH" --print-accounts --senders 8)
+    echo "bench-password-not-secret" | "$BIN" user add "${users[@]}" --data "$data" >/dev/null
   fi
   ip netns exec "wn$i" "$BIN" serve --data "$data" --node-id "$i" --host "10.77.0.$i" --peer-host "10.78.0.$i" \
     --region "${REGION[$i]}" "${join[@]}" ${WARBLER_SERVE_ARGS:-} >>"$DIR/n$i.log" 2>&1 &

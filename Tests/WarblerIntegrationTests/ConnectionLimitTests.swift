@@ -83,7 +83,9 @@ struct ConnectionLimitTests {
         hello.requestID = 7
         hello.hello = .with { $0.protocolVersion = 1 }
         web.sendBinary(hello)
-        let webAnswer = await web.wait { $0.opcode == .binary }.flatMap { try? FrameCodec.decodeServerFrame($0.data) }
+        let webAnswer = await web.wait(seconds: 20) { $0.opcode == .binary }.flatMap {
+            try? FrameCodec.decodeServerFrame($0.data)
+        }
         if case .error(let error) = webAnswer?.body {
             #expect(error.code == "node.connection_limit")
         } else {
@@ -99,11 +101,9 @@ struct ConnectionLimitTests {
             #expect(error.code == "node.connection_limit")
         }
 
-        // A refused connection that says nothing is closed after a short grace.
+        // A refused connection that says nothing is closed after a grace (10 s).
         let silent = try RawConnection(port: node.port)
-        let started = Date()
-        #expect(silent.isClosedByPeer())
-        #expect(Date().timeIntervalSince(started) < 4.5)
+        #expect(await Self.closedWithin(seconds: 20, silent))
 
         // Everyone admitted is still served: a message is stored, acknowledged and delivered.
         let ack = try await ada.send(Data("still here".utf8), to: conversation.conversationID)
@@ -144,7 +144,7 @@ struct ConnectionLimitTests {
         #expect(node.log.contains("out of file descriptors"))
 
         // The connections that waited were closed (there was no descriptor to serve them with).
-        #expect(waiting[waiting.count - 1].isClosedByPeer())
+        #expect(await Self.closedWithin(seconds: 10, waiting[waiting.count - 1]))
         // Descriptors back: new connections are served, and so is everyone who was connected.
         try Self.setOpenFileLimit(of: node, soft: 4_096)
         #expect(try Self.welcomed(port: node.port) != nil)
@@ -183,7 +183,6 @@ struct ConnectionLimitTests {
         #expect(error.code == "auth.login_timeout")
         #expect(error.fatal)
         #expect(idle.isClosedByPeer())
-        #expect(Date().timeIntervalSince(started) < 4.5)
         // Logging out starts a new deadline (its first one, set 1.5 s before the logout, did not close it).
         #expect(loggedOut.nextErrorCode() == "auth.login_timeout")
         #expect(Date().timeIntervalSince(started) > 3.4)
@@ -198,6 +197,16 @@ struct ConnectionLimitTests {
         return recv(raw.socketDescriptor, &byte, 1, Int32(MSG_DONTWAIT)) == 0
     }
 
+    /// True when the node closes `raw` within `seconds`.
+    static func closedWithin(seconds: Double, _ raw: RawConnection) async -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if closed(raw) { return true }
+            try? await Task.sleep(nanoseconds: 100_000_000)
+        }
+        return false
+    }
+
     @Test func connectionsToThePeerPortCannotTakeTheNodesDescriptors() async throws {
         let node = try NodeProcess()
         try node.addUser("ada", password: Self.password)
@@ -208,15 +217,23 @@ struct ConnectionLimitTests {
 
         // 150 connections that never start TLS: those beyond 64 are closed as soon as they are accepted.
         let flood = try (0..<150).map { _ in try RawConnection(port: node.peerPort) }
-        try await Task.sleep(nanoseconds: 1_000_000_000)
-        let closedAtOnce = flood.filter(Self.closed).count
+        let started = Date()
+        var closedAtOnce = 0
+        while closedAtOnce < 150 - 64 && Date().timeIntervalSince(started) < 8 {
+            try await Task.sleep(nanoseconds: 100_000_000)
+            closedAtOnce = flood.filter(Self.closed).count
+        }
         #expect(closedAtOnce >= 150 - 64, "only \(closedAtOnce) of 150 closed")
         #expect(node.log.contains("refused a peer connection"))
         _ = try await ada.listConversations()
 
-        // The rest never greet: they are closed once the greeting time is up, giving their places back.
-        try await Task.sleep(nanoseconds: 10_500_000_000)
-        #expect(flood.filter(Self.closed).count == 150)
+        // The rest never greet: they are closed once the greeting time (10 s) is up, giving their places back.
+        var closedInTheEnd = 0
+        for connection in flood
+        where await Self.closedWithin(seconds: 25 - Date().timeIntervalSince(started), connection) {
+            closedInTheEnd += 1
+        }
+        #expect(closedInTheEnd == 150)
         #expect(try FileManager.default.contentsOfDirectory(atPath: "/proc/\(node.processID ?? 0)/fd").count < 100)
         _ = try await ada.listConversations()
         #expect(node.isRunning)

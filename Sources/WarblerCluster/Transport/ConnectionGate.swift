@@ -23,8 +23,9 @@ public final class ConnectionGate: Sendable {
 
     /// Connections beyond the capacity that are answered before being closed.
     public static let refusalAllowance = 64
-    /// How long a refused connection may stay open waiting for its first frame.
-    public static let refusalGrace = TimeAmount.seconds(2)
+    /// How long a refused connection may stay open waiting for its first frame (a WebSocket client's comes after
+    /// its HTTP upgrade; a loaded node or client may take seconds). At most ``refusalAllowance`` wait at once.
+    public static let refusalGrace = TimeAmount.seconds(10)
 
     /// Fails a child channel's initialisation when the gate drops it (the listener then closes it).
     public struct Full: Error, Sendable {
