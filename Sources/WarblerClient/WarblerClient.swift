@@ -21,8 +21,23 @@ import WarblerWire
 public final class WarblerClient: Sendable {
     /// Connection settings.
     public struct Configuration: Sendable {
+        /// A node's client address.
+        public struct Node: Sendable, Hashable {
+            public var host: String
+            public var port: Int
+            public init(host: String, port: Int) {
+                self.host = host
+                self.port = port
+            }
+        }
+
+        /// The node the client connects to first.
         public var host: String
         public var port: Int
+        /// Other nodes of the same cluster. When a node cannot be reached, turns the client away
+        /// (`node.connection_limit`) or drops the connection, ``WarblerClient/connect()`` and the reconnection
+        /// try the next node, in turn: a client keeps working while the cluster does, whichever node failed.
+        public var otherNodes: [Node] = []
         public var clientName = "warbler-swift"
         /// Reconnect and resume after a dropped connection.
         public var reconnect = true
@@ -37,6 +52,16 @@ public final class WarblerClient: Sendable {
             self.host = host
             self.port = port
         }
+
+        /// Connects to the first of `nodes` first, and to the others when it fails (``otherNodes``).
+        public init(nodes: [Node]) {
+            precondition(!nodes.isEmpty, "a client needs at least one node")
+            self.init(host: nodes[0].host, port: nodes[0].port)
+            otherNodes = Array(nodes.dropFirst())
+        }
+
+        /// Every node the client may connect to, the first one first.
+        public var nodes: [Node] { [Node(host: host, port: port)] + otherNodes }
     }
 
     private struct PendingRequest {
@@ -60,6 +85,8 @@ public final class WarblerClient: Sendable {
         var lastSeq: [String: UInt64] = [:]
         var closed = false
         var reconnecting = false
+        /// Which of the configuration's nodes the client connects to now.
+        var nodeIndex = 0
         var welcome: Warbler_V1_Welcome?
     }
 
@@ -112,21 +139,47 @@ public final class WarblerClient: Sendable {
 
     // MARK: - Connection
 
-    /// Connects and completes the handshake.
+    /// Connects and completes the handshake: with the first node that answers, when the configuration names
+    /// several (``Configuration/otherNodes``). Throws the last node's failure when none does.
     @discardableResult
     public func connect() async throws -> Warbler_V1_Welcome {
-        try await openChannel()
-        let reply = try await request(
-            .hello(
-                .with {
-                    $0.protocolVersion = ProtocolLimits.currentVersion
-                    $0.clientName = configuration.clientName
-                }
-            )
+        var failure: any Error = ClientError.disconnected("no node answered")
+        for _ in configuration.nodes {
+            do {
+                try await openChannel()
+                let reply = try await request(hello)
+                guard case .welcome(let welcome) = reply.body else { throw ClientError.unexpected("\(reply)") }
+                state.withLock { $0.welcome = welcome }
+                return welcome
+            } catch {
+                failure = error
+                await dropConnectionAndMoveOn()
+            }
+        }
+        throw failure
+    }
+
+    /// The first request on every connection.
+    private var hello: Warbler_V1_ClientFrame.OneOf_Body {
+        .hello(
+            .with {
+                $0.protocolVersion = ProtocolLimits.currentVersion
+                $0.clientName = configuration.clientName
+            }
         )
-        guard case .welcome(let welcome) = reply.body else { throw ClientError.unexpected("\(reply)") }
-        state.withLock { $0.welcome = welcome }
-        return welcome
+    }
+
+    /// Closes the current connection (its closing is then not reported as a drop) and makes the next node the
+    /// one to try.
+    private func dropConnectionAndMoveOn() async {
+        let channel = state.withLock { state -> (any Channel)? in
+            defer {
+                state.connection = nil
+                state.nodeIndex = (state.nodeIndex + 1) % configuration.nodes.count
+            }
+            return state.connection?.channel
+        }
+        try? await channel?.close()
     }
 
     private func openChannel() async throws {
@@ -141,7 +194,8 @@ public final class WarblerClient: Sendable {
                     )
                 }
             }
-        let channel = try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
+        let node = configuration.nodes[state.withLock { $0.nodeIndex }]
+        let channel = try await bootstrap.connect(host: node.host, port: node.port).get()
         state.withLock { $0.connection = CoalescingWriter(channel: channel) }
     }
 
@@ -468,9 +522,12 @@ public final class WarblerClient: Sendable {
         }
     }
 
-    func connectionClosed() {
+    /// `channel` closed: a drop when it is the client's current connection (an earlier one, closed by the client
+    /// while it moved to another node, is not).
+    func connectionClosed(_ channel: any Channel) {
         let (reconnect, wasOpen) = state.withLock { state -> (Bool, Bool) in
-            let wasOpen = state.connection != nil
+            let wasOpen = state.connection.map { $0.channel === channel } ?? false
+            guard wasOpen else { return (false, false) }
             state.connection = nil
             let reconnect = configuration.reconnect && !state.closed && state.sessionToken != nil && !state.reconnecting
             if reconnect { state.reconnecting = true }
@@ -500,15 +557,8 @@ public final class WarblerClient: Sendable {
         while !state.withLock({ $0.closed }) {
             do {
                 try await openChannel()
-                let hello = try await rawRequest(
-                    .hello(
-                        .with {
-                            $0.protocolVersion = ProtocolLimits.currentVersion
-                            $0.clientName = configuration.clientName
-                        }
-                    )
-                )
-                guard case .welcome = hello.body else { throw ClientError.unexpected("\(hello)") }
+                let welcome = try await rawRequest(hello)
+                guard case .welcome = welcome.body else { throw ClientError.unexpected("\(welcome)") }
                 let token = state.withLock { $0.sessionToken } ?? ""
                 var reply = try await rawRequest(.resumeSession(.with { $0.sessionToken = token }))
                 if case .error = reply.body, let credentials = state.withLock({ $0.credentials }) {
@@ -533,11 +583,8 @@ public final class WarblerClient: Sendable {
                 eventSink.yield(.reconnected)
                 return
             } catch {
-                let channel = state.withLock { state -> (any Channel)? in
-                    defer { state.connection = nil }
-                    return state.connection?.channel
-                }
-                try? await channel?.close()
+                // The next attempt goes to the next node (with one node, the same one again).
+                await dropConnectionAndMoveOn()
                 try? await Task.sleep(nanoseconds: delay)
                 delay = min(delay * 2, 5_000_000_000)
             }
@@ -593,7 +640,7 @@ final class ClientFrameHandler: ChannelInboundHandler, @unchecked Sendable {
     func channelInactive(context: ChannelHandlerContext) {
         // Frames that arrived whole before the end still count; a partial one is dropped with the connection.
         try? frames.finish { try self.received($0) }
-        client?.connectionClosed()
+        client?.connectionClosed(context.channel)
         context.fireChannelInactive()
     }
 

@@ -59,4 +59,43 @@ struct ReconnectTests {
         await bob.close()
         node.stop()
     }
+
+    /// A client given several nodes connects to one that answers — past a node that is down and one that turns
+    /// it away — and, when its node dies, reconnects to another and logs in again there.
+    @Test func aClientGivenSeveralNodesConnectsToOneThatAnswersAndFailsOverWhenItsNodeDies() async throws {
+        // Three separate one-node clusters; which one the client is on shows in the users it can find.
+        let first = try NodeProcess()
+        let second = try NodeProcess()
+        let full = try NodeProcess()
+        for user in ["ada", "bob"] { try first.addUser(user, password: Self.password) }
+        for user in ["ada", "cy"] { try second.addUser(user, password: Self.password) }
+        try full.addUser("ada", password: Self.password)
+        full.serveArguments = ["--max-connections", "1"]
+        for node in [first, second, full] { try await node.start() }
+        let occupant = try RawConnection(port: full.port)
+        occupant.handshake()
+
+        let down = try NodeProcess.freePort()
+        func node(_ port: Int) -> WarblerClient.Configuration.Node { .init(host: "127.0.0.1", port: port) }
+        let client = WarblerClient(
+            configuration: .init(nodes: [node(down), node(full.port), node(first.port), node(second.port)])
+        )
+        let events = EventRecorder(client)
+        try await client.connect()
+        try await client.login(user: "ada", password: Self.password)
+        _ = try await client.createDirect(with: "bob")
+
+        first.kill9()
+        #expect(
+            await events.wait(seconds: 20) { events in
+                events.contains {
+                    if case .reconnected = $0 { return true }
+                    return false
+                }
+            }
+        )
+        _ = try await client.createDirect(with: "cy")
+        await client.close()
+        _ = occupant
+    }
 }
