@@ -128,11 +128,11 @@ struct ClusterTests {
     }
 
     @Test func messagesReplicateDeliverAcrossNodesAndSurviveKilledLeadersAndAFullRestart() async throws {
-        let nodes = try await cluster(users: ["ada", "bob", "cy"])
+        let nodes = try await cluster(users: ["ada", "bob", "cy", "dee"])
         // ada talks through node 1, bob listens on node 3.
         let (ada, _) = try await nodes[0].login("ada", password: Self.password)
         let (bob, bobEvents) = try await nodes[2].login("bob", password: Self.password)
-        let group = try await ada.createGroup(title: "ops", members: ["bob", "cy"])
+        let group = try await ada.createGroup(title: "ops", members: ["bob", "cy", "dee"])
         let acknowledged = AcknowledgedBySeq()
         for index in 1...10 {
             let ack = try await ada.send(Data("live-\(index)".utf8), to: group.conversationID)
@@ -187,10 +187,22 @@ struct ClusterTests {
         )
         #expect(await bobEvents.waitForMessages(210))
 
+        var dee: WarblerClient?
+        var deeEvents: EventRecorder?
         for round in 1...3 {
             let victimID = leader(of: partition, among: nodes)
             try #require(victimID != 0)
             let victim = nodes[Int(victimID) - 1]
+            if round == 1 {
+                // dee listens through the node this round kills, and knows the others: the SDK moves to another.
+                let deeNodes = ([victim] + nodes.filter { $0.nodeID != victimID }).map {
+                    WarblerClient.Configuration.Node(host: "127.0.0.1", port: $0.port)
+                }
+                dee = WarblerClient(configuration: .init(nodes: deeNodes))
+                deeEvents = EventRecorder(dee!)
+                try await dee!.connect()
+                try await dee!.login(user: "dee", password: Self.password)
+            }
             let senderNode = nodes.first { $0.nodeID != victimID }!
             let (sender, _) = try await senderNode.login("cy", password: Self.password)
             // Send continuously while the leader dies; every send is retried with its id until acknowledged.
@@ -225,6 +237,36 @@ struct ClusterTests {
                 }
                 throw error
             }
+            if round == 1, let deeEvents {
+                // dee's node is still down: a message sent now reaches dee through another node. (The direct
+                // conversation's partition may still be electing a leader: retried until it has one.)
+                var direct: Warbler_V1_Conversation?
+                for _ in 0..<60 where direct == nil {
+                    do {
+                        let conversation = try await sender.createDirect(with: "dee")
+                        _ = try await sender.send(
+                            Data("while node \(victimID) is down".utf8),
+                            to: conversation.conversationID,
+                            clientMessageID: "while-down"
+                        )
+                        direct = conversation
+                    } catch {
+                        try await Task.sleep(nanoseconds: 250_000_000)
+                    }
+                }
+                let directID = try #require(direct).conversationID
+                #expect(
+                    await deeEvents.wait(seconds: 20) { events in
+                        events.contains {
+                            if case .message(let message) = $0 {
+                                return message.conversationID == directID
+                            }
+                            return false
+                        }
+                    },
+                    "dee did not get a message while its node was down"
+                )
+            }
             await sender.close()
             try await victim.start()
         }
@@ -235,6 +277,17 @@ struct ClusterTests {
         // resumes), has every message in order.
         #expect(await bobEvents.waitForMessages(330, seconds: 30))
         #expect(bobEvents.messages.map(\.seq) == Array(1...330))
+        // dee's node died in the first round: dee went on through another node, and can read everything.
+        let deeClient = try #require(dee)
+        #expect(
+            try #require(deeEvents).events.contains {
+                if case .reconnected = $0 { return true }
+                return false
+            }
+        )
+        let deeHistory = try await deeClient.history(of: group.conversationID, limit: 500)
+        #expect(deeHistory.messages.map(\.seq) == Array(1...330))
+        await deeClient.close()
         await ada.close()
         await bob.close()
 
