@@ -22,19 +22,22 @@ struct WarblerBench: AsyncParsableCommand {
         abstract: "Measure a Warbler node or cluster over the real client protocol.",
         discussion: """
             Scenarios:
-              pairs        P direct conversations (--senders P), one sender each, each recipient online; on a
-                           spawned cluster each pair's sender, partition leader and recipient are on
-                           different nodes
-              group        G groups (--groups) of M members (--members), S senders each (--senders), all online;
-                           on a spawned cluster a group's senders are on a node that does not lead it
-              connections  C idle authenticated connections (--connections) from several 127.0.0.x addresses,
-                           plus light traffic; reports connect rate and server memory per connection
-              sync         a member comes back to a backlog of N messages (--backlog) and syncs it
-              mixed        U users (--users), Zipf-popular direct and group conversations; sends, receipts,
-                           history reads
-            With --spawn the bench starts the nodes itself and creates the accounts it needs. With --target the
-            accounts must exist (password --password): pairs bench-s<i>/bench-r<i>, group bench-g<g>-m<m>,
-            connections bench-c0…bench-c19, sync bench-s0/bench-r0, mixed bench-u<i>.
+              pairs        P direct conversations (--senders P), one sender each, each
+                           recipient online; on a spawned cluster each pair's sender,
+                           partition leader and recipient are on different nodes
+              group        G groups (--groups) of M members (--members), S senders each
+                           (--senders), all online; on a spawned cluster a group's
+                           senders are on a node that does not lead it
+              connections  C idle authenticated connections (--connections) from several
+                           127.0.0.x addresses, plus light traffic; reports connect rate
+                           and server memory per connection
+              sync         a member comes back to a backlog of N messages (--backlog)
+                           and syncs it
+              mixed        U users (--users), Zipf-popular direct and group
+                           conversations; sends, receipts, history reads
+            With --spawn the bench starts the nodes itself and creates the accounts it
+            needs. With --target the accounts must exist (password --password); list
+            them with --print-accounts.
             """
     )
 
