@@ -40,24 +40,25 @@ struct Serve: AsyncParsableCommand {
         configuration.security.loginTimeoutSeconds = loginTimeout
         do { try configuration.validate() } catch { throw ValidationError("\(error)") }
         let data = self.node.data
-        let files = OpenFileLimit.raise()
-        let budget: OpenFileBudget
-        do { budget = try OpenFileBudget(limit: files.limit, maxClientConnections: maxConnections) } catch {
-            throw CommandFailure("\(error)")
-        }
-        logger.notice(
-            "open files",
-            metadata: [
-                "files.limit": "\(budget.limit)", "files.limit_before": "\(files.before)",
-                "connections.max": "\(budget.maxClientConnections)", "storage.max_open_files": "\(budget.storageFiles)",
-            ]
-        )
+        // Raised here too (the node does it again, a no-op then) to log what the limit was before.
+        let limitBefore = OpenFileLimit.raise().before
         let node: ChatNode
         do {
             node = try ChatNode(configuration: configuration, logger: logger)
+        } catch let error as WireError {
+            // The open-file limit cannot hold the node (or its --max-connections); nothing was opened.
+            throw CommandFailure("\(error)")
         } catch {
             throw CommandFailure("cannot open the node's data in \(data): \(error)")
         }
+        let budget = node.openFiles
+        logger.notice(
+            "open files",
+            metadata: [
+                "files.limit": "\(budget.limit)", "files.limit_before": "\(limitBefore)",
+                "connections.max": "\(budget.maxClientConnections)", "storage.max_open_files": "\(budget.storageFiles)",
+            ]
+        )
         defer { node.stop() }
         do { try await node.start() } catch { throw CommandFailure("cannot start the node: \(error)") }
         if join == nil, try !node.hasAccounts() {

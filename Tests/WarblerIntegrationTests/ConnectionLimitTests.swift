@@ -26,6 +26,16 @@ struct ConnectionLimitTests {
         guard process.terminationStatus == 0 else { throw TestFailure("prlimit failed") }
     }
 
+    /// The next frame on `raw` and its error, or nil (recorded as an issue) when it is not an error.
+    static func errorFrame(from raw: RawConnection) -> (Warbler_V1_ServerFrame, Warbler_V1_Error)? {
+        let frame = raw.readFrame()
+        guard let frame, case .error(let error) = frame.body else {
+            Issue.record("expected an error, got \(String(describing: frame))")
+            return nil
+        }
+        return (frame, error)
+    }
+
     /// Hello → Welcome on a new raw connection; the connection, or nil when the node answered otherwise.
     static func welcomed(port: Int) throws -> RawConnection? {
         let raw = try RawConnection(port: port)
@@ -68,14 +78,10 @@ struct ConnectionLimitTests {
         // The next one, by either listener, hears why it cannot stay, and is closed.
         let refused = try RawConnection(port: node.port)
         refused.request(1, .hello(.with { $0.protocolVersion = 1 }))
-        let answer = refused.readFrame()
-        guard case .error(let error) = answer?.body else {
-            Issue.record("expected an error, got \(String(describing: answer))")
-            return
-        }
+        let (answer, error) = try #require(Self.errorFrame(from: refused))
         #expect(error.code == "node.connection_limit")
         #expect(error.fatal)
-        #expect(answer?.requestID == 1)
+        #expect(answer.requestID == 1)
         #expect(refused.isClosedByPeer())
 
         let web = try await WebSocketTestClient.connect(port: node.webSocketPort)
@@ -175,11 +181,7 @@ struct ConnectionLimitTests {
         #expect(loggedOut.readFrame()?.requestID == 3)
 
         // The one that never logged in is told why, and closed, after 2 s.
-        let answer = idle.readFrame()
-        guard case .error(let error) = answer?.body else {
-            Issue.record("expected auth.login_timeout, got \(String(describing: answer))")
-            return
-        }
+        let (_, error) = try #require(Self.errorFrame(from: idle))
         #expect(error.code == "auth.login_timeout")
         #expect(error.fatal)
         #expect(idle.isClosedByPeer())

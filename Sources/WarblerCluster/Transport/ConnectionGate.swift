@@ -4,12 +4,31 @@ import NIOCore
 import NIOPosix
 import Synchronization
 
+/// Lets a warning through at most once every `interval`, so that a flood does not write one per connection.
+final class ReportThrottle: Sendable {
+    private let interval: UInt64
+    private let lastReport = Atomic<UInt64>(0)
+
+    init(every interval: TimeAmount = .seconds(10)) {
+        self.interval = UInt64(interval.nanoseconds)
+    }
+
+    /// True when the last `true` was at least the interval ago (or never).
+    func shouldReport() -> Bool {
+        let now = NIODeadline.now().uptimeNanoseconds
+        let last = lastReport.load(ordering: .relaxed)
+        guard last == 0 || now - last >= interval else { return false }
+        return lastReport.compareExchange(expected: last, desired: now, ordering: .relaxed).exchanged
+    }
+}
+
 /// Counts a listener family's open connections and decides, as each is accepted, whether it may stay.
 ///
 /// Up to `capacity` connections are admitted. The next ``refusalAllowance`` are kept just long enough to be
 /// told why they cannot stay (a client connection's first frame is answered with the fatal
 /// `node.connection_limit`); beyond those, a connection is closed as soon as it is accepted. Every accepted
-/// connection holds its place until its channel closes.
+/// connection holds its place until its channel closes. Turning connections away is logged as a warning, at
+/// most every 10 seconds, with the count so far.
 public final class ConnectionGate: Sendable {
     /// What happens to an accepted connection.
     public enum Admission: Sendable, Hashable {
@@ -36,34 +55,30 @@ public final class ConnectionGate: Sendable {
     public let capacity: Int
     private let open = Atomic<Int>(0)
     private let turnedAway = Atomic<Int>(0)
-    private let lastReport = Atomic<UInt64>(0)
+    private let reports = ReportThrottle()
+    private let logger: Logger
+    private let warning: Logger.Message
 
-    public init(capacity: Int) {
+    /// A gate for `capacity` connections; `warning` is what the log says when it turns connections away.
+    public init(capacity: Int, logger: Logger, warning: Logger.Message) {
         self.capacity = capacity
+        self.logger = logger
+        self.warning = warning
     }
-
-    /// Connections accepted and not yet closed (refused ones included).
-    public var count: Int { open.load(ordering: .relaxed) }
 
     /// Takes a place for `channel`, given back when it closes, and says what to do with it.
     public func admit(_ channel: any Channel) -> Admission {
         let now = open.add(1, ordering: .relaxed).newValue
         channel.closeFuture.whenComplete { _ in self.open.subtract(1, ordering: .relaxed) }
         if now <= capacity { return .admitted }
-        turnedAway.add(1, ordering: .relaxed)
-        if now <= capacity + Self.refusalAllowance { return .refused }
-        return .dropped
-    }
-
-    /// Connections refused or dropped since the node started.
-    public var turnedAwayCount: Int { turnedAway.load(ordering: .relaxed) }
-
-    /// True at most once every `interval`, for a warning that does not repeat for every connection of a flood.
-    public func shouldReport(every interval: TimeAmount = .seconds(10)) -> Bool {
-        let now = NIODeadline.now().uptimeNanoseconds
-        let last = lastReport.load(ordering: .relaxed)
-        guard last == 0 || now - last >= UInt64(interval.nanoseconds) else { return false }
-        return lastReport.compareExchange(expected: last, desired: now, ordering: .relaxed).exchanged
+        let total = turnedAway.add(1, ordering: .relaxed).newValue
+        if reports.shouldReport() {
+            logger.warning(
+                warning,
+                metadata: ["connections.max": "\(capacity)", "connections.turned_away": "\(total)"]
+            )
+        }
+        return now <= capacity + Self.refusalAllowance ? .refused : .dropped
     }
 }
 
@@ -94,7 +109,7 @@ final class OutOfFilesHandler: ChannelInboundHandler {
     private var spare: Int32 = -1
     private var listening: Int32 = -1
     private var shedSinceReport = 0
-    private var lastReport: NIODeadline?
+    private let reports = ReportThrottle()
 
     init(logger: Logger, listener: String) {
         self.logger = logger
@@ -136,15 +151,12 @@ final class OutOfFilesHandler: ChannelInboundHandler {
         }
         spare = open("/dev/null", O_RDONLY | O_CLOEXEC)
         shedSinceReport += shed
-        let now = NIODeadline.now()
-        if lastReport.map({ now - $0 >= .seconds(10) }) ?? true {
-            logger.warning(
-                "out of file descriptors: closed the connections waiting to be accepted",
-                metadata: ["listener": "\(listener)", "connections.closed": "\(shedSinceReport)", "error": "\(error)"]
-            )
-            lastReport = now
-            shedSinceReport = 0
-        }
+        guard reports.shouldReport() else { return }
+        logger.warning(
+            "out of file descriptors: closed the connections waiting to be accepted",
+            metadata: ["listener": "\(listener)", "connections.closed": "\(shedSinceReport)", "error": "\(error)"]
+        )
+        shedSinceReport = 0
     }
 
     /// The descriptor of this process's socket listening on `port` (NIO does not expose its channels'

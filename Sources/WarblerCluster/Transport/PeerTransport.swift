@@ -161,7 +161,11 @@ public final class PeerTransport: Sendable {
     /// that connections to the peer port cannot take the file descriptors the node's storage needs.
     public func bind(host: String, port: Int, maxConnections: Int = 128) async throws -> any Channel {
         let transport = self
-        let gate = ConnectionGate(capacity: maxConnections)
+        let gate = ConnectionGate(
+            capacity: maxConnections,
+            logger: logger,
+            warning: "refused a peer connection: the peer port holds its maximum of connections"
+        )
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -169,10 +173,6 @@ public final class PeerTransport: Sendable {
             .sheddingConnectionsWhenOutOfFiles(logger: logger, listener: "peers")
             .childChannelInitializer { channel in
                 guard gate.admit(channel) == .admitted else {
-                    transport.logger.warning(
-                        "refused a peer connection: the peer port holds its maximum of connections",
-                        metadata: ["peer.max_connections": "\(maxConnections)"]
-                    )
                     return channel.eventLoop.makeFailedFuture(ConnectionGate.Full())
                 }
                 return channel.eventLoop.makeCompletedFuture {

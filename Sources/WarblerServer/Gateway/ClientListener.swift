@@ -24,7 +24,7 @@ public final class ClientListener: Service, Sendable {
         let maxFrame = node.configuration.limits.maxFrameBytes
         let bootstrap = ServerBootstrap.warblerListener(group: group, logger: logger, listener: "clients")
             .childChannelInitializer { channel in
-                guard let admission = node.admitClient(channel, logger: logger) else {
+                guard let admission = node.admitClient(channel) else {
                     return channel.eventLoop.makeFailedFuture(ConnectionGate.Full())
                 }
                 return channel.eventLoop.makeCompletedFuture {
@@ -66,20 +66,13 @@ extension ChatNode {
     /// Takes a place among the node's client connections for a connection just accepted, by either listener.
     /// Returns nil when it must be closed at once; a refused connection is closed after
     /// ``ConnectionGate/refusalGrace`` if it has not been answered and closed before.
-    func admitClient(_ channel: any Channel, logger: Logger) -> ConnectionGate.Admission? {
-        let admission = clientConnections.admit(channel)
-        guard admission != .admitted else { return admission }
-        if clientConnections.shouldReport() {
-            logger.warning(
-                "turning client connections away: the node holds its maximum",
-                metadata: [
-                    "connections.max": "\(clientConnections.capacity)",
-                    "connections.turned_away": "\(clientConnections.turnedAwayCount)",
-                ]
-            )
+    func admitClient(_ channel: any Channel) -> ConnectionGate.Admission? {
+        switch clientConnections.admit(channel) {
+        case .admitted: return .admitted
+        case .dropped: return nil
+        case .refused:
+            channel.eventLoop.scheduleTask(in: ConnectionGate.refusalGrace) { channel.close(promise: nil) }
+            return .refused
         }
-        guard admission == .refused else { return nil }
-        channel.eventLoop.scheduleTask(in: ConnectionGate.refusalGrace) { channel.close(promise: nil) }
-        return admission
     }
 }

@@ -30,7 +30,7 @@ public final class WebSocketListener: Service, Sendable {
         let maxFrame = node.configuration.limits.maxFrameBytes
         let bootstrap = ServerBootstrap.warblerListener(group: group, logger: logger, listener: "websocket")
             .childChannelInitializer { channel in
-                guard let admission = node.admitClient(channel, logger: logger) else {
+                guard let admission = node.admitClient(channel) else {
                     return channel.eventLoop.makeFailedFuture(ConnectionGate.Full())
                 }
                 // A connection that never completes its upgrade is closed like one that never logs in (after the

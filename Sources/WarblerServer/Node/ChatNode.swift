@@ -55,7 +55,11 @@ public final class ChatNode: Sendable {
             limit: OpenFileLimit.raise().limit,
             maxClientConnections: configuration.network.maxConnections
         )
-        clientConnections = ConnectionGate(capacity: openFiles.maxClientConnections)
+        clientConnections = ConnectionGate(
+            capacity: openFiles.maxClientConnections,
+            logger: logger,
+            warning: "turning client connections away: the node holds its maximum"
+        )
         let fm = FileManager.default
         try fm.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
         var options = Database.Options()
