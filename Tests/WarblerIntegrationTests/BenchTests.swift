@@ -155,6 +155,8 @@ struct BenchTests {
         #expect((ack["count"] as? Int ?? 0) > 0)
         #expect((ack["p50_us"] as? Int ?? 0) > 0 && (ack["p50_us"] as? Int ?? 0) <= (ack["p99_us"] as? Int ?? 0))
         #expect((latency(closed, "delivery")["count"] as? Int ?? 0) > 0)
+        // One recipient a message: delivered to all is delivered.
+        #expect(latency(closed, "delivery_to_all")["count"] as? Int == latency(closed, "delivery")["count"] as? Int)
         #expect((closed["servers"] as? [Any])?.count == 1, "the spawned node's CPU and memory")
         #expect(number(closed["client"] as? [String: Any] ?? [:], "cpu_cores") > 0, "the bench's own CPU")
 
@@ -251,6 +253,20 @@ struct BenchTests {
         #expect(acks > 0)
         // Three receivers per message (the sender's own push is not a delivery).
         #expect(abs(number(report, "deliveries_per_second") - 3 * acks) <= 0.2 * 3 * acks)
+        // Send → the last of the three: one figure a message, never earlier than the deliveries it completes.
+        let each = latency(report, "delivery")
+        let all = latency(report, "delivery_to_all")
+        let completed = all["count"] as? Int ?? 0
+        let deliveries = each["count"] as? Int ?? 0
+        // A message that did not reach all three by the end counts its one or two deliveries only.
+        let partly = Int(number(report, "partly_delivered"))
+        #expect(
+            completed > 0 && 3 * completed <= deliveries && deliveries <= 3 * completed + 2 * partly,
+            "\(all) \(each)"
+        )
+        #expect((all["p50_us"] as? Int ?? 0) >= (each["p50_us"] as? Int ?? 0), "\(all) \(each)")
+        #expect((all["p99_us"] as? Int ?? 0) >= (each["p99_us"] as? Int ?? 0), "\(all) \(each)")
+        #expect((all["max_us"] as? Int ?? 0) <= (each["max_us"] as? Int ?? 0), "\(all) \(each)")
     }
 
     @Test func theNodeAndTheBenchAllocateWithJemalloc() throws {
@@ -335,6 +351,9 @@ struct BenchTests {
         let mixed = try bench(["--scenario", "mixed", "--users", "6", "--seed", "7"])
         #expect(number(mixed, "acks_per_second") > 0)
         #expect(number(mixed, "errors") == 0)
+        // Direct conversations and groups: fewer messages completed than deliveries made.
+        let mixedAll = latency(mixed, "delivery_to_all")["count"] as? Int ?? 0
+        #expect(mixedAll > 0 && mixedAll < latency(mixed, "delivery")["count"] as? Int ?? 0)
 
         let connections = try bench(["--scenario", "connections", "--connections", "200", "--source-addresses", "2"])
         let opened = connections["extras"] as? [String: Any] ?? [:]

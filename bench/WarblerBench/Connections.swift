@@ -110,6 +110,7 @@ enum ConnectionsScenario {
         let counters = await measure(
             senders: [Sender(client: clients[0], conversation: conversation)],
             clients: Array(zip(clients, names)),
+            recipients: [conversation: 1],
             shape: .open(ratePerSecond: 50),
             payloadBytes: payloadBytes,
             window: (warmUp, seconds),

@@ -74,13 +74,19 @@ final class RunCounters: Sendable {
     let worstAck = Atomic<UInt64>(0)
     let worstDelivery = Atomic<UInt64>(0)
     let read = LatencyRecorder()
+    /// Send → the last of its recipients: when the whole conversation has the message.
+    let deliveryToAll = LatencyRecorder()
     /// The measured window, in monotonic nanoseconds.
     let window: (start: UInt64, end: UInt64)
     private let firstError = Mutex<String?>(nil)
+    /// Each conversation's recipients (every member but the sender, online), and which of its measured messages
+    /// some of them still wait for; deliveries in conversations not named here count in `delivery` only.
+    private let conversations: [String: WaitingRecipients]
 
-    init(warmUpSeconds: Double, seconds: Double) {
+    init(warmUpSeconds: Double, seconds: Double, recipients: [String: Int] = [:]) {
         let start = monotonicNanoseconds() + UInt64(warmUpSeconds * 1e9)
         window = (start, start + UInt64(seconds * 1e9))
+        conversations = recipients.mapValues(WaitingRecipients.init(recipients:))
     }
 
     @inline(__always) func measured(_ time: UInt64) -> Bool { time >= window.start && time <= window.end }
@@ -102,13 +108,56 @@ final class RunCounters: Sendable {
         if acked <= window.end { ack.record(nanoseconds: acked - sent) }
     }
 
-    /// A message pushed to a recipient at `received`, stamped by its sender with `sent`.
-    @inline(__always) func delivered(sent: UInt64, received: UInt64) {
+    /// What counts the recipients of `conversation`'s messages (nil when the run does not know them): looked up
+    /// once per conversation by each receiver, not once per delivery.
+    func recipients(of conversation: String) -> WaitingRecipients? { conversations[conversation] }
+
+    /// Message `seq` pushed to a recipient at `received`, stamped by its sender with `sent`; `waiting`, its
+    /// conversation's recipients. The delivery that completes them also counts in ``deliveryToAll``.
+    @inline(__always) func delivered(seq: UInt64, in waiting: WaitingRecipients?, sent: UInt64, received: UInt64) {
         if received > sent { _ = worstDelivery.max(received - sent, ordering: .relaxed) }
         guard measured(sent) else { return }
         deliveries.add(1, ordering: .relaxed)
-        if received >= sent { delivery.record(nanoseconds: received - sent) }
+        guard received >= sent else { return }
+        delivery.record(nanoseconds: received - sent)
+        guard let waiting, waiting.arrived(seq) else { return }
+        deliveryToAll.record(nanoseconds: received - sent)
     }
+
+    /// Measured messages that some, not all, of their recipients had received when the run ended.
+    var incompleteDeliveries: Int { conversations.values.reduce(0) { $0 + $1.incomplete } }
+}
+
+/// One conversation's recipients still waiting for its messages, counted down by `seq` as deliveries arrive: a
+/// ring of slots indexed by `seq` (recipients receive in `seq` order, so only recent messages are pending).
+final class WaitingRecipients: Sendable {
+    let recipients: Int
+    /// A message whose slot is taken again while recipients still wait for it is given up and counted.
+    private static let slots = 1 << 14
+    private let ring: Mutex<(slots: [(seq: UInt64, left: Int)], givenUp: Int)>
+
+    init(recipients: Int) {
+        self.recipients = recipients
+        // Conversations with one recipient need no slots: each delivery completes its message.
+        ring = Mutex((recipients > 1 ? Array(repeating: (0, 0), count: Self.slots) : [], 0))
+    }
+
+    /// Counts one delivery of message `seq`; true for the one that completes its recipients.
+    func arrived(_ seq: UInt64) -> Bool {
+        guard recipients > 1 else { return true }
+        return ring.withLock { ring in
+            let index = Int(seq % UInt64(Self.slots))
+            if ring.slots[index].seq != seq {
+                if ring.slots[index].left > 0 { ring.givenUp += 1 }
+                ring.slots[index] = (seq, recipients)
+            }
+            ring.slots[index].left -= 1
+            return ring.slots[index].left == 0
+        }
+    }
+
+    /// Messages some recipients still wait for, or that were given up.
+    var incomplete: Int { ring.withLock { ring in ring.givenUp + ring.slots.reduce(0) { $0 + ($1.left > 0 ? 1 : 0) } } }
 }
 
 /// CPU and memory of local server processes, from /proc.

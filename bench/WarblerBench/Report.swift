@@ -19,6 +19,10 @@ struct BenchReport: Codable, Sendable {
     var firstError: String?
     var ack: LatencySummary
     var delivery: LatencySummary
+    /// Send → the last of its recipients (in `pairs` the same as `delivery`).
+    var deliveryToAll: LatencySummary
+    /// Measured messages that some, not all, of their recipients had received when the run ended.
+    var partlyDelivered: Int
     var read: LatencySummary
     var servers: [ProcessUsage]
     /// The bench's own process: it shares the machine with local nodes.
@@ -35,7 +39,13 @@ struct BenchReport: Codable, Sendable {
         case readsPerSecond = "reads_per_second"
         case receiptsPerSecond = "receipts_per_second"
         case firstError = "first_error"
+        case deliveryToAll = "delivery_to_all"
+        case partlyDelivered = "partly_delivered"
     }
+
+    /// Whether some messages had several recipients, so that the latency until all had it is a figure of its
+    /// own.
+    var fansOut: Bool { deliveryToAll.count != delivery.count || partlyDelivered > 0 }
 
     var json: String {
         let encoder = JSONEncoder()
@@ -66,7 +76,8 @@ struct BenchReport: Codable, Sendable {
         lines.append("")
         let widths = [14, 10, 10, 10, 10, 10, 10]
         lines.append(Self.row(["latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max"], widths: widths))
-        for (name, summary) in [("ack", ack), ("delivery", delivery), ("history read", read)] where summary.count > 0 {
+        let rows = [("ack", ack), ("delivery", delivery)] + (fansOut ? [("delivery, all", deliveryToAll)] : [])
+        for (name, summary) in rows + [("history read", read)] where summary.count > 0 {
             lines.append(
                 Self.row(
                     [name, "\(summary.count)"]
@@ -76,6 +87,9 @@ struct BenchReport: Codable, Sendable {
                     widths: widths
                 )
             )
+        }
+        if partlyDelivered > 0 {
+            lines.append("\(partlyDelivered) messages had not reached all of their recipients when the run ended")
         }
         if !servers.isEmpty || client != nil {
             lines.append("")
@@ -143,7 +157,7 @@ struct BenchReport: Codable, Sendable {
     }
 
     /// A latency-by-percentile plot (HdrHistogram style: the x axis counts nines) of the ack and delivery
-    /// latencies, as a standalone SVG.
+    /// latencies (and, when messages fan out, until all recipients have them), as a standalone SVG.
     var svg: String {
         let width = 760.0
         let height = 440.0
@@ -151,8 +165,11 @@ struct BenchReport: Codable, Sendable {
         let right = 20.0
         let top = 50.0
         let bottom = 60.0
-        let series = [("ack", ack, "#1f77b4"), ("delivery", delivery, "#ff7f0e"), ("history read", read, "#2ca02c")]
-            .filter { $0.1.count > 0 }
+        let series = [
+            ("ack", ack, "#1f77b4"), ("delivery", delivery, "#ff7f0e"),
+            ("delivery to all recipients", fansOut ? deliveryToAll : LatencySummary(), "#d62728"),
+            ("history read", read, "#2ca02c"),
+        ].filter { $0.1.count > 0 }
         let maxMicroseconds = series.flatMap { $0.1.curve.map { $0[1] } }.max() ?? 1
         let maxMilliseconds = Self.niceCeiling(maxMicroseconds / 1000)
         let maxNines = 5.0

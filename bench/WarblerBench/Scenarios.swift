@@ -105,12 +105,16 @@ struct Placement {
 /// Counts `client`'s pushes of messages sent by others as deliveries, until cancelled.
 func receive(_ client: WarblerClient, as user: String, counters: RunCounters) -> Task<Void, Never> {
     Task(executorPreference: client.executor) {
+        var last: (conversation: String, waiting: WaitingRecipients?) = ("", nil)
         for await event in client.events {
             guard case .message(let message) = event, message.sender != user,
                 let stamp = StampedPayload.stamp(of: message.payload)
             else { continue }
             counters.totalDeliveries.add(1, ordering: .relaxed)
-            counters.delivered(sent: stamp, received: monotonicNanoseconds())
+            if message.conversationID != last.conversation {
+                last = (message.conversationID, counters.recipients(of: message.conversationID))
+            }
+            counters.delivered(seq: message.seq, in: last.waiting, sent: stamp, received: monotonicNanoseconds())
         }
     }
 }
@@ -149,10 +153,12 @@ struct ScenarioExtras: Codable, Sendable {
 }
 
 /// Runs a measured load over prepared senders and recipients (the measured window opens `warmUp` seconds
-/// from now), then stops receiving and closes everything.
+/// from now), then stops receiving and closes everything. `recipients`: how many of `clients` receive each
+/// message of a conversation (for the latency until all of them have it).
 func measure(
     senders: [Sender],
     clients: [(client: WarblerClient, user: String)],
+    recipients: [String: Int],
     shape: LoadShape,
     payloadBytes: Int,
     window: (warmUp: Double, seconds: Double),
@@ -160,7 +166,7 @@ func measure(
     progress: Bool,
     verify: AcknowledgedMessages? = nil
 ) async -> RunCounters {
-    let counters = RunCounters(warmUpSeconds: window.warmUp, seconds: window.seconds)
+    let counters = RunCounters(warmUpSeconds: window.warmUp, seconds: window.seconds, recipients: recipients)
     onStart(counters)
     let receivers = clients.map { receive($0.client, as: $0.user, counters: counters) }
     let printer = progress ? reportProgress(counters) : nil
@@ -221,6 +227,7 @@ enum PairsScenario {
         return await measure(
             senders: senders,
             clients: Array(zip(clients, users.map(\.0))),
+            recipients: Dictionary(uniqueKeysWithValues: conversations.map { ($0, 1) }),
             shape: shape,
             payloadBytes: payloadBytes,
             window: (warmUp, seconds),
@@ -290,6 +297,8 @@ enum GroupScenario {
         return await measure(
             senders: senders,
             clients: Array(zip(clients, users.map(\.0))),
+            // Every other member, senders included, on a connection of its own.
+            recipients: Dictionary(uniqueKeysWithValues: conversations.map { ($0, members - 1) }),
             shape: shape,
             payloadBytes: payloadBytes,
             window: (warmUp, seconds),
@@ -398,7 +407,11 @@ enum MixedScenario {
         }
         conversations.shuffle(using: &generator)
         let zipf = Zipf(count: conversations.count, exponent: 1.1)
-        let counters = RunCounters(warmUpSeconds: warmUp, seconds: seconds)
+        let counters = RunCounters(
+            warmUpSeconds: warmUp,
+            seconds: seconds,
+            recipients: Dictionary(uniqueKeysWithValues: conversations.map { ($0.id, $0.members.count - 1) })
+        )
         onStart(counters)
         let receivers = zip(clients, names).map { receive($0, as: $1, counters: counters) }
         let printer = progress ? reportProgress(counters) : nil

@@ -12,7 +12,8 @@ import Glibc
 /// `warbler-bench`: drives a real Warbler node or cluster over the client protocol — scenarios `pairs`,
 /// `group`, `connections`, `sync` and `mixed`, in closed loop (a window of unacknowledged sends per connection)
 /// or open loop (a fixed rate, latency from each send's intended time) — and reports sends, acks, deliveries
-/// and errors per second, ack and end-to-end delivery latency percentiles (HdrHistogram), and the CPU and
+/// and errors per second, ack and end-to-end delivery latency percentiles (HdrHistogram; per recipient and, for
+/// messages with several, until the last has it), and the CPU and
 /// memory of local server processes and of the bench itself; as a table, as JSON (`--json`), and as an SVG
 /// percentile plot (`--svg`).
 @main
@@ -274,6 +275,8 @@ struct WarblerBench: AsyncParsableCommand {
             firstError: counters.firstErrorDescription,
             ack: counters.ack.summary,
             delivery: counters.delivery.summary,
+            deliveryToAll: counters.deliveryToAll.summary,
+            partlyDelivered: counters.incompleteDeliveries,
             read: counters.read.summary,
             servers: servers,
             client: client,
