@@ -218,16 +218,31 @@ public final class WarblerClient: Sendable {
     // MARK: - Session
 
     /// Logs in; the credentials are kept in memory to log in again if a session cannot be resumed.
+    ///
+    /// A node that is busy checking other passwords, or that refuses more failed logins from this address for a
+    /// while, answers `node.rate_limited`: the login is tried again, after 0.25 s, then twice as long each time
+    /// (at most 4 s), for up to 30 s before that error is thrown.
     @discardableResult
     public func login(user: String, password: String) async throws -> Warbler_V1_LoggedIn {
-        let reply = try await request(
-            .login(
-                .with {
-                    $0.user = user
-                    $0.password = password
-                }
-            )
+        let frame = Warbler_V1_ClientFrame.OneOf_Body.login(
+            .with {
+                $0.user = user
+                $0.password = password
+            }
         )
+        var delay: UInt64 = 250_000_000
+        let deadline = ContinuousClock.now + .seconds(30)
+        var reply: Warbler_V1_ServerFrame
+        while true {
+            do {
+                reply = try await request(frame)
+                break
+            } catch let error as ClientError where error.code == ErrorCode.rateLimited.rawValue {
+                guard ContinuousClock.now + .nanoseconds(Int64(delay)) < deadline else { throw error }
+                try await Task.sleep(nanoseconds: delay)
+                delay = min(delay * 2, 4_000_000_000)
+            }
+        }
         guard case .loggedIn(let loggedIn) = reply.body else { throw ClientError.unexpected("\(reply)") }
         state.withLock {
             $0.credentials = (user, password)

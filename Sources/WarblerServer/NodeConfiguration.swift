@@ -65,6 +65,9 @@ public struct NodeConfiguration: Sendable, Hashable {
         /// A connection that has not logged in this many seconds after it opened (or logged out) is closed, so
         /// that connections that never log in cannot hold the node's places for clients.
         public var loginTimeoutSeconds = 30
+        /// Failed password logins a source address (IPv6: its /64) may make per minute, and at once; beyond them
+        /// its password logins are refused with `node.rate_limited` before any hashing. 0: no limit.
+        public var failedLoginsPerAddressPerMinute = 30
         public init() {}
     }
 
@@ -98,6 +101,9 @@ public struct NodeConfiguration: Sendable, Hashable {
         }
         if security.maxFailedLogins < 1 {
             throw WireError(.invalidArgument, "security.maxFailedLogins must be positive")
+        }
+        if !(0...1_000_000).contains(security.failedLoginsPerAddressPerMinute) {
+            throw WireError(.invalidArgument, "security.failedLoginsPerAddressPerMinute must be 0...1000000")
         }
         if !(1...3600).contains(security.loginTimeoutSeconds) {
             throw WireError(.invalidArgument, "security.loginTimeoutSeconds must be 1...3600")

@@ -28,6 +28,12 @@ struct Serve: AsyncParsableCommand {
     )
     var maxConnections: Int?
     @Option(help: "Seconds a connection may take to log in before it is closed.") var loginTimeout = 30
+    @Option(
+        help: """
+            Failed password logins a source address (IPv6: its /64) may make per minute, and at once, before its             password logins are refused unchecked (0: no limit).
+            """
+    )
+    var failedLoginsPerAddress = 30
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
 
     func run() async throws {
@@ -38,6 +44,7 @@ struct Serve: AsyncParsableCommand {
         configuration.cluster.compactionEntries = compactAfter
         configuration.network.maxConnections = maxConnections
         configuration.security.loginTimeoutSeconds = loginTimeout
+        configuration.security.failedLoginsPerAddressPerMinute = failedLoginsPerAddress
         do { try configuration.validate() } catch { throw ValidationError("\(error)") }
         let data = self.node.data
         // Raised here too (the node does it again, a no-op then) to log what the limit was before.
@@ -85,6 +92,9 @@ struct Serve: AsyncParsableCommand {
             )
         )
         try await services.run()
+        // The node first, while the connections' event loops still run: the requests it fails on the way (a
+        // password check waiting, a read) are answered on them, not scheduled on loops already gone.
+        node.stop()
         try await eventLoops.shutdownGracefully()
     }
 }

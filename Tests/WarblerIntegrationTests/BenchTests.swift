@@ -177,6 +177,24 @@ struct BenchTests {
         #expect(client["cpu_cores"] != nil && number(client, "cpu_cores") < 0.5, "\(client)")
     }
 
+    /// `--login-flood`: wrong logins from another address beside the scenario, counted by how the node answered;
+    /// the scenario's own users still log in (the SDK retries a busy node) and chat.
+    @Test func aLoginFloodRunsBesideTheScenarioAndIsCounted() throws {
+        // Three seconds: on a debug build, on a machine busy with the other suites, a check can take one or two.
+        let report = try bench(["--senders", "1", "--window", "4", "--login-flood", "40", "--seconds", "3"])
+        #expect(number(report, "acks_per_second") > 0)
+        #expect(number(report, "errors") == 0)
+        let flood = (report["extras"] as? [String: Any])?["login_flood"] as? [String: Any] ?? [:]
+        #expect(flood["connections"] as? Int == 40)
+        #expect(flood["source"] as? String == "127.0.0.2")
+        // Forty at once: more than the node checks at a time (17 on two cores) and than the address may fail
+        // (30): some are checked, the rest refused unchecked, nothing else.
+        #expect((flood["checked"] as? Int ?? 0) > 0, "\(flood)")
+        #expect((flood["refused"] as? Int ?? 0) > 0, "\(flood)")
+        #expect(flood["other"] as? Int == 0, "\(flood)")
+        #expect(number(flood, "answered_per_second") > 0)
+    }
+
     /// The progress line: each second's acks and deliveries, and its longest ack and delivery latency — so a
     /// stall shows in the second it happened, not only in the run's percentiles.
     @Test func theProgressLineGivesEachSecondsRatesAndLongestLatencies() throws {

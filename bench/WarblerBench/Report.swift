@@ -131,6 +131,14 @@ struct BenchReport: Codable, Sendable {
             let paths = Dictionary(grouping: placed) { $0.map(String.init).joined(separator: " → ") }.mapValues(\.count)
             lines.append("\(title): " + paths.keys.sorted().map { "\($0) ×\(paths[$0]!)" }.joined(separator: ", "))
         }
+        if let flood = extras.loginFlood {
+            lines.append("")
+            lines.append(
+                "login flood: \(flood.connections) connections from \(flood.source), "
+                    + "\(Self.number(flood.answeredPerSecond)) answers/s over \(String(format: "%.1f", flood.seconds)) s: "
+                    + "\(flood.checked) checked, \(flood.refused) refused unchecked, \(flood.other) other"
+            )
+        }
         if let backlog = extras.backlog, let seconds = extras.syncSeconds {
             lines.append("")
             lines.append(

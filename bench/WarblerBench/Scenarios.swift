@@ -137,6 +137,8 @@ struct ScenarioExtras: Codable, Sendable {
     /// `group` on a spawned cluster: each group's `[its first sender's node, leader of its partition]`, as
     /// connected.
     var groupNodes: [[Int]]?
+    /// `--login-flood`: what the flood of wrong logins saw.
+    var loginFlood: LoginFlood.Summary?
 
     enum CodingKeys: String, CodingKey {
         case connections
@@ -149,6 +151,7 @@ struct ScenarioExtras: Codable, Sendable {
         case groupsLed = "groups_led"
         case pairNodes = "pair_nodes"
         case groupNodes = "group_nodes"
+        case loginFlood = "login_flood"
     }
 }
 

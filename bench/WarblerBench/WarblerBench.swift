@@ -82,6 +82,13 @@ struct WarblerBench: AsyncParsableCommand {
             """
     )
     var verify = false
+    @Option(
+        help:
+            "Connections that keep failing password logins (unknown names) from --login-flood-from while the scenario runs."
+    )
+    var loginFlood = 0
+    @Option(help: "Local source address of the login flood (another 127.0.0.x than the scenario's).")
+    var loginFloodFrom = "127.0.0.2"
     @Flag(help: "Print the accounts the scenario signs in as, one per line, and exit (create them before --target).")
     var printAccounts = false
 
@@ -90,6 +97,7 @@ struct WarblerBench: AsyncParsableCommand {
         guard window >= 1 else { throw ValidationError("--window must be at least 1") }
         if let rate, rate <= 0 { throw ValidationError("--rate must be positive") }
         if verify && scenario != .pairs { throw ValidationError("--verify applies to the pairs scenario") }
+        guard loginFlood >= 0 else { throw ValidationError("--login-flood must not be negative") }
     }
 
     var pairCount: Int { senders ?? 32 }
@@ -164,11 +172,16 @@ struct WarblerBench: AsyncParsableCommand {
         if let status = spawned?.status { fleet.leadership = { try status.leadership() } }
         let pids = spawned?.pids ?? serverPid
         var report: BenchReport
+        // The flood starts before the scenario connects its users: they log in under attack too.
+        let flood = loginFlood > 0 ? LoginFlood(connections: loginFlood, from: loginFloodFrom, to: targets) : nil
+        if flood != nil { progress("flooding the node(s) with wrong logins from \(loginFloodFrom)…") }
         do {
             report = try await measure(fleet: fleet, pids: pids)
+            report.extras.loginFlood = await flood?.stop()
             if let led = spawned?.groupsLed, !led.isEmpty { report.extras.groupsLed = led }
             try? await eventLoops.shutdownGracefully()
         } catch {
+            _ = await flood?.stop()
             try? await eventLoops.shutdownGracefully()
             throw error
         }

@@ -5,16 +5,17 @@ import NIOPosix
 import Synchronization
 
 /// Lets a warning through at most once every `interval`, so that a flood does not write one per connection.
-final class ReportThrottle: Sendable {
+public final class ReportThrottle: Sendable {
     private let interval: UInt64
     private let lastReport = Atomic<UInt64>(0)
 
-    init(every interval: TimeAmount = .seconds(10)) {
+    /// A throttle that lets one report through per `interval`.
+    public init(every interval: TimeAmount = .seconds(10)) {
         self.interval = UInt64(interval.nanoseconds)
     }
 
     /// True when the last `true` was at least the interval ago (or never).
-    func shouldReport() -> Bool {
+    public func shouldReport() -> Bool {
         let now = NIODeadline.now().uptimeNanoseconds
         let last = lastReport.load(ordering: .relaxed)
         guard last == 0 || now - last >= interval else { return false }

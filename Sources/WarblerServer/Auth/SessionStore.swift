@@ -42,19 +42,27 @@ public final class SessionStore: Sendable {
 }
 
 /// Counts failed logins per name and locks a name out for a while after too many.
+///
+/// Failures count towards a lockout while they are at most `lockoutSeconds` apart. Names are counted whether or
+/// not an account has them (a lockout must not tell which names exist), so the table is bounded: beyond
+/// `maxNames`, names that are not locked out and have not failed within `lockoutSeconds` are forgotten, and if
+/// that is not enough, every name that is not locked out.
 public final class LoginThrottle: Sendable {
     private struct Record {
         var failures = 0
+        var lastFailure: Date
         var lockedUntil: Date?
     }
 
     private let records = Mutex<[String: Record]>([:])
     private let maxFailures: Int
     private let lockout: TimeInterval
+    private let maxNames: Int
 
-    public init(maxFailures: Int, lockoutSeconds: Int) {
+    public init(maxFailures: Int, lockoutSeconds: Int, maxNames: Int = 100_000) {
         self.maxFailures = maxFailures
         self.lockout = TimeInterval(lockoutSeconds)
+        self.maxNames = maxNames
     }
 
     /// True while `name` is locked out.
@@ -71,15 +79,27 @@ public final class LoginThrottle: Sendable {
 
     public func recordFailure(_ name: String, now: Date = Date()) {
         records.withLock { records in
-            var record = records[name] ?? Record()
+            var record = records[name] ?? Record(lastFailure: now)
+            if now.timeIntervalSince(record.lastFailure) > lockout { record.failures = 0 }
             record.failures += 1
+            record.lastFailure = now
             if record.failures >= maxFailures {
                 record.lockedUntil = now.addingTimeInterval(lockout)
                 record.failures = 0
             }
+            if records[name] == nil, records.count >= maxNames { forgetIdle(&records, now: now) }
             records[name] = record
         }
     }
 
     public func recordSuccess(_ name: String) { records.withLock { $0[name] = nil } }
+
+    /// Names remembered.
+    public var count: Int { records.withLock { $0.count } }
+
+    private func forgetIdle(_ records: inout [String: Record], now: Date) {
+        let locked = { (record: Record) in (record.lockedUntil ?? .distantPast) > now }
+        records = records.filter { locked($0.value) || now.timeIntervalSince($0.value.lastFailure) <= lockout }
+        if records.count >= maxNames { records = records.filter { locked($0.value) } }
+    }
 }

@@ -32,6 +32,11 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
     /// Closes the connection unless it logs in first; cancelled at login (which frees it: it would otherwise
     /// stay in the event loop's timers for as long as the login timeout).
     private var loginDeadline: Scheduled<Void>?
+    /// Login and ResumeSession requests being checked. A deadline that passes while one is (the node is slow to
+    /// check it — a password check waits its turn) waits for its answer: the connection is closed only if no
+    /// login succeeded.
+    private var loginsInProgress = 0
+    private var loginDeadlinePassed = false
 
     init(node: ChatNode, format: WireFormat, admission: ConnectionGate.Admission = .admitted, logger: Logger) {
         self.node = node
@@ -57,14 +62,24 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
         loginDeadline?.cancel()
         let seconds = node.configuration.security.loginTimeoutSeconds
         let context = context
+        loginDeadlinePassed = false
         loginDeadline = context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(Int64(seconds))) { [self] in
             loginDeadline = nil
-            switch state {
-            case .awaitingHello, .awaitingAuthentication:
-                fail(context, WireError(.loginTimeout, "not logged in within \(seconds) s", fatal: true))
-            case .ready, .closed:
-                return
-            }
+            loginDeadlinePassed = true
+            closeIfLoginTimedOut(context)
+        }
+    }
+
+    /// Closes the connection with the fatal `auth.login_timeout` when its deadline has passed, it is not logged
+    /// in, and no login of it is still being checked.
+    private func closeIfLoginTimedOut(_ context: ChannelHandlerContext) {
+        guard loginDeadlinePassed, loginsInProgress == 0 else { return }
+        switch state {
+        case .awaitingHello, .awaitingAuthentication:
+            let seconds = node.configuration.security.loginTimeoutSeconds
+            fail(context, WireError(.loginTimeout, "not logged in within \(seconds) s", fatal: true))
+        case .ready, .closed:
+            return
         }
     }
 
@@ -158,7 +173,8 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
             }
         case .awaitingAuthentication:
             switch request {
-            case .login(let login): authenticate(context, id, node.login(login, on: context.eventLoop))
+            case .login(let login):
+                authenticate(context, id, node.login(login, from: context.channel.remoteAddress, on: context.eventLoop))
             case .resumeSession(let resume):
                 authenticate(context, id, node.resume(resume.sessionToken, on: context.eventLoop))
             case .ping(let ping): pong(id, ping)
@@ -195,10 +211,25 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
         _ id: UInt64,
         _ future: EventLoopFuture<Result<(Session, String), WireError>>
     ) {
-        future.whenComplete { [self] outcome in
+        loginsInProgress += 1
+        // The node completes logins on the connection's own event loop.
+        future.hop(to: context.eventLoop).assumeIsolated().whenComplete { [self] outcome in
+            loginsInProgress -= 1
+            // Answered below first; a connection whose deadline passed meanwhile is closed after the answer.
+            defer { closeIfLoginTimedOut(context) }
             switch outcome {
             case .success(.success(let (session, name))):
-                guard case .awaitingAuthentication = state, let sink else { return }
+                guard case .awaitingAuthentication = state, let sink else {
+                    // Another login on this connection, sent at the same time, got in first (or it closed): the
+                    // session this one opened is never used.
+                    node.sessions.revoke(session.token)
+                    if case .ready(let current, _) = state {
+                        send(
+                            WireError(.invalidArgument, "already logged in as \(current.userID)").frame(requestID: id)
+                        )
+                    }
+                    return
+                }
                 let handle = ConnectionHandle(sink: sink, userID: session.userID)
                 state = .ready(session, handle)
                 loginDeadline?.cancel()

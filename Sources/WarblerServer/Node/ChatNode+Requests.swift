@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import Synchronization
 import WarblerChat
 import WarblerCluster
 import WarblerWire
@@ -7,11 +8,34 @@ import WarblerWire
 extension ChatNode {
     // MARK: - Authentication
 
-    /// Checks a login on the thread pool (scrypt is deliberately slow).
+    /// Checks a password login from `address` (scrypt is deliberately slow: ``PasswordVerifier``). Refused
+    /// with `node.rate_limited`, without hashing, when the address has no failed logins left
+    /// (``AddressLoginBudget``) or the node's password checks are all taken.
     func login(
         _ login: Warbler_V1_Login,
+        from address: SocketAddress?,
         on eventLoop: any EventLoop
     ) -> EventLoopFuture<Result<(Session, String), WireError>> {
+        // Refusals are answered late — a second, or a quarter of one when the node is only busy — so that a
+        // client that waits for each answer (most floods do) is slowed to a few attempts a second per
+        // connection, at the cost of a timer here.
+        guard loginBudget.take(address) else {
+            return refuseLogin(
+                on: eventLoop,
+                "too many failed logins from this address; try again in a minute",
+                from: address,
+                after: .seconds(1)
+            )
+        }
+        guard let ticket = verifier.reserve(address) else {
+            loginBudget.giveBack(address)
+            return refuseLogin(
+                on: eventLoop,
+                "the node is busy checking other logins; try again in a moment",
+                from: address,
+                after: .milliseconds(250)
+            )
+        }
         // Accounts live in the metadata group: every login first waits for this replica of it to be current
         // (ReadIndex; on a node still joining, for the replica to exist), so any node accepts every account
         // created before the login began. Every name pays the same wait — whether the barrier succeeds or not —
@@ -26,34 +50,65 @@ extension ChatNode {
                 )
             }
         }
-        return current.futureResult.flatMap { [self] in self.checkCredentials(login, on: eventLoop) }
-    }
-
-    private func checkCredentials(
-        _ login: Warbler_V1_Login,
-        on eventLoop: any EventLoop
-    ) -> EventLoopFuture<Result<(Session, String), WireError>> {
-        threadPool.runIfActive(eventLoop: eventLoop) { [self] in
-            let name = login.user
-            if throttle.isLocked(name) {
-                return .failure(WireError(.lockedOut, "too many failed logins; try again later"))
-            }
-            // Hash even for unknown users, so that timing does not reveal which names exist.
-            let account = try queries.account(named: name)
-            let hash = account.map { [UInt8]($0.passwordHash) } ?? Self.decoyHash
-            let valid = PasswordHasher.verify(login.password, against: hash) && account != nil
-            guard valid, let account else {
-                throttle.recordFailure(name)
-                logger.notice("login failed", metadata: ["user": "\(name)"])
-                return .failure(WireError(.invalidCredentials, "wrong user name or password"))
-            }
-            throttle.recordSuccess(name)
-            return .success((sessions.issue(userID: account.userID), account.name))
+        return current.futureResult.flatMap { [self] in
+            verifier.run(ticket, on: eventLoop) { [self] in try checkCredentials(login) }
+        }.map { [loginBudget] result in
+            if case .success = result { loginBudget.giveBack(address) }
+            return result
         }
     }
 
-    /// A hash of a random password, verified against for unknown names.
-    static let decoyHash: [UInt8] = (try? PasswordHasher.hash(UUID().uuidString, costExponent: 15)) ?? []
+    /// Answers a login with `node.rate_limited` after `delay`, without checking it; a warning says so at most
+    /// every 10 s.
+    private func refuseLogin(
+        on eventLoop: any EventLoop,
+        _ reason: String,
+        from address: SocketAddress?,
+        after delay: TimeAmount
+    ) -> EventLoopFuture<Result<(Session, String), WireError>> {
+        let refused = refusedLogins.add(1, ordering: .relaxed).newValue
+        if refusedLoginReports.shouldReport() {
+            logger.warning(
+                "refusing password logins without checking them",
+                metadata: [
+                    "reason": "\(reason)", "address": "\(address.map { "\($0)" } ?? "?")",
+                    "logins.refused": "\(refused)",
+                ]
+            )
+        }
+        let refusal = Result<(Session, String), WireError>.failure(WireError(.rateLimited, reason))
+        return eventLoop.scheduleTask(in: delay) { refusal }.futureResult
+    }
+
+    private func checkCredentials(_ login: Warbler_V1_Login) throws -> Result<(Session, String), WireError> {
+        let name = login.user
+        if throttle.isLocked(name) {
+            return .failure(WireError(.lockedOut, "too many failed logins; try again later"))
+        }
+        // Hash even for unknown users, so that timing does not reveal which names exist.
+        let account = try queries.account(named: name)
+        let hash =
+            account.map { [UInt8]($0.passwordHash) }
+            ?? Self.decoyHash(costExponent: configuration.security.scryptCostExponent)
+        let valid = PasswordHasher.verify(login.password, against: hash) && account != nil
+        guard valid, let account else {
+            throttle.recordFailure(name)
+            logger.notice("login failed", metadata: ["user": "\(name)"])
+            return .failure(WireError(.invalidCredentials, "wrong user name or password"))
+        }
+        throttle.recordSuccess(name)
+        return .success((sessions.issue(userID: account.userID), account.name))
+    }
+
+    /// Hashes of a random password, one per scrypt cost, verified against for unknown names: as slow to check
+    /// as the node's own accounts' hashes.
+    private static let decoyHashes = Mutex<[Int: [UInt8]]>([:])
+
+    static func decoyHash(costExponent: Int) -> [UInt8] {
+        if let hash = decoyHashes.withLock({ $0[costExponent] }) { return hash }
+        let hash = (try? PasswordHasher.hash(UUID().uuidString, costExponent: costExponent)) ?? []
+        return decoyHashes.withLock { $0[costExponent, default: hash] }
+    }
 
     func resume(_ token: String, on eventLoop: any EventLoop) -> EventLoopFuture<Result<(Session, String), WireError>> {
         guard let session = sessions.resolve(token) else {

@@ -30,8 +30,17 @@ public final class ChatNode: Sendable {
     let clusterFamily: ColumnFamily
     let sessions: SessionStore
     let throttle: LoginThrottle
+    /// Password checks, apart from the chat work and bounded.
+    let verifier: PasswordVerifier
+    /// Failed password logins per source address.
+    let loginBudget: AddressLoginBudget
+    /// Logins refused without a check, for the log's warning (at most every 10 s).
+    let refusedLogins = Atomic<Int>(0)
+    private let stopped = Atomic<Bool>(false)
+    let refusedLoginReports = ReportThrottle()
     let registry: SessionRegistry
-    /// Blocking work (RocksDB reads, scrypt) runs here, never on an event loop.
+    /// Blocking work (RocksDB reads) runs here, never on an event loop; password checks have threads of their
+    /// own (``verifier``).
     let threadPool: NIOThreadPool
     let peerEventLoops: MultiThreadedEventLoopGroup
     let logger: Logger
@@ -131,6 +140,9 @@ public final class ChatNode: Sendable {
             maxFailures: configuration.security.maxFailedLogins,
             lockoutSeconds: configuration.security.lockoutSeconds
         )
+        // Half the cores check passwords at most; the rest always have the chat work.
+        verifier = PasswordVerifier(threads: max(1, ProcessInfo.processInfo.activeProcessorCount / 2))
+        loginBudget = AddressLoginBudget(perMinute: configuration.security.failedLoginsPerAddressPerMinute)
         let registry = SessionRegistry(queries: queries)
         self.registry = registry
         threadPool = NIOThreadPool(numberOfThreads: 2)
@@ -242,11 +254,15 @@ public final class ChatNode: Sendable {
         }
     }
 
-    /// Stops the groups, the transport and the thread pool. Pending proposals fail.
+    /// Stops the groups, the transport and the thread pools; pending proposals and password checks fail. Call it
+    /// while the event loops of the client connections still run (the failures are answered on them); a second
+    /// call does nothing.
     public func stop() {
+        guard !stopped.exchange(true, ordering: .relaxed) else { return }
         host.stop()
         transport.shutdown()
         try? threadPool.syncShutdownGracefully()
+        verifier.shutdown()
         try? peerEventLoops.syncShutdownGracefully()
     }
 

@@ -12,8 +12,20 @@ final class RawConnection {
     var socketDescriptor: Int32 { socket }
     private var buffer: [UInt8] = []
 
-    init(port: Int) throws {
+    /// Connects to 127.0.0.1:`port`, from `source` (another 127.0.0.x address) when given.
+    init(port: Int, from source: String? = nil) throws {
         socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        if let source {
+            var local = sockaddr_in()
+            local.sin_family = sa_family_t(AF_INET)
+            local.sin_addr.s_addr = inet_addr(source)
+            let bound = withUnsafePointer(to: &local) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+                }
+            }
+            guard bound else { throw TestFailure("cannot bind to \(source)") }
+        }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -47,17 +59,37 @@ final class RawConnection {
         writeFrame(Array(FrameCodec.encode(frame, allocator: ByteBufferAllocator()).readableBytesView))
     }
 
+    /// The next whole frame already received, if any.
+    private func bufferedFrame() -> Warbler_V1_ServerFrame?? {
+        guard buffer.count >= 4 else { return nil }
+        let length = Int(buffer[0]) << 24 | Int(buffer[1]) << 16 | Int(buffer[2]) << 8 | Int(buffer[3])
+        guard buffer.count >= 4 + length else { return nil }
+        let body = Array(buffer[4..<(4 + length)])
+        buffer.removeFirst(4 + length)
+        return .some(try? FrameCodec.decodeServerFrame(ByteBuffer(bytes: body)))
+    }
+
+    /// Like ``readFrame()``, without blocking a thread while it waits (async tests share a few threads): the
+    /// next server frame, or nil when the node closed the connection or nothing came within `seconds`.
+    func nextFrame(within seconds: Double = 60) async -> Warbler_V1_ServerFrame? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while true {
+            if let frame = bufferedFrame() { return frame }
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            let count = chunk.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            if count > 0 {
+                buffer.append(contentsOf: chunk[0..<count])
+                continue
+            }
+            guard count < 0, errno == EAGAIN || errno == EWOULDBLOCK, Date() < deadline else { return nil }
+            try? await Task.sleep(nanoseconds: 5_000_000)
+        }
+    }
+
     /// Reads the next server frame, or nil when the node closed the connection (or nothing came in time).
     func readFrame() -> Warbler_V1_ServerFrame? {
         while true {
-            if buffer.count >= 4 {
-                let length = Int(buffer[0]) << 24 | Int(buffer[1]) << 16 | Int(buffer[2]) << 8 | Int(buffer[3])
-                if buffer.count >= 4 + length {
-                    let body = Array(buffer[4..<(4 + length)])
-                    buffer.removeFirst(4 + length)
-                    return try? FrameCodec.decodeServerFrame(ByteBuffer(bytes: body))
-                }
-            }
+            if let frame = bufferedFrame() { return frame }
             var chunk = [UInt8](repeating: 0, count: 65536)
             let count = chunk.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, 0) }
             if count <= 0 { return nil }
