@@ -29,9 +29,8 @@ struct Serve: AsyncParsableCommand {
     var maxConnections: Int?
     @Option(help: "Seconds a connection may take to log in before it is closed.") var loginTimeout = 30
     @Option(
-        help: """
-            Failed password logins a source address (IPv6: its /64) may make per minute, and at once, before its             password logins are refused unchecked (0: no limit).
-            """
+        help:
+            "Failed password logins a source address (IPv6: its /64) may make per minute, and at once, before its password logins are refused unchecked (0: no limit)."
     )
     var failedLoginsPerAddress = 30
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"

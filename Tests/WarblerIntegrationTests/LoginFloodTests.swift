@@ -9,6 +9,9 @@ import WarblerWire
 @Suite(.serialized)
 struct LoginFloodTests {
     static let password = "correct horse battery staple"
+    /// The node's password-check places (17 per verifying thread, half the cores) and one address's share.
+    static let capacity = max(1, ProcessInfo.processInfo.activeProcessorCount / 2) * 17
+    static let perAddress = max(2, capacity / 4)
 
     /// The outcome of each login answered on `raw`, by request id, reading until `count` have been answered (a
     /// minute at most; without blocking a thread, which the other suites' tasks need meanwhile).
@@ -108,8 +111,7 @@ struct LoginFloodTests {
 
         // Wrong logins at once from several addresses: more from each than one address may have checked at once
         // (a quarter of the places), and more from all than all the places (on two cores: ten from each of six).
-        let capacity = max(1, ProcessInfo.processInfo.activeProcessorCount / 2) * 17
-        let perAddress = max(2, capacity / 4)
+        let (capacity, perAddress) = (Self.capacity, Self.perAddress)
         let each = perAddress + 6
         let sources = (0..<(capacity / perAddress + 2)).map { "127.0.0.\(3 + $0)" }
         var attackers: [RawConnection] = []
@@ -164,7 +166,7 @@ struct LoginFloodTests {
         node.serveArguments = ["--failed-logins-per-address", "0", "--login-timeout", "2"]
         try await node.start()
         defer { node.stop() }
-        let perAddress = max(2, max(1, ProcessInfo.processInfo.activeProcessorCount / 2) * 17 / 4)
+        let perAddress = Self.perAddress
 
         // Four addresses fill their share of the places with wrong logins: checks that last well past 2 s on a
         // debug build.
