@@ -11,7 +11,7 @@ struct BadInputTests {
 
     @Test func everyKindOfBadInputIsATypedErrorAndTheNodeKeepsServing() async throws {
         let node = try NodeProcess()
-        for user in ["ada", "bob", "eve"] { try node.addUser(user, password: Self.password) }
+        for user in ["ada", "bob", "eve"] { try await node.addUser(user, password: Self.password) }
         try await node.start()
         // A healthy client keeps chatting throughout.
         let (ada, _) = try await node.login("ada", password: Self.password)
@@ -132,7 +132,7 @@ struct BadInputTests {
 
     @Test func repeatedWrongPasswordsLockTheNameOut() async throws {
         let node = try NodeProcess()
-        try node.addUser("ada", password: Self.password)
+        try await node.addUser("ada", password: Self.password)
         try await node.start()
         let raw = try RawConnection(port: node.port)
         raw.handshake()
@@ -153,7 +153,7 @@ struct BadInputTests {
 
     @Test func randomBytesNeverCrashTheNode() async throws {
         let node = try NodeProcess()
-        try node.addUser("ada", password: Self.password)
+        try await node.addUser("ada", password: Self.password)
         try await node.start()
         var generator = SystemRandomNumberGenerator()
         for round in 0..<40 {

@@ -14,25 +14,14 @@ struct BenchTests {
         _ executable: String,
         _ arguments: [String],
         environment: [String: String]? = nil
-    ) throws -> (status: Int32, output: Data, errors: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        if let environment { process.environment = environment }
-        let output = Pipe()
-        let errors = Pipe()
-        process.standardOutput = output
-        process.standardError = errors
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        let diagnostics = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return (process.terminationStatus, data, diagnostics)
+    ) async throws -> (status: Int32, output: Data, errors: String) {
+        let finished = try await ChildProcess.run(executable, arguments, environment: environment)
+        return (finished.status, finished.output, finished.errorText)
     }
 
     /// Runs the bench with `arguments` and returns its parsed JSON report.
-    func bench(_ arguments: [String], spawn: String = "single") throws -> [String: Any] {
-        let (status, data, diagnostics) = try run(
+    func bench(_ arguments: [String], spawn: String = "single") async throws -> [String: Any] {
+        let (status, data, diagnostics) = try await run(
             Self.binary,
             ["--spawn", spawn, "--json", "--quiet", "--seconds", "1", "--warm-up", "0.5"] + arguments
         )
@@ -46,10 +35,10 @@ struct BenchTests {
     func number(_ report: [String: Any], _ key: String) -> Double { (report[key] as? NSNumber)?.doubleValue ?? -1 }
     func latency(_ report: [String: Any], _ key: String) -> [String: Any] { report[key] as? [String: Any] ?? [:] }
 
-    @Test func compareRunsEachBuildInTurnAndPrintsMedians() throws {
+    @Test func compareRunsEachBuildInTurnAndPrintsMedians() async throws {
         // bench/compare.sh against the debug build twice (labelled, one with an extra environment variable).
         let debug = NodeProcess.packageRoot.appendingPathComponent(".build/debug").path
-        let (status, output, progress) = try run(
+        let (status, output, progress) = try await run(
             "/bin/bash",
             [
                 NodeProcess.packageRoot.appendingPathComponent("bench/compare.sh").path, "2",
@@ -75,7 +64,7 @@ struct BenchTests {
         #expect(paired.contains(" of 2 rounds, sign test p = "), "\(paired)")
     }
 
-    @Test func callgrindCountsTheInstructionsOfTheNodeAndOfTheBench() throws {
+    @Test func callgrindCountsTheInstructionsOfTheNodeAndOfTheBench() async throws {
         // bench/callgrind.sh against the debug build, a short window: a count per message, the threads it went
         // to, and the functions, from profiles that stay on disk.
         let debug = NodeProcess.packageRoot.appendingPathComponent(".build/debug").path
@@ -83,13 +72,16 @@ struct BenchTests {
         defer { try? FileManager.default.removeItem(at: out) }
         defer { try? FileManager.default.removeItem(atPath: out.path + "-bench") }
         /// Runs the script on `side` (node or bench), its profiles in `folder`.
-        func callgrind(_ side: String, into folder: String) throws -> (status: Int32, output: Data, errors: String) {
+        func callgrind(
+            _ side: String,
+            into folder: String
+        ) async throws -> (status: Int32, output: Data, errors: String) {
             var environment = ProcessInfo.processInfo.environment
             environment["WINDOW"] = "2"
             environment["TOP"] = "400"
             environment["OUT"] = folder
             environment["PROFILE"] = side
-            return try run(
+            return try await run(
                 "/bin/bash",
                 [
                     NodeProcess.packageRoot.appendingPathComponent("bench/callgrind.sh").path, debug, "--",
@@ -98,7 +90,7 @@ struct BenchTests {
                 environment: environment
             )
         }
-        let (status, output, errors) = try callgrind("node", into: out.path)
+        let (status, output, errors) = try await callgrind("node", into: out.path)
         let printed = String(decoding: output, as: UTF8.self)
         #expect(status == 0, "\(printed)\n\(errors)")
         let lines = printed.split(separator: "\n").map(String.init)
@@ -126,27 +118,27 @@ struct BenchTests {
 
         // PROFILE=bench: the client side instead, counted per frame it receives (here an ack and a push for each
         // message), its decoding among the functions.
-        let client = try callgrind("bench", into: out.path + "-bench")
+        let client = try await callgrind("bench", into: out.path + "-bench")
         let report = String(decoding: client.output, as: UTF8.self)
         #expect(client.status == 0, "\(report)\n\(client.errors)")
         #expect(report.hasPrefix("bench: ") && report.contains(" instructions per frame received"), "\(report)")
         #expect(report.contains("FrameCodec.decodeServerFrame"), "\(report)")
     }
 
-    @Test func printAccountsListsTheAccountsAScenarioSignsInAs() throws {
+    @Test func printAccountsListsTheAccountsAScenarioSignsInAs() async throws {
         // What a node driven with --target needs created first (bench/callgrind.sh creates them from this list).
         for (arguments, expected) in [
             (["--senders", "2"], ["bench-s0", "bench-r0", "bench-s1", "bench-r1"]),
             (["--scenario", "group", "--members", "3"], ["bench-g0-m0", "bench-g0-m1", "bench-g0-m2"]),
         ] {
-            let (status, output, errors) = try run(Self.binary, ["--print-accounts"] + arguments)
+            let (status, output, errors) = try await run(Self.binary, ["--print-accounts"] + arguments)
             #expect(status == 0, "\(errors)")
             #expect(String(decoding: output, as: UTF8.self).split(separator: "\n").map(String.init) == expected)
         }
     }
 
-    @Test func pairsInClosedAndOpenLoop() throws {
-        let closed = try bench(["--senders", "2", "--window", "4"])
+    @Test func pairsInClosedAndOpenLoop() async throws {
+        let closed = try await bench(["--senders", "2", "--window", "4"])
         #expect(closed["scenario"] as? String == "pairs")
         #expect(number(closed, "acks_per_second") > 0)
         #expect(number(closed, "deliveries_per_second") > 0)
@@ -162,13 +154,13 @@ struct BenchTests {
 
         // --verify reads every acknowledged message back (the report stays pure JSON and counts them): at least
         // the measured second's acknowledgements, and the warm-up's.
-        let verified = try bench(["--senders", "2", "--window", "4", "--verify"])
+        let verified = try await bench(["--senders", "2", "--window", "4", "--verify"])
         let checked = (verified["extras"] as? [String: Any])?["verified_messages"] as? Int ?? 0
         #expect(checked > 0 && Double(checked) >= number(verified, "acks_per_second"))
         #expect(number(verified, "errors") == 0)
 
         // Open loop at a rate the debug node sustains: about that many sends, every one acknowledged.
-        let open = try bench(["--senders", "1", "--rate", "50"])
+        let open = try await bench(["--senders", "1", "--rate", "50"])
         #expect((35...65).contains(number(open, "sends_per_second")))
         #expect(number(open, "errors") == 0)
         // Between sends the bench waits on its connection's timer: at 50 sends/s it is nearly idle (a pause that
@@ -179,10 +171,10 @@ struct BenchTests {
 
     /// `--login-flood`: wrong logins from another address beside the scenario, counted by how the node answered;
     /// the scenario's own users still log in (the SDK retries a busy node) and chat.
-    @Test func aLoginFloodRunsBesideTheScenarioAndIsCounted() throws {
+    @Test func aLoginFloodRunsBesideTheScenarioAndIsCounted() async throws {
         // Eight seconds: on a debug build, on a machine busy with the other suites (some hashing too), a check can
         // take several.
-        let report = try bench(["--senders", "1", "--window", "4", "--login-flood", "40", "--seconds", "8"])
+        let report = try await bench(["--senders", "1", "--window", "4", "--login-flood", "40", "--seconds", "8"])
         #expect(number(report, "acks_per_second") > 0)
         #expect(number(report, "errors") == 0)
         let flood = (report["extras"] as? [String: Any])?["login_flood"] as? [String: Any] ?? [:]
@@ -198,8 +190,8 @@ struct BenchTests {
 
     /// The progress line: each second's acks and deliveries, and its longest ack and delivery latency — so a
     /// stall shows in the second it happened, not only in the run's percentiles.
-    @Test func theProgressLineGivesEachSecondsRatesAndLongestLatencies() throws {
-        let (status, data, progress) = try run(
+    @Test func theProgressLineGivesEachSecondsRatesAndLongestLatencies() async throws {
+        let (status, data, progress) = try await run(
             Self.binary,
             ["--spawn", "single", "--json", "--seconds", "2.5", "--warm-up", "0.5", "--senders", "1", "--window", "4"]
         )
@@ -224,8 +216,8 @@ struct BenchTests {
     /// each pair placed so that its sender's node, its partition's leader and its recipient's node differ (every
     /// send forwarded, every delivery from a follower), with every node's CPU and memory, and every acknowledged
     /// message read back from every node.
-    @Test func aClusterIsMeasuredOnceLeadershipHasSpread() throws {
-        let report = try bench(["--senders", "3", "--window", "4", "--verify"], spawn: "cluster:3")
+    @Test func aClusterIsMeasuredOnceLeadershipHasSpread() async throws {
+        let report = try await bench(["--senders", "3", "--window", "4", "--verify"], spawn: "cluster:3")
         #expect(report["nodes"] as? Int == 3)
         #expect((report["servers"] as? [Any])?.count == 3, "every node's CPU and memory")
         #expect(number(report, "acks_per_second") > 0)
@@ -246,8 +238,8 @@ struct BenchTests {
 
     /// On a spawned cluster a group's senders are on a node that does not lead the group's partition, and every
     /// other member still receives each message.
-    @Test func aGroupOnAClusterSendsFromANodeThatDoesNotLeadIt() throws {
-        let report = try bench(
+    @Test func aGroupOnAClusterSendsFromANodeThatDoesNotLeadIt() async throws {
+        let report = try await bench(
             ["--scenario", "group", "--groups", "2", "--members", "4", "--senders", "2", "--window", "4"],
             spawn: "cluster:3"
         )
@@ -266,8 +258,8 @@ struct BenchTests {
         }
     }
 
-    @Test func groupDeliversToEveryOtherMember() throws {
-        let report = try bench(["--scenario", "group", "--members", "4", "--senders", "1"])
+    @Test func groupDeliversToEveryOtherMember() async throws {
+        let report = try await bench(["--scenario", "group", "--members", "4", "--senders", "1"])
         let acks = number(report, "acks_per_second")
         #expect(acks > 0)
         // Three receivers per message (the sender's own push is not a delivery).
@@ -288,10 +280,10 @@ struct BenchTests {
         #expect((all["max_us"] as? Int ?? 0) <= (each["max_us"] as? Int ?? 0), "\(all) \(each)")
     }
 
-    @Test func theNodeAndTheBenchAllocateWithJemalloc() throws {
+    @Test func theNodeAndTheBenchAllocateWithJemalloc() async throws {
         // jemalloc prints its statistics at exit when asked to; glibc's malloc knows no MALLOC_CONF.
         for binary in [NodeProcess.binary, Self.binary] {
-            let said = try run(binary, ["--help"], environment: ["MALLOC_CONF": "stats_print:true"]).errors
+            let said = try await run(binary, ["--help"], environment: ["MALLOC_CONF": "stats_print:true"]).errors
             #expect(said.contains("Begin jemalloc statistics"), "\(binary) does not allocate with jemalloc")
         }
     }
@@ -319,7 +311,7 @@ struct BenchTests {
     }
 
     @Test(arguments: [SIGINT, SIGTERM])
-    func aStopSignalStopsTheSpawnedNodesAndRemovesTheirData(signal: Int32) throws {
+    func aStopSignalStopsTheSpawnedNodesAndRemovesTheirData(signal: Int32) async throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.binary)
         process.arguments = ["--spawn", "single", "--senders", "1", "--seconds", "600", "--quiet"]
@@ -339,20 +331,22 @@ struct BenchTests {
         var node: (pid: Int32, arguments: [String])?
         for _ in 0..<600 where node == nil {
             node = children(of: process.processIdentifier).first { $0.arguments.dropFirst().first == "serve" }
-            if node == nil { usleep(50_000) }
+            if node == nil { try await Task.sleep(nanoseconds: 50_000_000) }
         }
         let spawned = try #require(node, "the bench started no node")
         let data = try #require(spawned.arguments.firstIndex(of: "--data").map { spawned.arguments[$0 + 1] })
         let folder = URL(fileURLWithPath: data).deletingLastPathComponent().path
         #expect(FileManager.default.fileExists(atPath: folder))
-        sleep(2)
+        try await Task.sleep(nanoseconds: 2_000_000_000)
 
         kill(process.processIdentifier, signal)
         let stopped = ContinuousClock.now
-        while process.isRunning && ContinuousClock.now - stopped < .seconds(30) { usleep(50_000) }
+        while process.isRunning && ContinuousClock.now - stopped < .seconds(30) {
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
         #expect(!process.isRunning, "the bench is still running 30 s after the signal")
         #expect(process.terminationStatus == 128 + signal)
-        usleep(200_000)
+        try await Task.sleep(nanoseconds: 200_000_000)
         let diagnostics = String(decoding: said.withLock { $0 }, as: UTF8.self)
         #expect(diagnostics.contains("stopping 1 process(es)"), "\(diagnostics)")
         #expect(!isRunning(spawned.pid), "the spawned node outlived the bench")
@@ -361,20 +355,22 @@ struct BenchTests {
         try? FileManager.default.removeItem(atPath: folder)
     }
 
-    @Test func syncMixedAndConnections() throws {
-        let sync = try bench(["--scenario", "sync", "--backlog", "300", "--window", "8"])
+    @Test func syncMixedAndConnections() async throws {
+        let sync = try await bench(["--scenario", "sync", "--backlog", "300", "--window", "8"])
         let extras = sync["extras"] as? [String: Any] ?? [:]
         #expect(extras["backlog"] as? Int == 300)
         #expect(((extras["synced_per_second"] as? NSNumber)?.doubleValue ?? 0) > 0)
 
-        let mixed = try bench(["--scenario", "mixed", "--users", "6", "--seed", "7"])
+        let mixed = try await bench(["--scenario", "mixed", "--users", "6", "--seed", "7"])
         #expect(number(mixed, "acks_per_second") > 0)
         #expect(number(mixed, "errors") == 0)
         // Direct conversations and groups: fewer messages completed than deliveries made.
         let mixedAll = latency(mixed, "delivery_to_all")["count"] as? Int ?? 0
         #expect(mixedAll > 0 && mixedAll < latency(mixed, "delivery")["count"] as? Int ?? 0)
 
-        let connections = try bench(["--scenario", "connections", "--connections", "200", "--source-addresses", "2"])
+        let connections = try await bench([
+            "--scenario", "connections", "--connections", "200", "--source-addresses", "2",
+        ])
         let opened = connections["extras"] as? [String: Any] ?? [:]
         #expect(opened["connections"] as? Int == 200)
         #expect(opened["server_bytes_per_connection"] is NSNumber, "the node's memory per connection")

@@ -82,7 +82,7 @@ struct ChatCLITests {
 
     @Test func aPersonChatsThroughTheTerminalClient() async throws {
         let node = try NodeProcess()
-        for user in ["ada", "bob"] { try node.addUser(user, password: Self.password) }
+        for user in ["ada", "bob"] { try await node.addUser(user, password: Self.password) }
         try await node.start()
         let (bob, _) = try await node.login("bob", password: Self.password)
         let direct = try await bob.createDirect(with: "ada")
@@ -134,7 +134,7 @@ struct ChatCLITests {
 
     @Test func aConversationThatArrivesWhileTheListIsShownOpensByItsNumber() async throws {
         let node = try NodeProcess()
-        for user in ["ada", "bob"] { try node.addUser(user, password: Self.password) }
+        for user in ["ada", "bob"] { try await node.addUser(user, password: Self.password) }
         try await node.start()
         let session = try PTYSession(arguments: ["chat", "--server", "127.0.0.1:\(node.port)", "--user", "ada"])
         #expect(await session.expect("Password for ada:"))
@@ -161,7 +161,7 @@ struct ChatCLITests {
 
     @Test func aWrongPasswordIsAClearError() async throws {
         let node = try NodeProcess()
-        try node.addUser("ada", password: Self.password)
+        try await node.addUser("ada", password: Self.password)
         try await node.start()
         let session = try PTYSession(arguments: ["chat", "--server", "127.0.0.1:\(node.port)", "--user", "ada"])
         #expect(await session.expect("Password for ada:"))

@@ -27,10 +27,10 @@ struct ClusterTests {
         for (index, node) in nodes.enumerated() {
             node.serveArguments = serveArguments + (regions.isEmpty ? [] : ["--region", regions[index]])
         }
-        for user in users { try nodes[0].addUser(user, password: Self.password) }
+        for user in users { try await nodes[0].addUser(user, password: Self.password) }
         try await nodes[0].start()
         for node in nodes[1...] {
-            try node.issueCertificate(caDirectory: nodes[0].dataDirectory + "/ca")
+            try await node.issueCertificate(caDirectory: nodes[0].dataDirectory + "/ca")
             try await node.start(join: nodes[0].peerAddress)
         }
         try await waitForMembership(Set(nodes.map(\.nodeID)), asSeenBy: nodes[0])
@@ -41,29 +41,30 @@ struct ClusterTests {
     /// min(3, members) voters in partitions.
     func waitForMembership(_ members: Set<UInt64>, asSeenBy node: NodeProcess, seconds: Double = 90) async throws {
         let formed = try await eventually(seconds: seconds) {
-            let status = try node.clusterStatus()
+            let status = try await node.clusterStatus()
             return status.groups.count == 65
                 && status.groups.allSatisfy { group in
                     Set(group.voters + group.learners) == members && group.leader != 0
                         && (group.group == 0 || group.voters.count == min(3, members.count))
                 }
         }
-        guard formed else { throw TestFailure("membership \(members) not reached: \(try node.clusterStatus())") }
+        guard formed else { throw TestFailure("membership \(members) not reached: \(try await node.clusterStatus())") }
     }
 
-    func eventually(seconds: Double, _ condition: () throws -> Bool) async throws -> Bool {
+    func eventually(seconds: Double, _ condition: () async throws -> Bool) async throws -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline {
-            if (try? condition()) == true { return true }
+            if (try? await condition()) == true { return true }
             try await Task.sleep(nanoseconds: 250_000_000)
         }
         return false
     }
 
     /// The leader of `group` as the running nodes report it.
-    func leader(of group: UInt32, among nodes: [NodeProcess], excluding excluded: UInt64 = 0) -> UInt64 {
+    func leader(of group: UInt32, among nodes: [NodeProcess], excluding excluded: UInt64 = 0) async -> UInt64 {
         for node in nodes where node.isRunning && node.nodeID != excluded {
-            if let status = try? node.clusterStatus(), let record = status.groups.first(where: { $0.group == group }),
+            if let status = try? await node.clusterStatus(),
+                let record = status.groups.first(where: { $0.group == group }),
                 record.leader != 0
             {
                 return record.leader
@@ -143,7 +144,8 @@ struct ClusterTests {
 
         // Idle groups go quiet on every node (no per-group heartbeats), and a busy one wakes up.
         let quiet = try await eventually(seconds: 15) {
-            try nodes.allSatisfy { node in try node.clusterStatus().groups.filter(\.quiet).count >= 60 }
+            for node in nodes where try await node.clusterStatus().groups.filter(\.quiet).count < 60 { return false }
+            return true
         }
         #expect(quiet, "idle groups did not go quiet")
         // Delivered on node 3 means applied there: a bounded-stale read of node 3's replica sees it all.
@@ -153,7 +155,7 @@ struct ClusterTests {
         // A burst of pipelined sends through a node that does not lead the conversation's partition: they are
         // forwarded to the leader in batches, and get their seqs in the order they were sent.
         let partition = Self.partition(of: group.conversationID)
-        let leaderID = leader(of: partition, among: nodes)
+        let leaderID = await leader(of: partition, among: nodes)
         try #require(leaderID != 0)
         let forwarding = nodes.first { $0.nodeID != leaderID }!
         let raw = try RawConnection(port: forwarding.port)
@@ -190,7 +192,7 @@ struct ClusterTests {
         var dee: WarblerClient?
         var deeEvents: EventRecorder?
         for round in 1...3 {
-            let victimID = leader(of: partition, among: nodes)
+            let victimID = await leader(of: partition, among: nodes)
             try #require(victimID != 0)
             let victim = nodes[Int(victimID) - 1]
             if round == 1 {
@@ -221,7 +223,7 @@ struct ClusterTests {
             let killedAt = Date()
             victim.kill9()
             let failedOver = try await eventually(seconds: 10) {
-                let leader = leader(of: partition, among: nodes)
+                let leader = await leader(of: partition, among: nodes)
                 return leader != 0 && leader != victimID
             }
             #expect(failedOver, "round \(round): no new leader after killing node \(victimID)")
@@ -232,7 +234,7 @@ struct ClusterTests {
             do { try await sending.value } catch {
                 // What the survivors think of the partition, for the failure report.
                 for node in nodes where node.isRunning {
-                    let record = try? node.clusterStatus().groups.first { $0.group == partition }
+                    let record = try? await node.clusterStatus().groups.first { $0.group == partition }
                     print("cluster: node \(node.nodeID) sees partition \(partition): \(String(describing: record))")
                 }
                 throw error
@@ -316,7 +318,7 @@ struct ClusterTests {
         let group = try await ada.createGroup(title: "frozen", members: ["bob", "cy"])
         let acknowledged = AcknowledgedBySeq()
         let partition = Self.partition(of: group.conversationID)
-        let victimID = leader(of: partition, among: nodes)
+        let victimID = await leader(of: partition, among: nodes)
         try #require(victimID != 0)
         let victim = nodes[Int(victimID) - 1]
         let survivor = nodes.first { $0.nodeID != victimID }!
@@ -332,7 +334,7 @@ struct ClusterTests {
         }
         let frozenAt = Date()
         let failedOver = try await eventually(seconds: 10) {
-            let leader = leader(of: partition, among: nodes, excluding: victimID)
+            let leader = await leader(of: partition, among: nodes, excluding: victimID)
             return leader != 0 && leader != victimID
         }
         #expect(failedOver)
@@ -352,7 +354,7 @@ struct ClusterTests {
         // the send it took while frozen is either refused or committed through the new leader — never both.
         if let ack = await staleSend.value { acknowledged.record(ack.seq, "sent to the frozen leader") }
         let steppedDown = try await eventually(seconds: 10) {
-            let status = try victim.clusterStatus()
+            let status = try await victim.clusterStatus()
             let record = status.groups.first { $0.group == partition }
             return record != nil && record!.leader != victimID && record!.leader != 0
         }
@@ -386,7 +388,7 @@ struct ClusterTests {
         }
         let fourth = try NodeProcess(nodeID: 4)
         fourth.serveArguments = tuning
-        try fourth.issueCertificate(caDirectory: nodes[0].dataDirectory + "/ca")
+        try await fourth.issueCertificate(caDirectory: nodes[0].dataDirectory + "/ca")
         let sending = Task {
             for index in 1...100 {
                 try await Self.sendUntilAcknowledged(
@@ -431,7 +433,7 @@ struct ClusterTests {
         try await verify(group.conversationID, on: nodes + [fourth], acknowledged: acknowledged)
 
         // Node 1 leaves: its replicas move to the others first, then it leaves every group.
-        try NodeProcess.cli([
+        try await NodeProcess.cli([
             "cluster", "remove", "1", "--peer", nodes[1].peerAddress, "--certs", nodes[1].dataDirectory + "/certs",
         ])
         try await waitForMembership([2, 3, 4], asSeenBy: nodes[1])
@@ -460,19 +462,19 @@ extension ClusterTests {
         let (ada, _) = try await nodes[0].login("ada", password: Self.password)
         let direct = try await ada.createDirect(with: "bob")
         let partition = Self.partition(of: direct.conversationID)
-        let current = leader(of: partition, among: nodes)
+        let current = await leader(of: partition, among: nodes)
         try #require(current != 0)
         let target = nodes.first { $0.nodeID != current }!
         let region = regions[Int(target.nodeID) - 1]
-        try NodeProcess.cli([
+        try await NodeProcess.cli([
             "cluster", "prefer-region", "--group", "\(partition)", "--region", region, "--peer", nodes[0].peerAddress,
             "--certs", nodes[0].dataDirectory + "/certs",
         ])
-        let moved = try await eventually(seconds: 20) { leader(of: partition, among: nodes) == target.nodeID }
+        let moved = try await eventually(seconds: 20) { await leader(of: partition, among: nodes) == target.nodeID }
         #expect(moved, "the leader of partition \(partition) did not move to region \(region)")
         // It stays there (balancing does not move it out), and the partition keeps serving.
         try await Task.sleep(nanoseconds: 2_500_000_000)
-        #expect(leader(of: partition, among: nodes) == target.nodeID)
+        #expect(await leader(of: partition, among: nodes) == target.nodeID)
         let ack = try await ada.send(Data("hello from eu".utf8), to: direct.conversationID)
         #expect(ack.seq == 1)
         await ada.close()

@@ -46,7 +46,7 @@ struct ConnectionLimitTests {
 
     @Test func aFullNodeTurnsClientsAwayWithATypedErrorAndKeepsServing() async throws {
         let node = try NodeProcess()
-        for user in ["ada", "bob"] { try node.addUser(user, password: Self.password) }
+        for user in ["ada", "bob"] { try await node.addUser(user, password: Self.password) }
         // Started with a soft limit of 512 and a hard one of 1,024: the node raises the soft limit and keeps a
         // quarter for storage and a quarter for itself, which leaves 512 client connections.
         node.launcher = ["/usr/bin/prlimit", "--nofile=512:1024", "--"]
@@ -131,7 +131,7 @@ struct ConnectionLimitTests {
 
     @Test func runningOutOfFileDescriptorsShedsWaitingConnectionsInsteadOfSpinning() async throws {
         let node = try NodeProcess()
-        try node.addUser("ada", password: Self.password)
+        try await node.addUser("ada", password: Self.password)
         try await node.start()
         let (ada, _) = try await node.login("ada", password: Self.password)
 
@@ -160,7 +160,7 @@ struct ConnectionLimitTests {
 
     @Test func aConnectionThatDoesNotLogInInTimeIsClosed() async throws {
         let node = try NodeProcess()
-        try node.addUser("ada", password: Self.password)
+        try await node.addUser("ada", password: Self.password)
         node.serveArguments = ["--login-timeout", "2"]
         try await node.start()
         let (ada, _) = try await node.login("ada", password: Self.password)
@@ -211,7 +211,7 @@ struct ConnectionLimitTests {
 
     @Test func connectionsToThePeerPortCannotTakeTheNodesDescriptors() async throws {
         let node = try NodeProcess()
-        try node.addUser("ada", password: Self.password)
+        try await node.addUser("ada", password: Self.password)
         // A limit of 1,024: the peer port holds 64 connections at most.
         node.launcher = ["/usr/bin/prlimit", "--nofile=1024:1024", "--"]
         try await node.start()

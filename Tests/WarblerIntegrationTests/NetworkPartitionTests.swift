@@ -158,10 +158,10 @@ extension ClusterTests {
 
     /// Starts node 1 (with the accounts), joins the others, waits for every group to have all three.
     static func form(_ nodes: [NodeProcess], users: [String]) async throws {
-        for user in users { try nodes[0].addUser(user, password: password) }
+        for user in users { try await nodes[0].addUser(user, password: password) }
         try await nodes[0].start()
         for node in nodes[1...] {
-            try node.issueCertificate(caDirectory: nodes[0].dataDirectory + "/ca")
+            try await node.issueCertificate(caDirectory: nodes[0].dataDirectory + "/ca")
             try await node.start(join: nodes[0].peerAddress)
         }
         try await ClusterTests().waitForMembership(Set(nodes.map(\.nodeID)), asSeenBy: nodes[0])
@@ -179,7 +179,7 @@ extension ClusterTests {
         await ada.close()
         let (bob, bobEvents) = try await nodes[2].login("bob", password: Self.password)
         let partition = ClusterTests.partition(of: direct.conversationID)
-        let leaderID = ClusterTests().leader(of: partition, among: nodes)
+        let leaderID = await ClusterTests().leader(of: partition, among: nodes)
         try #require(leaderID != 0)
         var sent = 0
         var medians: [String: Double] = [:]
@@ -221,7 +221,7 @@ extension ClusterTests {
 
         // Cut the partition's leader off from the other two nodes.
         let partition = ClusterTests.partition(of: direct.conversationID)
-        let leaderID = tests.leader(of: partition, among: nodes)
+        let leaderID = await tests.leader(of: partition, among: nodes)
         try #require(leaderID != 0)
         let cutOff = nodes[Int(leaderID) - 1]
         let majority = nodes.filter { $0.nodeID != leaderID }
@@ -239,12 +239,12 @@ extension ClusterTests {
         }
         // The minority side keeps no leader; the majority elects one and carries on.
         let minorityHasNoLeader = try await tests.eventually(seconds: 15) {
-            let record = try cutOff.clusterStatus().groups.first { $0.group == partition }
+            let record = try await cutOff.clusterStatus().groups.first { $0.group == partition }
             return record?.leader == 0
         }
         let seen: String
         do {
-            let record = try cutOff.clusterStatus().groups.first { $0.group == partition }
+            let record = try await cutOff.clusterStatus().groups.first { $0.group == partition }
             seen = "\(String(describing: record))"
         } catch { seen = "\(error)" }
         #expect(minorityHasNoLeader, "the cut-off node still names a leader of partition \(partition): \(seen)")
@@ -258,7 +258,7 @@ extension ClusterTests {
                 into: acknowledged
             )
         }
-        let newLeader = tests.leader(of: partition, among: majority)
+        let newLeader = await tests.leader(of: partition, among: majority)
         #expect(newLeader != 0 && newLeader != leaderID)
         await isolatedClient.close()
 
@@ -277,7 +277,7 @@ extension ClusterTests {
         // The healed node hears from the leader again within seconds: a member connection that went silent during
         // the cut was closed and is dialled again (rather than waiting for TCP's retransmission schedule).
         let rejoined = try await tests.eventually(seconds: 10) {
-            let record = try cutOff.clusterStatus().groups.first { $0.group == partition }
+            let record = try await cutOff.clusterStatus().groups.first { $0.group == partition }
             return record?.leader == newLeader
         }
         #expect(rejoined, "the healed node did not hear from the leader of partition \(partition) within 10 s")

@@ -11,7 +11,7 @@ struct ReconnectTests {
 
     @Test func aClientReconnectsResendsAndCatchesUpAfterTheNodeRestarts() async throws {
         let node = try NodeProcess()
-        for user in ["ada", "bob"] { try node.addUser(user, password: Self.password) }
+        for user in ["ada", "bob"] { try await node.addUser(user, password: Self.password) }
         try await node.start()
         let (bob, bobEvents) = try await node.login("bob", password: Self.password)
         let conversation = try await bob.createDirect(with: "ada")
@@ -67,9 +67,9 @@ struct ReconnectTests {
         let first = try NodeProcess()
         let second = try NodeProcess()
         let full = try NodeProcess()
-        for user in ["ada", "bob"] { try first.addUser(user, password: Self.password) }
-        for user in ["ada", "cy"] { try second.addUser(user, password: Self.password) }
-        try full.addUser("ada", password: Self.password)
+        for user in ["ada", "bob"] { try await first.addUser(user, password: Self.password) }
+        for user in ["ada", "cy"] { try await second.addUser(user, password: Self.password) }
+        try await full.addUser("ada", password: Self.password)
         full.serveArguments = ["--max-connections", "1"]
         for node in [first, second, full] { try await node.start() }
         let occupant = try RawConnection(port: full.port)

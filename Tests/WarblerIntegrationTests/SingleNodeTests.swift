@@ -12,7 +12,7 @@ struct SingleNodeTests {
 
     func node(users: [String]) async throws -> NodeProcess {
         let node = try NodeProcess()
-        for user in users { try node.addUser(user, password: Self.password) }
+        for user in users { try await node.addUser(user, password: Self.password) }
         try await node.start()
         return node
     }

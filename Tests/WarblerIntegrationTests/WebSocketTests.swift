@@ -20,7 +20,7 @@ struct WebSocketTests {
 
     @Test func aBrowserStyleClientChatsInBinaryAndJSON() async throws {
         let node = try NodeProcess()
-        for user in ["ada", "bob"] { try node.addUser(user, password: Self.password) }
+        for user in ["ada", "bob"] { try await node.addUser(user, password: Self.password) }
         try await node.start()
         let (bob, bobEvents) = try await node.login("bob", password: Self.password)
         let direct = try await bob.createDirect(with: "ada")

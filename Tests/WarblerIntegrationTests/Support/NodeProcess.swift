@@ -48,37 +48,27 @@ final class NodeProcess: @unchecked Sendable {
 
     /// Runs the `warbler` CLI and returns what it printed; throws when it fails.
     @discardableResult
-    static func cli(_ arguments: [String], namespace: String? = nil) throws -> String {
-        let process = Process()
-        if let namespace {
-            process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-            process.arguments = ["netns", "exec", namespace, binary] + arguments
-        } else {
-            process.executableURL = URL(fileURLWithPath: binary)
-            process.arguments = arguments
-        }
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
-        guard process.terminationStatus == 0 else {
+    static func cli(_ arguments: [String], namespace: String? = nil) async throws -> String {
+        let command = namespace.map { ["/usr/sbin/ip", "netns", "exec", $0, binary] } ?? [binary]
+        let finished = try await ChildProcess.run(command[0], Array(command.dropFirst()) + arguments)
+        let text = finished.outputText + finished.errorText
+        guard finished.status == 0 else {
             throw TestFailure("warbler \(arguments.joined(separator: " ")): \(text)")
         }
-        return text
+        return finished.outputText
     }
 
     /// Issues this node's certificate from the CA of the cluster's first node.
-    func issueCertificate(caDirectory: String) throws {
-        try Self.cli(["cert", "issue", "--node", "\(nodeID)", "--ca", caDirectory, "--out", dataDirectory + "/certs"])
+    func issueCertificate(caDirectory: String) async throws {
+        try await Self.cli([
+            "cert", "issue", "--node", "\(nodeID)", "--ca", caDirectory, "--out", dataDirectory + "/certs",
+        ])
     }
 
     /// `warbler cluster status --json` as this node answers it.
-    func clusterStatus() throws -> Warbler_Peer_V1_ClusterStatus {
+    func clusterStatus() async throws -> Warbler_Peer_V1_ClusterStatus {
         // From inside the node's namespace, so that the answer comes even when the node is cut off.
-        let json = try Self.cli(
+        let json = try await Self.cli(
             ["cluster", "status", "--json", "--peer", statusAddress, "--certs", dataDirectory + "/certs"],
             namespace: namespace
         )
@@ -101,21 +91,15 @@ final class NodeProcess: @unchecked Sendable {
     }
 
     /// Runs `warbler user add` against the (stopped) node's data.
-    func addUser(_ name: String, password: String, role: String = "member") throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.binary)
-        process.arguments = ["user", "add", name, "--role", role, "--data", dataDirectory]
-        let input = Pipe()
-        let output = Pipe()
-        process.standardInput = input
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        input.fileHandleForWriting.write(Data((password + "\n").utf8))
-        try input.fileHandleForWriting.close()
-        process.waitUntilExit()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        guard process.terminationStatus == 0 else { throw TestFailure("user add \(name) failed: \(text)") }
+    func addUser(_ name: String, password: String, role: String = "member") async throws {
+        let finished = try await ChildProcess.run(
+            Self.binary,
+            ["user", "add", name, "--role", role, "--data", dataDirectory],
+            input: Data((password + "\n").utf8)
+        )
+        guard finished.status == 0 else {
+            throw TestFailure("user add \(name) failed: \(finished.outputText)\(finished.errorText)")
+        }
     }
 
     /// Extra `serve` arguments (tuning for a test).
