@@ -72,8 +72,20 @@ struct ReconnectTests {
         try await full.addUser("ada", password: Self.password)
         full.serveArguments = ["--max-connections", "1"]
         for node in [first, second, full] { try await node.start() }
-        let occupant = try RawConnection(port: full.port)
-        occupant.handshake()
+        // The one place of `full` is taken. The probe that saw the node listening may still hold it for a moment
+        // (until the node notices it closed): a connection turned away is closed, and tried again.
+        var occupant: RawConnection?
+        let deadline = Date().addingTimeInterval(20)
+        while occupant == nil {
+            let raw = try RawConnection(port: full.port)
+            raw.request(1, .hello(.with { $0.protocolVersion = 1 }))
+            if case .welcome = await raw.nextFrame(within: 10)?.body {
+                occupant = raw
+            } else {
+                guard Date() < deadline else { throw TestFailure("the full node never admitted its occupant") }
+                try await Task.sleep(nanoseconds: 100_000_000)
+            }
+        }
 
         let down = try NodeProcess.freePort()
         func node(_ port: Int) -> WarblerClient.Configuration.Node { .init(host: "127.0.0.1", port: port) }
@@ -96,6 +108,6 @@ struct ReconnectTests {
         )
         _ = try await client.createDirect(with: "cy")
         await client.close()
-        _ = occupant
+        withExtendedLifetime(occupant) {}
     }
 }

@@ -181,6 +181,10 @@ struct WarblerBench: AsyncParsableCommand {
             if let led = spawned?.groupsLed, !led.isEmpty { report.extras.groupsLed = led }
             try? await eventLoops.shutdownGracefully()
         } catch {
+            // A stop signal's teardown stops the nodes, so the scenario fails: the teardown ends the bench. Its
+            // clients are still reconnecting on the event loops meanwhile, which must not shut down under them
+            // (a connect on a loop that has shut down leaks a promise, and a debug build traps on it).
+            ChildProcesses.shared.awaitTeardownIfInterrupted()
             _ = await flood?.stop()
             try? await eventLoops.shutdownGracefully()
             throw error

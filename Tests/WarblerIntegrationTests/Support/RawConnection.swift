@@ -36,7 +36,9 @@ final class RawConnection {
             }
         }
         guard connected else { throw TestFailure("cannot connect to \(port)") }
-        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        // Blocking reads give up after 30 s: a password check on a debug build takes most of a second of a core,
+        // and several times that while the other suites hash and simulate beside it (5 s was seen to run out).
+        var timeout = timeval(tv_sec: 30, tv_usec: 0)
         setsockopt(socket, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }
 
