@@ -147,7 +147,7 @@ let package = Package(
             name: "WarblerServerTests",
             dependencies: [
                 "WarblerServer", "WarblerWire", .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
             ]
         ),

@@ -11,11 +11,20 @@ public struct ChatGroup: GroupStateMachine {
     public let machine: ChatStateMachine
     let database: Database
     let family: ColumnFamily
+    /// Called when the group's state is replaced by a snapshot's (staged; written with the apply batch): what
+    /// the state held may have changed without an applied command saying so.
+    let onRestore: (@Sendable () -> Void)?
 
-    public init(machine: ChatStateMachine, database: Database, family: ColumnFamily) {
+    public init(
+        machine: ChatStateMachine,
+        database: Database,
+        family: ColumnFamily,
+        onRestore: (@Sendable () -> Void)? = nil
+    ) {
         self.machine = machine
         self.database = database
         self.family = family
+        self.onRestore = onRestore
     }
 
     public func appliedIndex() throws(StorageError) -> UInt64 {
@@ -60,6 +69,7 @@ public struct ChatGroup: GroupStateMachine {
         let prefix = ChatKeys.prefix(machine.group)
         for record in records { batch.put(prefix + record.key, record.value, in: family) }
         batch.put(prefix + ChatKeys.appliedIndex, ChatKeys.encode(index), in: family)
+        onRestore?()
     }
 
     public func destroy(into batch: WriteBatch) {
@@ -105,6 +115,16 @@ public struct ChatGroup: GroupStateMachine {
                 $0.message = error.message
             }
         case .alreadyApplied: record.alreadyApplied = true
+        case .sessionStarted(let userID, let ended):
+            record.sessionStarted = .with {
+                $0.userID = userID
+                $0.tokenHashes = ended
+            }
+        case .sessionEnded(let userID, let ended):
+            record.sessionEnded = .with {
+                $0.userID = userID
+                $0.tokenHashes = ended
+            }
         }
         // Serializing a generated message cannot fail.
         return try! record.serializedBytes()
@@ -123,6 +143,8 @@ public struct ChatGroup: GroupStateMachine {
         case .unchanged: return .unchanged
         case .refused(let refusal): return .refused(ChatError(ErrorCode(rawValue: refusal.code), refusal.message))
         case .alreadyApplied: return .alreadyApplied
+        case .sessionStarted(let started): return .sessionStarted(userID: started.userID, ended: started.tokenHashes)
+        case .sessionEnded(let ended): return .sessionEnded(userID: ended.userID, ended: ended.tokenHashes)
         case nil: throw ChatError(.internalError, "an empty outcome")
         }
     }

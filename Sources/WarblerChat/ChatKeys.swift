@@ -13,6 +13,8 @@ enum ChatKeys {
     static let directPairTag: UInt8 = 0x22
     static let messageTag: UInt8 = 0x30
     static let dedupTag: UInt8 = 0x31
+    static let sessionTag: UInt8 = 0x40
+    static let userSessionsTag: UInt8 = 0x41
 
     /// `group u32`: the start of every key of `group`.
     static func prefix(_ group: UInt32) -> [UInt8] {
@@ -63,6 +65,12 @@ enum ChatKeys {
     static func dedup(conversation: String, sender: String, clientMessageID: String) -> [UInt8] {
         key(dedupTag, conversation, sender, clientMessageID)
     }
+
+    /// `0x40 | SHA-256 of the token (32 bytes)` → the session (`SessionRecord`).
+    static func session(tokenHash: some Collection<UInt8>) -> [UInt8] { [sessionTag] + tokenHash }
+
+    /// `0x41 | user` → the user's sessions (`UserSessions`).
+    static func userSessions(_ userID: String) -> [UInt8] { key(userSessionsTag, userID) }
 
     /// `tag | len | component | …`, built in one allocation (keys are built for every applied message).
     static func key(_ tag: UInt8, _ components: String..., extra: Int = 0) -> [UInt8] {

@@ -12,6 +12,8 @@ public struct ChatLimits: Sendable, Hashable {
     public var maxPayloadBytes = 256 << 10
     /// Messages per history or sync page.
     public var maxPageSize = 500
+    /// Sessions one user holds at a time (devices, browsers, bots); a login beyond it ends the user's oldest.
+    public var maxSessionsPerUser = 64
 
     /// Default limits.
     public init() {}

@@ -1,3 +1,4 @@
+import Foundation
 import SwiftProtobuf
 import WarblerStorage
 import WarblerWire
@@ -76,6 +77,24 @@ public struct ChatQueries: Sendable {
     public func account(id: String) throws(StorageError) -> AccountRecord? {
         guard let bytes = try get(ChatKeys.account(id), group: ChatPartitioning.metadataGroup) else { return nil }
         return try decode(AccountRecord.self, bytes, "account \(id)")
+    }
+
+    /// The session recorded under `tokenHash` (the SHA-256 of its token), expired or not.
+    public func session(tokenHash: [UInt8]) throws(StorageError) -> SessionRecord? {
+        guard let bytes = try get(ChatKeys.session(tokenHash: tokenHash), group: ChatPartitioning.metadataGroup)
+        else { return nil }
+        return try decode(SessionRecord.self, bytes, "a session")
+    }
+
+    /// The token hashes of `user`'s recorded sessions, oldest first (expired ones included until the user's next
+    /// login drops them).
+    public func sessions(of userID: String) throws(StorageError) -> [Data] {
+        guard let bytes = try get(ChatKeys.userSessions(userID), group: ChatPartitioning.metadataGroup) else {
+            return []
+        }
+        return try decode(Warbler_Chat_V1_UserSessions.self, bytes, "the sessions of \(userID)").sessions.map(
+            \.tokenHash
+        )
     }
 
     /// True when at least one account exists (a node with none tells its operator how to create the first).

@@ -7,6 +7,7 @@ public typealias ChatCommand = Warbler_Chat_V1_Command
 public typealias AccountRecord = Warbler_Chat_V1_AccountRecord
 public typealias ConversationRecord = Warbler_Chat_V1_ConversationRecord
 public typealias MessageRecord = Warbler_Chat_V1_MessageRecord
+public typealias SessionRecord = Warbler_Chat_V1_SessionRecord
 
 /// What applying one command did.
 public enum ApplyOutcome: Sendable, Equatable {
@@ -24,6 +25,11 @@ public enum ApplyOutcome: Sendable, Equatable {
     case refused(ChatError)
     /// The command's index was applied before (a replay after a restart).
     case alreadyApplied
+    /// A session of `userID` was recorded; `ended` holds the token hashes of the user's sessions it ended (expired
+    /// ones, and the oldest beyond ``ChatLimits/maxSessionsPerUser``).
+    case sessionStarted(userID: String, ended: [Data])
+    /// A session ended (a logout); `ended` is empty when no such session was recorded.
+    case sessionEnded(userID: String, ended: [Data])
 }
 
 /// Applies committed chat commands to the state in the `chat` column family.
@@ -71,6 +77,8 @@ public struct ChatStateMachine: Sendable {
             case .removeMember(let remove): return try removeMember(remove, time: command.timeUnixMs, &writes)
             case .postMessage(let post): return try postMessage(post, time: command.timeUnixMs, &writes)
             case .markRead(let mark): return try markRead(mark, &writes)
+            case .startSession(let start): return try startSession(start, time: command.timeUnixMs, &writes)
+            case .endSession(let end): return try endSession(end, &writes)
             case nil: return .refused(ChatError(.unknownRequest, "empty command at index \(index)"))
             }
         } catch let error as ChatError {
@@ -111,6 +119,71 @@ public struct ChatStateMachine: Sendable {
         writes.put(ChatKeys.account(create.userID), try record.serializedBytes())
         writes.put(ChatKeys.accountByName(create.name), Array(create.userID.utf8))
         return .accountCreated(record)
+    }
+
+    // MARK: - Sessions
+
+    /// Records a session of an existing account, under its token's hash. The user's expired sessions (as of the
+    /// command's time) are dropped, and beyond ``ChatLimits/maxSessionsPerUser`` the oldest.
+    private func startSession(
+        _ start: Warbler_Chat_V1_StartSession,
+        time: Int64,
+        _ writes: inout StagedWrites
+    ) throws -> ApplyOutcome {
+        guard start.tokenHash.count == 32 else { throw ChatError(.invalidArgument, "token_hash must have 32 bytes") }
+        guard start.expiresUnixMs > time else { throw ChatError(.invalidArgument, "the session would have expired") }
+        guard try writes.get(ChatKeys.account(start.userID)) != nil else {
+            throw ChatError(.userNotFound, "no user \(start.userID)")
+        }
+        let sessionKey = ChatKeys.session(tokenHash: start.tokenHash)
+        if try writes.get(sessionKey) != nil { return .sessionStarted(userID: start.userID, ended: []) }
+        var list = try userSessions(start.userID, &writes)
+        var ended: [Data] = []
+        list.sessions.removeAll { session in
+            guard session.expiresUnixMs <= time else { return false }
+            ended.append(session.tokenHash)
+            return true
+        }
+        while list.sessions.count >= limits.maxSessionsPerUser, !list.sessions.isEmpty {
+            ended.append(list.sessions.removeFirst().tokenHash)
+        }
+        for hash in ended { writes.delete(ChatKeys.session(tokenHash: hash)) }
+        list.sessions.append(
+            .with {
+                $0.tokenHash = start.tokenHash
+                $0.expiresUnixMs = start.expiresUnixMs
+            }
+        )
+        writes.put(ChatKeys.userSessions(start.userID), try list.serializedBytes())
+        let record = Warbler_Chat_V1_SessionRecord.with {
+            $0.userID = start.userID
+            $0.createdUnixMs = time
+            $0.expiresUnixMs = start.expiresUnixMs
+        }
+        writes.put(sessionKey, try record.serializedBytes())
+        return .sessionStarted(userID: start.userID, ended: ended)
+    }
+
+    /// Ends the session with this token hash, if it is recorded.
+    private func endSession(_ end: Warbler_Chat_V1_EndSession, _ writes: inout StagedWrites) throws -> ApplyOutcome {
+        guard end.tokenHash.count == 32 else { throw ChatError(.invalidArgument, "token_hash must have 32 bytes") }
+        let sessionKey = ChatKeys.session(tokenHash: end.tokenHash)
+        guard let bytes = try writes.get(sessionKey) else { return .sessionEnded(userID: "", ended: []) }
+        let record = try Warbler_Chat_V1_SessionRecord(serializedBytes: bytes)
+        writes.delete(sessionKey)
+        var list = try userSessions(record.userID, &writes)
+        list.sessions.removeAll { $0.tokenHash == end.tokenHash }
+        if list.sessions.isEmpty {
+            writes.delete(ChatKeys.userSessions(record.userID))
+        } else {
+            writes.put(ChatKeys.userSessions(record.userID), try list.serializedBytes())
+        }
+        return .sessionEnded(userID: record.userID, ended: [end.tokenHash])
+    }
+
+    private func userSessions(_ userID: String, _ writes: inout StagedWrites) throws -> Warbler_Chat_V1_UserSessions {
+        guard let bytes = try writes.get(ChatKeys.userSessions(userID)) else { return .init() }
+        return try Warbler_Chat_V1_UserSessions(serializedBytes: bytes)
     }
 
     /// Names: 1 to `maxNameBytes` of ASCII letters, digits, `.`, `_`, `-`.

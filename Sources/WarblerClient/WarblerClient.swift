@@ -251,6 +251,36 @@ public final class WarblerClient: Sendable {
         return loggedIn
     }
 
+    /// The current session's token, once logged in or resumed. Any node of the cluster resumes it, after
+    /// restarts too, until it expires (12 hours after its login by default) or ``logout()`` ends it: an
+    /// application may keep it — as a secret, it is as good as the password until then — to come back later
+    /// with ``resume(sessionToken:)`` instead of asking for the password again.
+    public var sessionToken: String? { state.withLock { $0.sessionToken } }
+
+    /// Resumes a session from its token (``sessionToken`` of an earlier client) without a password. Throws
+    /// `auth.session_expired` when it expired or was logged out. With no password known, a reconnection whose
+    /// session has ended cannot log in again: the client then closes and ``events`` ends with
+    /// ``ClientEvent/disconnected(reason:)``.
+    @discardableResult
+    public func resume(sessionToken: String) async throws -> Warbler_V1_LoggedIn {
+        let reply = try await request(.resumeSession(.with { $0.sessionToken = sessionToken }))
+        guard case .loggedIn(let loggedIn) = reply.body else { throw ClientError.unexpected("\(reply)") }
+        state.withLock { $0.sessionToken = loggedIn.sessionToken }
+        return loggedIn
+    }
+
+    /// Ends the session on every node of the cluster (its token is refused everywhere from then on) and forgets
+    /// the credentials; the connection stays open for another login. Throws `node.unavailable`, still logged
+    /// in, when the cluster cannot record the logout now.
+    public func logout() async throws {
+        let reply = try await request(.logout(.init()))
+        guard case .done = reply.body else { throw ClientError.unexpected("\(reply)") }
+        state.withLock {
+            $0.credentials = nil
+            $0.sessionToken = nil
+        }
+    }
+
     // MARK: - Conversations
 
     public func listConversations() async throws -> [Warbler_V1_Conversation] {
@@ -586,6 +616,13 @@ public final class WarblerClient: Sendable {
                         )
                     )
                 }
+                if case .error(let error) = reply.body, error.code == ErrorCode.sessionExpired.rawValue,
+                    state.withLock({ $0.credentials == nil })
+                {
+                    // Resumed from a token alone, and the session has ended: nothing can log in again.
+                    await closeForGood("the session ended (\(error.message)); log in again")
+                    return
+                }
                 guard case .loggedIn(let loggedIn) = reply.body else { throw ClientError.unexpected("\(reply)") }
                 // Resend what was not acknowledged, in its original order, then catch up.
                 let (connection, resend) = state.withLock { state -> (CoalescingWriter?, [Warbler_V1_ClientFrame]) in
@@ -604,6 +641,12 @@ public final class WarblerClient: Sendable {
                 delay = min(delay * 2, 5_000_000_000)
             }
         }
+    }
+
+    /// Closes the client after a reconnection that cannot log in; ``events`` says why, then ends.
+    private func closeForGood(_ reason: String) async {
+        eventSink.yield(.disconnected(reason: reason))
+        await close()
     }
 
     /// A request during reconnection (bypasses the reconnecting gate).

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import WarblerChat
 import WarblerStorage
@@ -10,12 +11,13 @@ final class ChatFixture {
     let path: String
     var database: Database!
     var family: ColumnFamily!
-    let metadata = ChatStateMachine(group: 0)
+    let metadata: ChatStateMachine
     let machine = ChatStateMachine(group: 1)
     var index: UInt64 = 0
     var time: Int64 = 1_000
 
-    init() throws {
+    init(limits: ChatLimits = ChatLimits()) throws {
+        metadata = ChatStateMachine(group: 0, limits: limits)
         path = NSTemporaryDirectory() + "warbler-chat-\(UUID().uuidString)"
         try open()
     }
@@ -51,9 +53,10 @@ final class ChatFixture {
             var command = ChatCommand()
             command.timeUnixMs = time
             command.body = body
-            if case .createAccount = body {
+            switch body {
+            case .createAccount, .startSession, .endSession:
                 outcomes.append(try metadata.apply(command, index: index, to: &accountWrites))
-            } else {
+            default:
                 outcomes.append(try machine.apply(command, index: index, to: &writes))
             }
         }
@@ -74,6 +77,21 @@ final class ChatFixture {
                 $0.passwordHash = Data([1, 2, 3])
             }
         )
+    }
+
+    /// A login of `name` whose token hashes to 32 bytes of `tag`, valid for `lifetime` ms from the fixture's time.
+    func startSession(_ name: String, _ tag: UInt8, lifetime: Int64 = 1_000) -> ChatCommand.OneOf_Body {
+        .startSession(
+            .with {
+                $0.tokenHash = Data(repeating: tag, count: 32)
+                $0.userID = "u-\(name)"
+                $0.expiresUnixMs = time + lifetime
+            }
+        )
+    }
+
+    func endSession(_ tag: UInt8) -> ChatCommand.OneOf_Body {
+        .endSession(.with { $0.tokenHash = Data(repeating: tag, count: 32) })
     }
 
     func group(_ id: String, by creator: String, members: [String], title: String = "team") -> ChatCommand.OneOf_Body {
@@ -372,5 +390,84 @@ struct ChatStateMachineTests {
         #expect(replay.allSatisfy { $0 == .alreadyApplied })
         #expect(try chat.queries.conversation(id: "g")?.lastSeq == 5)
         #expect(posted(try chat.apply(chat.post("g", by: "bob", id: "n", "next")))?.seq == 6)
+    }
+
+    // MARK: - Sessions
+
+    @Test func aSessionIsRecordedUnderItsTokenHashUntilItsLogoutAndSurvivesARestart() throws {
+        let chat = try ChatFixture()
+        try chat.apply(chat.account("ada"))
+        #expect(try chat.apply(chat.startSession("ada", 1)) == .sessionStarted(userID: "u-ada", ended: []))
+        let hash = [UInt8](repeating: 1, count: 32)
+        try chat.reopen()
+        #expect(try chat.queries.session(tokenHash: hash)?.userID == "u-ada")
+        #expect(try chat.queries.session(tokenHash: hash)?.expiresUnixMs == chat.time - 10 + 1_000)
+        #expect(try chat.queries.sessions(of: "u-ada") == [Data(hash)])
+        // The same login applied twice (a retried proposal) records it once.
+        #expect(try chat.apply(chat.startSession("ada", 1)) == .sessionStarted(userID: "u-ada", ended: []))
+        #expect(try chat.queries.sessions(of: "u-ada").count == 1)
+
+        // Refused, changing nothing: an unknown user, a hash of the wrong size, a session already expired.
+        #expect(refusal(try chat.apply(chat.startSession("bob", 2))) == .userNotFound)
+        var short = chat.startSession("ada", 3)
+        if case .startSession(var start) = short {
+            start.tokenHash = Data([3])
+            short = .startSession(start)
+        }
+        #expect(refusal(try chat.apply(short)) == .invalidArgument)
+        #expect(refusal(try chat.apply(chat.startSession("ada", 4, lifetime: -1))) == .invalidArgument)
+        #expect(try chat.queries.session(tokenHash: [UInt8](repeating: 2, count: 32)) == nil)
+        #expect(try chat.queries.sessions(of: "u-ada") == [Data(hash)])
+
+        // A logout ends it; a second one finds nothing.
+        #expect(try chat.apply(chat.endSession(1)) == .sessionEnded(userID: "u-ada", ended: [Data(hash)]))
+        #expect(try chat.queries.session(tokenHash: hash) == nil)
+        #expect(try chat.queries.sessions(of: "u-ada").isEmpty)
+        #expect(try chat.apply(chat.endSession(1)) == .sessionEnded(userID: "", ended: []))
+    }
+
+    @Test func aLoginBeyondTheUsersBoundEndsTheOldestAndExpiredSessionsGoAtTheNextLogin() throws {
+        var limits = ChatLimits()
+        limits.maxSessionsPerUser = 3
+        let chat = try ChatFixture(limits: limits)
+        try chat.apply([chat.account("ada"), chat.account("bob")])
+        let hash = { (tag: UInt8) in Data(repeating: tag, count: 32) }
+        // Three in one round (each sees the previous ones), then a fourth ends the first.
+        let started = try chat.apply([
+            chat.startSession("ada", 1), chat.startSession("ada", 2), chat.startSession("ada", 3),
+        ])
+        #expect(started.allSatisfy { $0 == .sessionStarted(userID: "u-ada", ended: []) })
+        #expect(try chat.apply(chat.startSession("ada", 4)) == .sessionStarted(userID: "u-ada", ended: [hash(1)]))
+        #expect(try chat.queries.session(tokenHash: Array(hash(1))) == nil)
+        #expect(try chat.queries.sessions(of: "u-ada") == [hash(2), hash(3), hash(4)])
+        // Another user's sessions are their own.
+        #expect(try chat.apply(chat.startSession("bob", 9)) == .sessionStarted(userID: "u-bob", ended: []))
+
+        // A short session expires; the user's next login drops it (and still ends the oldest beyond the bound).
+        #expect(try chat.apply(chat.endSession(3)) == .sessionEnded(userID: "u-ada", ended: [hash(3)]))
+        try chat.apply(chat.startSession("ada", 5, lifetime: 15))
+        chat.time += 100
+        #expect(try chat.apply(chat.startSession("ada", 6)) == .sessionStarted(userID: "u-ada", ended: [hash(5)]))
+        #expect(try chat.queries.sessions(of: "u-ada") == [hash(2), hash(4), hash(6)])
+        #expect(try chat.queries.sessions(of: "u-bob") == [hash(9)])
+    }
+
+    @Test func restoringAGroupFromASnapshotIsAnnounced() throws {
+        final class Count: Sendable {
+            let value = Mutex(0)
+        }
+        let chat = try ChatFixture()
+        let restored = Count()
+        let group = ChatGroup(
+            machine: ChatStateMachine(group: 0),
+            database: chat.database,
+            family: chat.family,
+            onRestore: { restored.value.withLock { $0 += 1 } }
+        )
+        let batch = WriteBatch()
+        try group.restore([], index: 7, into: batch)
+        #expect(restored.value.withLock { $0 } == 1)
+        try chat.database.write(batch, sync: true)
+        #expect(try group.appliedIndex() == 7)
     }
 }

@@ -188,6 +188,22 @@ struct BenchTests {
         #expect(number(flood, "answered_per_second") > 0)
     }
 
+    /// `restart`: clients logged in with their passwords, the node killed and started again: every client is
+    /// back on the session it had (no password checked again), and the report says how long that took.
+    @Test func afterARestartEveryClientIsBackOnItsSession() async throws {
+        let report = try await bench(["--scenario", "restart", "--users", "6"])
+        let restart = (report["extras"] as? [String: Any])?["restart"] as? [String: Any] ?? [:]
+        #expect(restart["clients"] as? Int == 6, "\(restart)")
+        #expect(restart["resumed"] as? Int == 6, "\(restart)")
+        #expect(restart["logged_in_again"] as? Int == 0 && restart["not_back"] as? Int == 0, "\(restart)")
+        // Nobody is back before the node listens, and the figures are in order.
+        let (started, p50, p99) = (
+            number(restart, "node_start_seconds"), number(restart, "back_p50_seconds"),
+            number(restart, "back_p99_seconds")
+        )
+        #expect(started > 0 && started <= p50 && p50 <= p99 && p99 <= number(restart, "all_back_seconds"), "\(restart)")
+    }
+
     /// The progress line: each second's acks and deliveries, and its longest ack and delivery latency — so a
     /// stall shows in the second it happened, not only in the run's percentiles.
     @Test func theProgressLineGivesEachSecondsRatesAndLongestLatencies() async throws {

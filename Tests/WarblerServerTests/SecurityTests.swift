@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Testing
 import WarblerServer
@@ -41,6 +42,40 @@ struct SessionStoreTests {
         #expect(store.resolve(other.token, now: now) == nil)
         #expect(store.resolve("not a token") == nil)
         #expect(store.issue(userID: "ada").token != store.issue(userID: "ada").token)
+    }
+
+    @Test func sessionsTheMetadataGroupEndsAreForgottenByTheirTokenHash() {
+        let store = SessionStore(lifetimeSeconds: 60)
+        let now = Date()
+        let recorded = Session(token: Session.newToken(), userID: "ada", expiresAt: now + 60, recorded: true)
+        store.remember(recorded, now: now)
+        let other = store.issue(userID: "bob", now: now)
+        #expect(store.resolve(recorded.token, now: now)?.recorded == true)
+        #expect(other.recorded == false)
+        // The hash is the SHA-256 of the token's characters, as the metadata group stores it.
+        #expect(recorded.tokenHash == Array(SHA256.hash(data: Array(recorded.token.utf8))))
+        store.revoke(hashes: [Data(recorded.tokenHash), Data(repeating: 7, count: 32)])
+        #expect(store.resolve(recorded.token, now: now) == nil)
+        #expect(store.resolve(other.token, now: now)?.userID == "bob")
+        #expect(store.count == 1)
+    }
+
+    @Test func expiredSessionsAreSweptAsNewOnesArrive() {
+        let store = SessionStore(lifetimeSeconds: 60)
+        let now = Date()
+        for _ in 0..<1000 { _ = store.issue(userID: "ada", now: now) }
+        // 1,024 sessions later, a minute on: the sweep drops the first thousand without anyone resolving them.
+        for _ in 0..<24 { _ = store.issue(userID: "bob", now: now + 61) }
+        #expect(store.count == 24)
+    }
+
+    @Test(arguments: [
+        (String(repeating: "ab", count: 32), true), (String(repeating: "AB", count: 32), false),
+        (String(repeating: "a", count: 63), false), (String(repeating: "g", count: 64), false), ("", false),
+    ])
+    func onlyWellFormedTokensAreLookedUp(_ token: String, _ wellFormed: Bool) {
+        #expect(Session.isWellFormed(token) == wellFormed)
+        #expect(Session.isWellFormed(Session.newToken()))
     }
 }
 

@@ -139,6 +139,16 @@ struct BenchReport: Codable, Sendable {
                     + "\(flood.checked) checked, \(flood.refused) refused unchecked, \(flood.other) other"
             )
         }
+        if let restart = extras.restart {
+            let format = { (seconds: Double) in String(format: "%.2f s", seconds) }
+            lines.append("")
+            lines.append(
+                "restart: \(restart.clients) clients; the node listened again after \(format(restart.nodeStartSeconds)); "
+                    + "back (from the kill): p50 \(format(restart.backP50Seconds)), p99 \(format(restart.backP99Seconds)), "
+                    + "all \(format(restart.allBackSeconds)); \(restart.resumed) resumed their session, "
+                    + "\(restart.loggedInAgain) logged in again, \(restart.notBack) not back"
+            )
+        }
         if let backlog = extras.backlog, let seconds = extras.syncSeconds {
             lines.append("")
             lines.append(

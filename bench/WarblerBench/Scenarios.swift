@@ -139,6 +139,8 @@ struct ScenarioExtras: Codable, Sendable {
     var groupNodes: [[Int]]?
     /// `--login-flood`: what the flood of wrong logins saw.
     var loginFlood: LoginFlood.Summary?
+    /// `restart`: how the clients came back after the node was killed and started again.
+    var restart: RestartScenario.Summary?
 
     enum CodingKeys: String, CodingKey {
         case connections
@@ -152,6 +154,7 @@ struct ScenarioExtras: Codable, Sendable {
         case pairNodes = "pair_nodes"
         case groupNodes = "group_nodes"
         case loginFlood = "login_flood"
+        case restart
     }
 }
 

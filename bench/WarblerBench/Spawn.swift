@@ -118,6 +118,21 @@ final class SpawnedCluster {
         throw ValidationError("the spawned cluster did not form, or its leadership did not spread")
     }
 
+    /// Kills node `index` (from 0) with SIGKILL — no shutdown of any kind — and starts it again on the same data
+    /// and ports; returns once it listens.
+    func restart(node index: Int) throws {
+        let old = processes[index]
+        kill(old.processIdentifier, SIGKILL)
+        ChildProcesses.shared.waitUntilExit(old)
+        let process = Process()
+        process.executableURL = binary
+        process.arguments = old.arguments
+        process.standardOutput = FileHandle.nullDevice
+        try ChildProcesses.shared.launch(process)
+        processes[index] = process
+        try waitUntilListening(ports[index])
+    }
+
     /// Stops the nodes (SIGTERM, SIGKILL after ``ChildProcesses/stopTimeout``) and removes their data.
     func stop() {
         ChildProcesses.shared.stop(processes)

@@ -36,6 +36,9 @@ struct WarblerBench: AsyncParsableCommand {
                            and syncs it
               mixed        U users (--users), Zipf-popular direct and group
                            conversations; sends, receipts, history reads
+              restart      U clients (--users), each logged in with its password;
+                           the node is killed and started again (--spawn single);
+                           how long until every client is back, and how
             With --spawn the bench starts the nodes itself and creates the accounts it
             needs. With --target the accounts must exist (password --password); list
             them with --print-accounts.
@@ -43,10 +46,10 @@ struct WarblerBench: AsyncParsableCommand {
     )
 
     enum Scenario: String, ExpressibleByArgument, CaseIterable {
-        case pairs, group, connections, sync, mixed
+        case pairs, group, connections, sync, mixed, restart
     }
 
-    @Option(help: "pairs, group, connections, sync or mixed.") var scenario: Scenario = .pairs
+    @Option(help: "pairs, group, connections, sync, mixed or restart.") var scenario: Scenario = .pairs
     @Option(help: "HOST:PORT[,HOST:PORT…] of running nodes (connections are spread over them round-robin).")
     var target: String?
     @Option(
@@ -58,7 +61,7 @@ struct WarblerBench: AsyncParsableCommand {
     var senders: Int?
     @Option(help: "group: number of groups.") var groups = 1
     @Option(help: "group: members per group (every member online).") var members = 11
-    @Option(help: "mixed: users, one connection each.") var users = 40
+    @Option(help: "mixed, restart: users, one connection each.") var users = 40
     @Option(help: "connections: idle authenticated connections.") var connections = 10_000
     @Option(help: "connections: 127.0.0.x source addresses to spread them over (default: one per 10,000).")
     var sourceAddresses: Int?
@@ -98,6 +101,9 @@ struct WarblerBench: AsyncParsableCommand {
         if let rate, rate <= 0 { throw ValidationError("--rate must be positive") }
         if verify && scenario != .pairs { throw ValidationError("--verify applies to the pairs scenario") }
         guard loginFlood >= 0 else { throw ValidationError("--login-flood must not be negative") }
+        if scenario == .restart && spawn != "single" {
+            throw ValidationError("the restart scenario restarts a node it spawned: give --spawn single")
+        }
     }
 
     var pairCount: Int { senders ?? 32 }
@@ -108,6 +114,7 @@ struct WarblerBench: AsyncParsableCommand {
         switch scenario {
         case .sync: "closed loop, window \(window)"
         case .connections: "idle connections + open loop, 50 msgs/s"
+        case .restart: "kill -9 and restart of the node"
         default: shape.description
         }
     }
@@ -119,7 +126,7 @@ struct WarblerBench: AsyncParsableCommand {
         case .group: GroupScenario.users(groups: groups, members: members)
         case .connections: ConnectionsScenario.users
         case .sync: SyncScenario.users
-        case .mixed: MixedScenario.users(count: users)
+        case .mixed, .restart: MixedScenario.users(count: users)
         }
     }
 
@@ -176,7 +183,7 @@ struct WarblerBench: AsyncParsableCommand {
         let flood = loginFlood > 0 ? LoginFlood(connections: loginFlood, from: loginFloodFrom, to: targets) : nil
         if flood != nil { progress("flooding the node(s) with wrong logins from \(loginFloodFrom)…") }
         do {
-            report = try await measure(fleet: fleet, pids: pids)
+            report = try await measure(fleet: fleet, pids: pids, spawned: spawned)
             report.extras.loginFlood = await flood?.stop()
             if let led = spawned?.groupsLed, !led.isEmpty { report.extras.groupsLed = led }
             try? await eventLoops.shutdownGracefully()
@@ -196,13 +203,14 @@ struct WarblerBench: AsyncParsableCommand {
         }
     }
 
-    func measure(fleet: Fleet, pids: [Int32]) async throws -> BenchReport {
+    func measure(fleet: Fleet, pids: [Int32], spawned: SpawnedCluster?) async throws -> BenchReport {
         progress("connecting \(accounts.count) client(s)…")
         // The window opens once the scenario is set up: counters are created right before the load starts.
         var counters = RunCounters(warmUpSeconds: warmUp, seconds: seconds)
         var extras = ScenarioExtras()
         var measuredSeconds = seconds
-        let sampler = UsageSampler(serverPIDs: pids)
+        // A restarted node is another process: its usage is not sampled.
+        let sampler = UsageSampler(serverPIDs: scenario == .restart ? [] : pids)
         let sampleServers: (RunCounters) -> Void = { sampler.schedule(start: $0.window.start, end: $0.window.end) }
         let verified = verify ? AcknowledgedMessages() : nil
         switch scenario {
@@ -260,6 +268,18 @@ struct WarblerBench: AsyncParsableCommand {
                 progress: !quiet,
                 onStart: sampleServers
             )
+        case .restart:
+            guard let spawned else { throw ValidationError("the restart scenario needs --spawn single") }
+            sampler.schedule(start: monotonicNanoseconds(), end: nil)
+            let started = monotonicNanoseconds()
+            extras.restart = try await RestartScenario.run(
+                fleet: fleet,
+                cluster: spawned,
+                users: accounts,
+                patience: max(seconds, 120),
+                progress: progress
+            )
+            measuredSeconds = Double(monotonicNanoseconds() - started) / 1e9
         case .sync:
             sampler.schedule(start: monotonicNanoseconds(), end: nil)
             let started = monotonicNanoseconds()

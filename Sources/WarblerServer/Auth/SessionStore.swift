@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Synchronization
 
@@ -6,39 +7,122 @@ public struct Session: Sendable, Hashable {
     public var token: String
     public var userID: String
     public var expiresAt: Date
+    /// True when the metadata group records it: any node resumes it, after a restart too, and a logout ends it
+    /// everywhere. False for a session a node cut off from the metadata group's leader issued on its own: this
+    /// node alone knows it, until it restarts.
+    public var recorded: Bool
+
+    public init(token: String, userID: String, expiresAt: Date, recorded: Bool) {
+        self.token = token
+        self.userID = userID
+        self.expiresAt = expiresAt
+        self.recorded = recorded
+    }
+
+    /// The SHA-256 of the token, under which the metadata group records the session (never the token itself).
+    public var tokenHash: [UInt8] { Self.hash(token) }
+
+    /// The SHA-256 of `token`'s bytes.
+    public static func hash(_ token: String) -> [UInt8] { Array(SHA256.hash(data: Array(token.utf8))) }
+
+    /// A new token: 256 random bits, in hex.
+    public static func newToken() -> String {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
+    }
+
+    /// True when `text` could be a token (64 lowercase hex digits): anything else is refused without a lookup.
+    public static func isWellFormed(_ text: String) -> Bool {
+        text.utf8.count == 64 && text.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+    }
 }
 
-/// Session tokens: 256 random bits each, held in memory with an expiry; revoked at logout. A restart of the
-/// node ends every session (clients log in again).
+/// The sessions this node serves: those logged in or resumed here, in memory, checked on every request. The
+/// metadata group holds the recorded ones for the whole cluster (``Session/recorded``); this store forgets a
+/// session at logout, at its expiry, or when the metadata group ends it (a logout on another node, or the
+/// user's oldest session ended by a new login).
 public final class SessionStore: Sendable {
-    private let sessions = Mutex<[String: Session]>([:])
-    private let lifetime: TimeInterval
+    private struct State {
+        var sessions: [String: Session] = [:]
+        /// Token by token hash, for the sessions the metadata group ends.
+        var tokens: [[UInt8]: String] = [:]
+        var insertsSincePrune = 0
+    }
+
+    private let state = Mutex(State())
+    /// How long a session lives after its login.
+    public let lifetime: TimeInterval
 
     public init(lifetimeSeconds: Int) { lifetime = TimeInterval(lifetimeSeconds) }
 
-    /// Issues a new token for `userID`.
+    /// Issues a new session for `userID`, known to this node only.
     public func issue(userID: String, now: Date = Date()) -> Session {
-        var generator = SystemRandomNumberGenerator()
-        let token = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
-        let session = Session(token: token, userID: userID, expiresAt: now.addingTimeInterval(lifetime))
-        sessions.withLock { $0[token] = session }
+        let session = Session(
+            token: Session.newToken(),
+            userID: userID,
+            expiresAt: now.addingTimeInterval(lifetime),
+            recorded: false
+        )
+        remember(session, now: now)
         return session
     }
 
-    /// The live session for `token`, or nil if unknown, revoked or expired.
+    /// Serves `session` from now on (one the metadata group recorded, at its login or resumed here).
+    public func remember(_ session: Session, now: Date = Date()) {
+        let hash = session.tokenHash
+        state.withLock { state in
+            state.sessions[session.token] = session
+            state.tokens[hash] = session.token
+            state.insertsSincePrune += 1
+            // Sessions whose clients never come back are dropped once expired, a sweep per 1,024 new ones.
+            if state.insertsSincePrune >= 1024 {
+                state.insertsSincePrune = 0
+                for (token, session) in state.sessions where session.expiresAt <= now {
+                    state.sessions[token] = nil
+                    state.tokens[session.tokenHash] = nil
+                }
+            }
+        }
+    }
+
+    /// The live session for `token`, or nil if unknown here, revoked or expired.
     public func resolve(_ token: String, now: Date = Date()) -> Session? {
-        sessions.withLock { sessions in
-            guard let session = sessions[token] else { return nil }
+        state.withLock { state in
+            guard let session = state.sessions[token] else { return nil }
             if session.expiresAt <= now {
-                sessions[token] = nil
+                state.sessions[token] = nil
+                state.tokens[session.tokenHash] = nil
                 return nil
             }
             return session
         }
     }
 
-    /// Revokes `token`.
-    public func revoke(_ token: String) { sessions.withLock { $0[token] = nil } }
+    /// Revokes `token` here.
+    public func revoke(_ token: String) {
+        let hash = Session.hash(token)
+        state.withLock { state in
+            state.sessions[token] = nil
+            state.tokens[hash] = nil
+        }
+    }
+
+    /// Revokes here the sessions with these token hashes (the metadata group ended them).
+    public func revoke(hashes: [Data]) {
+        guard !hashes.isEmpty else { return }
+        state.withLock { state in
+            for hash in hashes {
+                guard let token = state.tokens.removeValue(forKey: Array(hash)) else { continue }
+                state.sessions[token] = nil
+            }
+        }
+    }
+
+    /// The sessions held here that the metadata group records.
+    public func recorded() -> [Session] { state.withLock { Array($0.sessions.values.filter(\.recorded)) } }
+
+    /// How many sessions this node holds in memory.
+    public var count: Int { state.withLock { $0.sessions.count } }
 }
 
 /// Counts failed logins per name and locks a name out for a while after too many.

@@ -185,10 +185,17 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
             switch request {
             case .ping(let ping): pong(id, ping)
             case .logout:
-                node.sessions.revoke(session.token)
-                node.sessionEnded(handle)
-                loggedOut(context)
-                reply(id) { $0.done = .init() }
+                // Answered once the session has ended everywhere; until then the connection stays logged in (a
+                // logout the cluster could not record is answered `node.unavailable` and may be retried).
+                node.endSession(session, on: context.eventLoop).hop(to: context.eventLoop).assumeIsolated()
+                    .whenSuccess { [self] ended in
+                        if case .failure(let error) = ended { return send(error.frame(requestID: id)) }
+                        if case .ready(let current, let handle) = state, current.token == session.token {
+                            node.sessionEnded(handle)
+                            loggedOut(context)
+                        }
+                        reply(id) { $0.done = .init() }
+                    }
             case .hello, .login, .resumeSession:
                 send(WireError(.invalidArgument, "already logged in as \(session.userID)").frame(requestID: id))
             default:
@@ -222,7 +229,7 @@ final class ClientChannelHandler: ChannelInboundHandler, @unchecked Sendable {
                 guard case .awaitingAuthentication = state, let sink else {
                     // Another login on this connection, sent at the same time, got in first (or it closed): the
                     // session this one opened is never used.
-                    node.sessions.revoke(session.token)
+                    _ = node.endSession(session, on: context.eventLoop)
                     if case .ready(let current, _) = state {
                         send(
                             WireError(.invalidArgument, "already logged in as \(current.userID)").frame(requestID: id)

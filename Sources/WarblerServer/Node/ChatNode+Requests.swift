@@ -40,22 +40,82 @@ extension ChatNode {
         // (ReadIndex; on a node still joining, for the replica to exist), so any node accepts every account
         // created before the login began. Every name pays the same wait — whether the barrier succeeds or not —
         // so its duration says nothing about which names exist. When no leader of the metadata group can be
-        // reached (this node is cut off), the local replica answers: known accounts can still log in and read.
-        let current = eventLoop.makePromise(of: Void.self)
+        // reached (this node is cut off), the local replica answers: known accounts can still log in and read,
+        // with a session this node alone knows.
+        let current = eventLoop.makePromise(of: Bool.self)
         current.completeWithTask { [host, logger] in
-            do { try await host.readBarrier(group: 0) } catch {
+            do {
+                try await host.readBarrier(group: 0)
+                return true
+            } catch {
                 logger.notice(
                     "login checked against a metadata replica that may be stale",
                     metadata: ["error": "\(error)"]
                 )
+                return false
             }
         }
-        return current.futureResult.flatMap { [self] in
-            verifier.run(ticket, on: eventLoop) { [self] in try checkCredentials(login) }
-        }.map { [loginBudget] result in
-            if case .success = result { loginBudget.giveBack(address) }
-            return result
+        return current.futureResult.flatMap { [self] current in
+            verifier.run(ticket, on: eventLoop) { [self] in try checkCredentials(login) }.flatMap { [self] checked in
+                switch checked {
+                case .failure(let error): return eventLoop.makeSucceededFuture(.failure(error))
+                case .success(let account):
+                    loginBudget.giveBack(address)
+                    return startSession(for: account, recorded: current, on: eventLoop)
+                }
+            }
         }
+    }
+
+    /// Opens a session for `account`. It is recorded in the metadata group (under its token's hash) before the
+    /// login is answered, so that any node resumes it, after a restart too, and a logout ends it everywhere —
+    /// unless `recorded` is false (no leader of the metadata group was reachable) or recording it fails: then
+    /// this node alone knows the session.
+    private func startSession(
+        for account: AccountRecord,
+        recorded: Bool,
+        on eventLoop: any EventLoop
+    ) -> EventLoopFuture<Result<(Session, String), WireError>> {
+        guard recorded else {
+            return eventLoop.makeSucceededFuture(.success((sessions.issue(userID: account.userID), account.name)))
+        }
+        let session = Session(
+            token: Session.newToken(),
+            userID: account.userID,
+            expiresAt: Date().addingTimeInterval(sessions.lifetime),
+            recorded: true
+        )
+        let started = eventLoop.makePromise(of: Result<(Session, String), WireError>.self)
+        started.completeWithTask { [self] in
+            do {
+                let outcome = try await run(
+                    .startSession(
+                        .with {
+                            $0.tokenHash = Data(session.tokenHash)
+                            $0.userID = account.userID
+                            $0.expiresUnixMs = Int64(session.expiresAt.timeIntervalSince1970 * 1000)
+                        }
+                    )
+                )
+                switch outcome {
+                case .sessionStarted:
+                    sessions.remember(session)
+                    return .success((session, account.name))
+                case .refused(let error): return .failure(WireError(error.code, error.message))
+                default: return .failure(WireError(.internalError, "unexpected outcome \(outcome)"))
+                }
+            } catch {
+                logger.notice(
+                    "a login's session is known to this node only: the metadata group did not record it",
+                    metadata: ["user": "\(account.userID)", "error": "\(error)"]
+                )
+                var local = session
+                local.recorded = false
+                sessions.remember(local)
+                return .success((local, account.name))
+            }
+        }
+        return started.futureResult
     }
 
     /// Answers a login with `node.rate_limited` after `delay`, without checking it; a warning says so at most
@@ -80,7 +140,7 @@ extension ChatNode {
         return eventLoop.scheduleTask(in: delay) { refusal }.futureResult
     }
 
-    private func checkCredentials(_ login: Warbler_V1_Login) throws -> Result<(Session, String), WireError> {
+    private func checkCredentials(_ login: Warbler_V1_Login) throws -> Result<AccountRecord, WireError> {
         let name = login.user
         if throttle.isLocked(name) {
             return .failure(WireError(.lockedOut, "too many failed logins; try again later"))
@@ -97,7 +157,7 @@ extension ChatNode {
             return .failure(WireError(.invalidCredentials, "wrong user name or password"))
         }
         throttle.recordSuccess(name)
-        return .success((sessions.issue(userID: account.userID), account.name))
+        return .success(account)
     }
 
     /// Hashes of a random password, one per scrypt cost, verified against for unknown names: as slow to check
@@ -110,13 +170,57 @@ extension ChatNode {
         return decoyHashes.withLock { $0[costExponent, default: hash] }
     }
 
+    /// Resumes the session of `token`: one this node serves, or one the metadata group recorded (logged in on
+    /// another node, or before this node restarted), read from this node's replica. Never hashes a password.
     func resume(_ token: String, on eventLoop: any EventLoop) -> EventLoopFuture<Result<(Session, String), WireError>> {
-        guard let session = sessions.resolve(token) else {
-            return eventLoop.makeSucceededFuture(
-                .failure(WireError(.sessionExpired, "the session expired; log in again"))
-            )
+        let expired = Result<(Session, String), WireError>.failure(
+            WireError(.sessionExpired, "the session expired; log in again")
+        )
+        // A session this node alone knows is in memory only; a recorded one is looked up in the replica even when
+        // held here, so that a logout this node learnt of only through a snapshot still ends it.
+        if let session = sessions.resolve(token), !session.recorded {
+            return eventLoop.makeSucceededFuture(.success((session, session.userID)))
         }
-        return eventLoop.makeSucceededFuture(.success((session, session.userID)))
+        guard Session.isWellFormed(token) else { return eventLoop.makeSucceededFuture(expired) }
+        return threadPool.runIfActive(eventLoop: eventLoop) { [queries, sessions] in
+            let hash = Session.hash(token)
+            guard let record = try queries.session(tokenHash: hash) else { return expired }
+            let expiresAt = Date(timeIntervalSince1970: Double(record.expiresUnixMs) / 1000)
+            guard expiresAt > Date(), let account = try queries.account(id: record.userID) else { return expired }
+            let session = Session(token: token, userID: record.userID, expiresAt: expiresAt, recorded: true)
+            sessions.remember(session)
+            // A logout applied between the read above and `remember` revoked nothing here yet: look again.
+            guard try queries.session(tokenHash: hash) != nil else {
+                sessions.revoke(token)
+                return expired
+            }
+            return .success((session, account.name))
+        }.flatMapErrorThrowing { error in
+            .failure(WireError(.unavailable, "the session cannot be read now: \(error)"))
+        }
+    }
+
+    /// Ends `session`: in the metadata group first when it is recorded there (so that no node resumes it
+    /// afterwards), then here. Fails, ending nothing, when the metadata group cannot record the logout.
+    func endSession(_ session: Session, on eventLoop: any EventLoop) -> EventLoopFuture<Result<Void, WireError>> {
+        guard session.recorded else {
+            sessions.revoke(session.token)
+            return eventLoop.makeSucceededFuture(.success(()))
+        }
+        let ended = eventLoop.makePromise(of: Result<Void, WireError>.self)
+        ended.completeWithTask { [self] in
+            do {
+                let outcome = try await run(.endSession(.with { $0.tokenHash = Data(session.tokenHash) }))
+                if case .refused(let error) = outcome { return .failure(WireError(error.code, error.message)) }
+                sessions.revoke(session.token)
+                return .success(())
+            } catch {
+                return .failure(
+                    WireError(.unavailable, "the logout could not be recorded; the session goes on, retry: \(error)")
+                )
+            }
+        }
+        return ended.futureResult
     }
 
     // MARK: - Presence
@@ -470,7 +574,7 @@ extension ChatNode {
                     .with { $0.conversation = ClientRecords.conversation(record, lastMessage: nil, readSeq: 0) }
                 )
             }
-        case .readMarked, .accountCreated, .alreadyApplied, .unchanged:
+        case .readMarked, .accountCreated, .alreadyApplied, .unchanged, .sessionStarted, .sessionEnded:
             return .success(.with { $0.done = .init() })
         case .refused(let error):
             return .failure(WireError(error.code, error.message))

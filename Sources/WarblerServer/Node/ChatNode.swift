@@ -135,7 +135,8 @@ public final class ChatNode: Sendable {
             hostBox.host?.clusterView.info?.partitionCount ?? 0
         }
         self.queries = queries
-        sessions = SessionStore(lifetimeSeconds: configuration.security.sessionLifetimeSeconds)
+        let sessions = SessionStore(lifetimeSeconds: configuration.security.sessionLifetimeSeconds)
+        self.sessions = sessions
         throttle = LoginThrottle(
             maxFailures: configuration.security.maxFailedLogins,
             lockoutSeconds: configuration.security.lockoutSeconds
@@ -149,6 +150,9 @@ public final class ChatNode: Sendable {
         threadPool.start()
         let database = self.database
         let chatLimits = limits
+        let metadataRestored: @Sendable () -> Void = {
+            ChatNode.revalidate(sessions.recorded(), of: sessions, queries: queries, host: hostBox)
+        }
         var hostOptions = RaftHost<ChatGroup>.Options()
         hostOptions.compactionEntries = configuration.cluster.compactionEntries
         host = try RaftHost(
@@ -163,10 +167,17 @@ public final class ChatNode: Sendable {
                 ChatGroup(
                     machine: ChatStateMachine(group: group, limits: chatLimits),
                     database: database,
-                    family: chatFamily
+                    family: chatFamily,
+                    // A snapshot of the metadata group (this replica fell far behind) may hold logouts that no
+                    // applied command reported here.
+                    onRestore: group == ChatPartitioning.metadataGroup ? metadataRestored : nil
                 )
             },
-            onApplied: { _, outcomes in registry.deliver(outcomes) },
+            onApplied: { group, outcomes in
+                // Sessions are recorded in the metadata group: one ended anywhere ends here too.
+                if group == ChatPartitioning.metadataGroup { Self.endSessions(in: outcomes, of: sessions) }
+                registry.deliver(outcomes)
+            },
             completionScope: { OutboundRound.gather($0) }
         )
         hostBox.host = host
@@ -272,10 +283,43 @@ public final class ChatNode: Sendable {
     /// The cluster as this node sees it (every group it replicates, leaders report lag).
     public func clusterStatus() async -> ClusterStatus { await host.status() }
 
-    /// The group a command goes to: accounts to the metadata group, the rest to the conversation's partition.
+    /// Forgets those of `candidates` (held before a snapshot replaced the metadata group's state) that the
+    /// metadata group no longer records, once this replica has applied everything committed (a read barrier: the
+    /// snapshot is written by then, and so is every login that `candidates` came from).
+    private static func revalidate(
+        _ candidates: [Session],
+        of sessions: SessionStore,
+        queries: ChatQueries,
+        host: HostBox
+    ) {
+        guard !candidates.isEmpty else { return }
+        Task {
+            guard let host = host.host, (try? await host.readBarrier(group: ChatPartitioning.metadataGroup)) != nil
+            else { return }
+            for session in candidates {
+                // A read that fails keeps the session (the next snapshot or resume looks again).
+                if case .some(.none) = try? queries.session(tokenHash: session.tokenHash) {
+                    sessions.revoke(session.token)
+                }
+            }
+        }
+    }
+
+    /// Forgets the sessions that applied commands of the metadata group ended (logouts, a user's oldest sessions).
+    static func endSessions(in outcomes: [ApplyOutcome], of sessions: SessionStore) {
+        for outcome in outcomes {
+            switch outcome {
+            case .sessionStarted(_, let ended), .sessionEnded(_, let ended): sessions.revoke(hashes: ended)
+            default: continue
+            }
+        }
+    }
+
+    /// The group a command goes to: accounts and sessions to the metadata group, the rest to the conversation's
+    /// partition.
     func group(of body: ChatCommand.OneOf_Body) throws -> UInt32 {
         switch body {
-        case .createAccount: return ChatPartitioning.metadataGroup
+        case .createAccount, .startSession, .endSession: return ChatPartitioning.metadataGroup
         case .createConversation(let create): return try queries.group(of: create.conversationID)
         case .addMembers(let add): return try queries.group(of: add.conversationID)
         case .removeMember(let remove): return try queries.group(of: remove.conversationID)

@@ -177,6 +177,22 @@ public nonisolated struct Warbler_Chat_V1_Command: Sendable {
     set {body = .markRead(newValue)}
   }
 
+  public var startSession: Warbler_Chat_V1_StartSession {
+    get {
+      if case .startSession(let v)? = body {return v}
+      return Warbler_Chat_V1_StartSession()
+    }
+    set {body = .startSession(newValue)}
+  }
+
+  public var endSession: Warbler_Chat_V1_EndSession {
+    get {
+      if case .endSession(let v)? = body {return v}
+      return Warbler_Chat_V1_EndSession()
+    }
+    set {body = .endSession(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -186,6 +202,8 @@ public nonisolated struct Warbler_Chat_V1_Command: Sendable {
     case removeMember(Warbler_Chat_V1_RemoveMember)
     case postMessage(Warbler_Chat_V1_PostMessage)
     case markRead(Warbler_Chat_V1_MarkRead)
+    case startSession(Warbler_Chat_V1_StartSession)
+    case endSession(Warbler_Chat_V1_EndSession)
 
   }
 
@@ -205,6 +223,38 @@ public nonisolated struct Warbler_Chat_V1_CreateAccount: Sendable {
   public var passwordHash: Data = Data()
 
   public var role: Warbler_Chat_V1_Role = .unspecified
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A login: the session is recorded in the metadata group, so that any node resumes it, after a restart too.
+/// Only the token's SHA-256 is stored; the token itself never leaves the node that issued it and its client.
+public nonisolated struct Warbler_Chat_V1_StartSession: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// SHA-256 of the token: 32 bytes
+  public var tokenHash: Data = Data()
+
+  public var userID: String = String()
+
+  public var expiresUnixMs: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A logout: the session ends on every node.
+public nonisolated struct Warbler_Chat_V1_EndSession: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var tokenHash: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -317,6 +367,50 @@ public nonisolated struct Warbler_Chat_V1_AccountRecord: Sendable {
   public var role: Warbler_Chat_V1_Role = .unspecified
 
   public var createdUnixMs: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A session that can be resumed, under the SHA-256 of its token.
+public nonisolated struct Warbler_Chat_V1_SessionRecord: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var userID: String = String()
+
+  public var createdUnixMs: Int64 = 0
+
+  public var expiresUnixMs: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A user's sessions, oldest first: at most ChatLimits.maxSessionsPerUser; beyond it a login ends the oldest.
+public nonisolated struct Warbler_Chat_V1_UserSessions: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var sessions: [Warbler_Chat_V1_UserSession] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Warbler_Chat_V1_UserSession: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var tokenHash: Data = Data()
+
+  public var expiresUnixMs: Int64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -445,6 +539,22 @@ public nonisolated struct Warbler_Chat_V1_Outcome: Sendable {
     set {body = .alreadyApplied(newValue)}
   }
 
+  public var sessionStarted: Warbler_Chat_V1_SessionsEnded {
+    get {
+      if case .sessionStarted(let v)? = body {return v}
+      return Warbler_Chat_V1_SessionsEnded()
+    }
+    set {body = .sessionStarted(newValue)}
+  }
+
+  public var sessionEnded: Warbler_Chat_V1_SessionsEnded {
+    get {
+      if case .sessionEnded(let v)? = body {return v}
+      return Warbler_Chat_V1_SessionsEnded()
+    }
+    set {body = .sessionEnded(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -456,8 +566,25 @@ public nonisolated struct Warbler_Chat_V1_Outcome: Sendable {
     case unchanged(Bool)
     case refused(Warbler_Chat_V1_Refused)
     case alreadyApplied(Bool)
+    case sessionStarted(Warbler_Chat_V1_SessionsEnded)
+    case sessionEnded(Warbler_Chat_V1_SessionsEnded)
 
   }
+
+  public init() {}
+}
+
+/// The sessions a StartSession (beyond the user's bound, or expired) or an EndSession ended, by token hash.
+public nonisolated struct Warbler_Chat_V1_SessionsEnded: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var userID: String = String()
+
+  public var tokenHashes: [Data] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
@@ -577,7 +704,7 @@ nonisolated extension Warbler_Chat_V1_ConversationKind: SwiftProtobuf._ProtoName
 
 nonisolated extension Warbler_Chat_V1_Command: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Command"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}time_unix_ms\0\u{4}\u{9}create_account\0\u{3}create_conversation\0\u{3}add_members\0\u{3}remove_member\0\u{4}\u{7}post_message\0\u{3}mark_read\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}time_unix_ms\0\u{4}\u{9}create_account\0\u{3}create_conversation\0\u{3}add_members\0\u{3}remove_member\0\u{4}\u{7}post_message\0\u{3}mark_read\0\u{4}\u{9}start_session\0\u{3}end_session\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -664,6 +791,32 @@ nonisolated extension Warbler_Chat_V1_Command: SwiftProtobuf.Message, SwiftProto
           self.body = .markRead(v)
         }
       }()
+      case 30: try {
+        var v: Warbler_Chat_V1_StartSession?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .startSession(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .startSession(v)
+        }
+      }()
+      case 31: try {
+        var v: Warbler_Chat_V1_EndSession?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .endSession(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .endSession(v)
+        }
+      }()
       default: break
       }
     }
@@ -701,6 +854,14 @@ nonisolated extension Warbler_Chat_V1_Command: SwiftProtobuf.Message, SwiftProto
     case .markRead?: try {
       guard case .markRead(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
+    }()
+    case .startSession?: try {
+      guard case .startSession(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 30)
+    }()
+    case .endSession?: try {
+      guard case .endSession(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 31)
     }()
     case nil: break
     }
@@ -755,6 +916,76 @@ nonisolated extension Warbler_Chat_V1_CreateAccount: SwiftProtobuf.Message, Swif
     if lhs.name != rhs.name {return false}
     if lhs.passwordHash != rhs.passwordHash {return false}
     if lhs.role != rhs.role {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Warbler_Chat_V1_StartSession: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StartSession"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}token_hash\0\u{3}user_id\0\u{3}expires_unix_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.tokenHash) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.userID) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.expiresUnixMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.tokenHash.isEmpty {
+      try visitor.visitSingularBytesField(value: self.tokenHash, fieldNumber: 1)
+    }
+    if !self.userID.isEmpty {
+      try visitor.visitSingularStringField(value: self.userID, fieldNumber: 2)
+    }
+    if self.expiresUnixMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.expiresUnixMs, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Warbler_Chat_V1_StartSession, rhs: Warbler_Chat_V1_StartSession) -> Bool {
+    if lhs.tokenHash != rhs.tokenHash {return false}
+    if lhs.userID != rhs.userID {return false}
+    if lhs.expiresUnixMs != rhs.expiresUnixMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Warbler_Chat_V1_EndSession: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".EndSession"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}token_hash\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.tokenHash) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.tokenHash.isEmpty {
+      try visitor.visitSingularBytesField(value: self.tokenHash, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Warbler_Chat_V1_EndSession, rhs: Warbler_Chat_V1_EndSession) -> Bool {
+    if lhs.tokenHash != rhs.tokenHash {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1025,6 +1256,111 @@ nonisolated extension Warbler_Chat_V1_AccountRecord: SwiftProtobuf.Message, Swif
   }
 }
 
+nonisolated extension Warbler_Chat_V1_SessionRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SessionRecord"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}user_id\0\u{3}created_unix_ms\0\u{3}expires_unix_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.userID) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.createdUnixMs) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.expiresUnixMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.userID.isEmpty {
+      try visitor.visitSingularStringField(value: self.userID, fieldNumber: 1)
+    }
+    if self.createdUnixMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.createdUnixMs, fieldNumber: 2)
+    }
+    if self.expiresUnixMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.expiresUnixMs, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Warbler_Chat_V1_SessionRecord, rhs: Warbler_Chat_V1_SessionRecord) -> Bool {
+    if lhs.userID != rhs.userID {return false}
+    if lhs.createdUnixMs != rhs.createdUnixMs {return false}
+    if lhs.expiresUnixMs != rhs.expiresUnixMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Warbler_Chat_V1_UserSessions: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".UserSessions"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sessions\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.sessions) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.sessions.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.sessions, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Warbler_Chat_V1_UserSessions, rhs: Warbler_Chat_V1_UserSessions) -> Bool {
+    if lhs.sessions != rhs.sessions {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Warbler_Chat_V1_UserSession: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".UserSession"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}token_hash\0\u{3}expires_unix_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.tokenHash) }()
+      case 2: try { try decoder.decodeSingularInt64Field(value: &self.expiresUnixMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.tokenHash.isEmpty {
+      try visitor.visitSingularBytesField(value: self.tokenHash, fieldNumber: 1)
+    }
+    if self.expiresUnixMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.expiresUnixMs, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Warbler_Chat_V1_UserSession, rhs: Warbler_Chat_V1_UserSession) -> Bool {
+    if lhs.tokenHash != rhs.tokenHash {return false}
+    if lhs.expiresUnixMs != rhs.expiresUnixMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Warbler_Chat_V1_ConversationRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ConversationRecord"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}conversation_id\0\u{1}kind\0\u{1}title\0\u{1}creator\0\u{1}members\0\u{3}last_seq\0\u{3}created_unix_ms\0\u{3}last_activity_unix_ms\0")
@@ -1147,7 +1483,7 @@ nonisolated extension Warbler_Chat_V1_MessageRecord: SwiftProtobuf.Message, Swif
 
 nonisolated extension Warbler_Chat_V1_Outcome: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Outcome"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}account_created\0\u{1}conversation\0\u{3}members_changed\0\u{1}posted\0\u{3}read_marked\0\u{1}unchanged\0\u{1}refused\0\u{3}already_applied\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}account_created\0\u{1}conversation\0\u{3}members_changed\0\u{1}posted\0\u{3}read_marked\0\u{1}unchanged\0\u{1}refused\0\u{3}already_applied\0\u{3}session_started\0\u{3}session_ended\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1249,6 +1585,32 @@ nonisolated extension Warbler_Chat_V1_Outcome: SwiftProtobuf.Message, SwiftProto
           self.body = .alreadyApplied(v)
         }
       }()
+      case 9: try {
+        var v: Warbler_Chat_V1_SessionsEnded?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .sessionStarted(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .sessionStarted(v)
+        }
+      }()
+      case 10: try {
+        var v: Warbler_Chat_V1_SessionsEnded?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .sessionEnded(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .sessionEnded(v)
+        }
+      }()
       default: break
       }
     }
@@ -1292,6 +1654,14 @@ nonisolated extension Warbler_Chat_V1_Outcome: SwiftProtobuf.Message, SwiftProto
       guard case .alreadyApplied(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularBoolField(value: v, fieldNumber: 8)
     }()
+    case .sessionStarted?: try {
+      guard case .sessionStarted(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+    }()
+    case .sessionEnded?: try {
+      guard case .sessionEnded(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -1299,6 +1669,41 @@ nonisolated extension Warbler_Chat_V1_Outcome: SwiftProtobuf.Message, SwiftProto
 
   public static func ==(lhs: Warbler_Chat_V1_Outcome, rhs: Warbler_Chat_V1_Outcome) -> Bool {
     if lhs.body != rhs.body {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Warbler_Chat_V1_SessionsEnded: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SessionsEnded"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}user_id\0\u{3}token_hashes\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.userID) }()
+      case 2: try { try decoder.decodeRepeatedBytesField(value: &self.tokenHashes) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.userID.isEmpty {
+      try visitor.visitSingularStringField(value: self.userID, fieldNumber: 1)
+    }
+    if !self.tokenHashes.isEmpty {
+      try visitor.visitRepeatedBytesField(value: self.tokenHashes, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Warbler_Chat_V1_SessionsEnded, rhs: Warbler_Chat_V1_SessionsEnded) -> Bool {
+    if lhs.userID != rhs.userID {return false}
+    if lhs.tokenHashes != rhs.tokenHashes {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
