@@ -205,6 +205,8 @@ extension ChatNode {
     func endSession(_ session: Session, on eventLoop: any EventLoop) -> EventLoopFuture<Result<Void, WireError>> {
         guard session.recorded else {
             sessions.revoke(session.token)
+            // Its recording may have timed out here and still committed: end it there too, if it is there.
+            Task { [self] in _ = try? await run(.endSession(.with { $0.tokenHash = Data(session.tokenHash) })) }
             return eventLoop.makeSucceededFuture(.success(()))
         }
         let ended = eventLoop.makePromise(of: Result<Void, WireError>.self)
