@@ -49,15 +49,17 @@ enum RestartScenario {
         progress("\(clients.count) client(s) logged in; killing the node and starting it again…")
 
         // Each client's way back is timed from the kill, by its own task waiting for its `reconnected` event.
-        let killed = ContinuousClock.now
-        let back = BackTimes()
+        let killed = monotonicNanoseconds()
+        let backTimes = LatencyRecorder()
+        let back = BackClients()
         let waiting = Task {
             await withTaskGroup(of: Void.self) { group in
                 for (index, client) in clients.enumerated() {
                     group.addTask {
                         for await event in client.events {
                             if case .reconnected = event {
-                                back.note(index, ContinuousClock.now - killed)
+                                backTimes.record(nanoseconds: monotonicNanoseconds() - killed)
+                                back.insert(index)
                                 return
                             }
                         }
@@ -66,41 +68,34 @@ enum RestartScenario {
             }
         }
         try cluster.restart(node: 0)
-        let nodeStart = ContinuousClock.now - killed
-        let deadline = killed + .seconds(patience)
-        while back.count < clients.count && ContinuousClock.now < deadline {
+        let nodeStart = monotonicNanoseconds() - killed
+        let deadline = killed + UInt64(patience * 1e9)
+        while back.count < clients.count && monotonicNanoseconds() < deadline {
             try await Task.sleep(nanoseconds: 20_000_000)
         }
         waiting.cancel()
-        let times = back.all
-        let seconds = times.values.map(Self.seconds).sorted()
-        func percentile(_ fraction: Double) -> Double {
-            seconds.isEmpty
-                ? 0 : seconds[min(seconds.count - 1, Int((Double(seconds.count) * fraction).rounded(.up)) - 1)]
-        }
-        let resumed = times.keys.filter { clients[$0].sessionToken == tokens[$0] }.count
+        let returned = back.all
+        let times = backTimes.summary
+        let seconds = { (microseconds: UInt64) in Double(microseconds) / 1e6 }
+        let resumed = returned.filter { clients[$0].sessionToken == tokens[$0] }.count
         for client in clients { await client.close() }
         return Summary(
             clients: clients.count,
-            nodeStartSeconds: Self.seconds(nodeStart),
-            allBackSeconds: times.count == clients.count ? (seconds.last ?? 0) : patience,
-            backP50Seconds: percentile(0.5),
-            backP99Seconds: percentile(0.99),
+            nodeStartSeconds: Double(nodeStart) / 1e9,
+            allBackSeconds: returned.count == clients.count ? seconds(times.max) : patience,
+            backP50Seconds: seconds(times.p50),
+            backP99Seconds: seconds(times.p99),
             resumed: resumed,
-            loggedInAgain: times.count - resumed,
-            notBack: clients.count - times.count
+            loggedInAgain: returned.count - resumed,
+            notBack: clients.count - returned.count
         )
-    }
-
-    static func seconds(_ duration: Duration) -> Double {
-        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
     }
 }
 
-/// When each client was back, by its index.
-private final class BackTimes: Sendable {
-    private let times = Mutex<[Int: Duration]>([:])
-    func note(_ index: Int, _ time: Duration) { times.withLock { $0[index] = time } }
-    var count: Int { times.withLock { $0.count } }
-    var all: [Int: Duration] { times.withLock { $0 } }
+/// The clients that are back, by index.
+private final class BackClients: Sendable {
+    private let indices = Mutex(Set<Int>())
+    func insert(_ index: Int) { _ = indices.withLock { $0.insert(index) } }
+    var count: Int { indices.withLock { $0.count } }
+    var all: Set<Int> { indices.withLock { $0 } }
 }

@@ -4,7 +4,9 @@ import Synchronization
 
 /// A logged-in session.
 public struct Session: Sendable, Hashable {
-    public var token: String
+    public let token: String
+    /// The SHA-256 of the token, under which the metadata group records the session (never the token itself).
+    public let tokenHash: [UInt8]
     public var userID: String
     public var expiresAt: Date
     /// True when the metadata group records it: any node resumes it, after a restart too, and a logout ends it
@@ -12,15 +14,14 @@ public struct Session: Sendable, Hashable {
     /// node alone knows it, until it restarts.
     public var recorded: Bool
 
-    public init(token: String, userID: String, expiresAt: Date, recorded: Bool) {
+    /// A session of `token`, whose hash is `tokenHash` when the caller has it already.
+    public init(token: String, tokenHash: [UInt8]? = nil, userID: String, expiresAt: Date, recorded: Bool) {
         self.token = token
+        self.tokenHash = tokenHash ?? Self.hash(token)
         self.userID = userID
         self.expiresAt = expiresAt
         self.recorded = recorded
     }
-
-    /// The SHA-256 of the token, under which the metadata group records the session (never the token itself).
-    public var tokenHash: [UInt8] { Self.hash(token) }
 
     /// The SHA-256 of `token`'s bytes.
     public static func hash(_ token: String) -> [UInt8] { Array(SHA256.hash(data: Array(token.utf8))) }
@@ -69,10 +70,9 @@ public final class SessionStore: Sendable {
 
     /// Serves `session` from now on (one the metadata group recorded, at its login or resumed here).
     public func remember(_ session: Session, now: Date = Date()) {
-        let hash = session.tokenHash
         state.withLock { state in
             state.sessions[session.token] = session
-            state.tokens[hash] = session.token
+            state.tokens[session.tokenHash] = session.token
             state.insertsSincePrune += 1
             // Sessions whose clients never come back are dropped once expired, a sweep per 1,024 new ones.
             if state.insertsSincePrune >= 1024 {
@@ -100,10 +100,9 @@ public final class SessionStore: Sendable {
 
     /// Revokes `token` here.
     public func revoke(_ token: String) {
-        let hash = Session.hash(token)
         state.withLock { state in
-            state.sessions[token] = nil
-            state.tokens[hash] = nil
+            guard let session = state.sessions.removeValue(forKey: token) else { return }
+            state.tokens[session.tokenHash] = nil
         }
     }
 

@@ -187,7 +187,13 @@ extension ChatNode {
             guard let record = try queries.session(tokenHash: hash) else { return expired }
             let expiresAt = Date(timeIntervalSince1970: Double(record.expiresUnixMs) / 1000)
             guard expiresAt > Date(), let account = try queries.account(id: record.userID) else { return expired }
-            let session = Session(token: token, userID: record.userID, expiresAt: expiresAt, recorded: true)
+            let session = Session(
+                token: token,
+                tokenHash: hash,
+                userID: record.userID,
+                expiresAt: expiresAt,
+                recorded: true
+            )
             sessions.remember(session)
             // A logout applied between the read above and `remember` revoked nothing here yet: look again.
             guard try queries.session(tokenHash: hash) != nil else {
